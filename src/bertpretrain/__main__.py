@@ -1,0 +1,3 @@
+from bertpretrain.cli import main
+
+main()

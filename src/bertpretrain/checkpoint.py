@@ -1,0 +1,102 @@
+"""Checkpoints: atomic writes, safe loads, and finding the newest one of a run.
+
+A checkpoint is a dict of plain data and tensors (so `torch.load(weights_only=True)` reads
+it and a crafted file cannot run code): the model's state dict, optimizer and scheduler
+state, the step, every RNG state, the vocabulary and the resolved config.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+
+import torch
+
+from bertpretrain.errors import UserError
+
+log = logging.getLogger(__name__)
+
+FORMAT = "bertpretrain-checkpoint/1"
+SUBDIR = "checkpoints"
+
+
+def path_for(run_dir: Path, step: int) -> Path:
+    return run_dir / SUBDIR / f"step_{step:08d}.pt"
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """The run's checkpoints, oldest first (the zero-padded step sorts by name)."""
+    return sorted((run_dir / SUBDIR).glob("step_*.pt"))
+
+
+def save(state: dict, path: Path) -> None:
+    """Write to a temp file in the same folder, fsync, then rename: a kill at any moment
+    leaves either the old file set or the new one, never a torn file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save({"format": FORMAT, **state}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def prune(run_dir: Path, keep_last: int) -> None:
+    for old in list_checkpoints(run_dir)[:-keep_last]:
+        old.unlink(missing_ok=True)
+
+
+def resolve(path: str | Path) -> Path:
+    """A checkpoint file, or a run dir (its newest checkpoint)."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        found = list_checkpoints(p)
+        if not found:
+            raise UserError(f"{p} holds no checkpoint (looked in {p / SUBDIR}); train one first")
+        return found[-1]
+    if not p.exists():
+        raise UserError(f"checkpoint {p} does not exist; give a checkpoint file or a run dir")
+    return p
+
+
+def load(path: Path, map_location: str | torch.device = "cpu") -> dict:
+    """Read a checkpoint safely; anything that is not one of ours is a clear user error."""
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise UserError(
+            f"{path} is not a safe bertpretrain checkpoint (it asks to run code or holds "
+            f"foreign objects: {str(e).splitlines()[0][:160]}); refusing to load it"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+        raise UserError(
+            f"{path} is not a readable checkpoint (corrupt or truncated: {str(e).splitlines()[0][:120]}); "
+            "use another checkpoint of the run"
+        ) from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise UserError(
+            f"{path} is not a bertpretrain checkpoint; give one written by `bertpretrain train`"
+        )
+    return state

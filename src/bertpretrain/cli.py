@@ -1,0 +1,182 @@
+"""The `bertpretrain` console script: dispatches subcommands, nothing else.
+
+`bertpretrain train ...` is a Hydra app: everything after `train` reaches Hydra exactly as
+it would reach a `@hydra.main` program (overrides, -m, --cfg job, --help, --config-dir).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from bertpretrain.errors import UserError
+
+log = logging.getLogger("bertpretrain")
+
+USAGE = """\
+usage: bertpretrain COMMAND [ARGS...]
+
+Pretrain BERT (masked LM + next-sentence prediction) and encode text with it.
+
+commands:
+  train    pretrain a model; takes Hydra overrides, e.g. `bertpretrain train model=tiny`
+           (`bertpretrain train --help` lists the config groups and options)
+  encode   contextual vectors of a sentence or sentence pair from a checkpoint
+           (`bertpretrain encode --help`)
+
+Errors you can fix print one line and exit with code 2; set HYDRA_FULL_ERROR=1 to see
+the traceback as well.
+"""
+
+
+def _full_errors() -> bool:
+    return os.environ.get("HYDRA_FULL_ERROR") == "1"
+
+
+def fail(message: str) -> None:
+    """One line on stderr and exit code 2: the answer to every user mistake."""
+    print(f"bertpretrain: error: {' '.join(message.split())}", file=sys.stderr)
+    sys.exit(2)
+
+
+_NOISE = ("full_key:", "object_type=", "reference_type=", "Set the environment", "To append")
+
+
+def _one_line(e: BaseException) -> str:
+    """Hydra/OmegaConf errors span several lines; keep what names the problem."""
+    parts = []
+    while e is not None and len(parts) < 3:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        for ln in lines:
+            if ln.startswith("Config search path"):
+                break  # what follows lists Hydra's internals, not the user's mistake
+            if ln.startswith(_NOISE) or "$VALUE" in ln:
+                continue
+            if ln not in parts:
+                parts.append(ln)
+        e = e.__cause__ or e.__context__
+    return " ".join(parts) or "invalid configuration"
+
+
+def _precheck(argv: list[str]) -> None:
+    """Compose and check the config of a single run before Hydra starts it.
+
+    Hydra reports a bad override over several lines; composing it here first turns that
+    into one line and exit code 2, before any run dir or data is touched.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra._internal.utils import get_args_parser
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from bertpretrain.config import conf_dir, to_config
+
+    try:
+        args = get_args_parser().parse_args(argv)
+    except SystemExit:
+        raise
+    if (
+        args.multirun
+        or args.help
+        or args.hydra_help
+        or args.cfg
+        or args.info
+        or args.shell_completion
+        or args.config_path
+    ):
+        return  # Hydra answers these itself; multirun jobs are checked one by one
+    overrides = list(args.overrides)
+    if args.config_dir:
+        path = os.path.abspath(args.config_dir)
+        if not os.path.isdir(path):
+            fail(f"--config-dir {args.config_dir} is not a folder")
+        overrides.append(f"hydra.searchpath=[file://{path}]")
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+            cfg = compose(config_name=args.config_name or "config", overrides=overrides)
+        to_config(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]))
+    except UserError as e:
+        fail(str(e))
+    except (HydraException, OmegaConfBaseException, ValueError) as e:
+        if _full_errors():
+            raise
+        fail(f"bad config: {_one_line(e)}; see `bertpretrain train --help` for the groups and keys")
+
+
+def train_main(argv: list[str]) -> None:
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import DictConfig, OmegaConf
+
+    from bertpretrain.config import conf_dir, register_configs, to_config
+    from bertpretrain.train import train
+
+    register_configs()
+    _precheck(argv)
+    failures: list[str] = []
+
+    @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")
+    def run(cfg: DictConfig) -> None:
+        hc = HydraConfig.get()
+        multirun = hc.mode == RunMode.MULTIRUN
+        overrides = " ".join(hc.overrides.task) or "(defaults)"
+        try:
+            config = to_config(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]))
+            train(config, Path(hc.runtime.output_dir))
+        except UserError as e:
+            if _full_errors():
+                raise
+            if not multirun:
+                fail(str(e))
+            log.error("job %s (%s) failed: %s", hc.job.num, overrides, e)
+            failures.append(f"job {hc.job.num} ({overrides}): {e}")
+        except Exception as e:
+            if not multirun:
+                raise
+            # A sweep survives a failing job: keep its traceback in the job's log, go on.
+            log.exception("job %s (%s) failed", hc.job.num, overrides)
+            failures.append(f"job {hc.job.num} ({overrides}): {type(e).__name__}: {e}")
+
+    sys.argv = [sys.argv[0], *argv]
+    run()
+    if failures:
+        fail(f"{len(failures)} sweep job(s) failed: " + "; ".join(failures))
+
+
+def encode_main(argv: list[str]) -> None:
+    from bertpretrain.encode import main as encode
+
+    encode(argv)
+
+
+COMMANDS: dict[str, Callable[[list[str]], None]] = {"train": train_main, "encode": encode_main}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE, end="")
+        return
+    command = COMMANDS.get(argv[0])
+    if command is None:
+        fail(
+            f"unknown command {argv[0]!r}; use one of: {', '.join(COMMANDS)} (see bertpretrain --help)"
+        )
+    try:
+        command(argv[1:])
+    except UserError as e:
+        if _full_errors():
+            raise
+        fail(str(e))
+    except KeyboardInterrupt:
+        print("bertpretrain: interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,176 @@
+"""Typed schemas for the YAML in conf/, registered in Hydra's ConfigStore.
+
+The YAML holds every default; the dataclasses here only fix names and types, so an
+unknown key or a wrong type fails while Hydra composes the config. `check` adds the
+rules a type cannot express (positive sizes, hidden divisible by heads, ...).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from bertpretrain.errors import UserError
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    num_layers: int = MISSING
+    hidden_size: int = MISSING
+    num_heads: int = MISSING
+    ffn_size: int = MISSING
+    dropout: float = MISSING
+    max_position: int = MISSING
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING
+    dir: str | None = MISSING
+    root: str = MISSING
+    train_split: str = MISSING
+    valid_split: str | None = MISSING
+    max_len: int = MISSING
+    min_freq: int = MISSING
+    urls: list[str] = field(default_factory=list)
+    sha1: str = MISSING
+    cache: bool = MISSING
+
+
+@dataclass
+class OptimConfig:
+    name: str = MISSING
+    lr: float = MISSING
+    weight_decay: float = MISSING
+    betas: list[float] = field(default_factory=list)
+    eps: float = MISSING
+    schedule: str = MISSING
+    warmup_steps: int = MISSING
+    grad_clip: float = MISSING
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = MISSING
+    batch_size: int = MISSING
+    seed: int = MISSING
+    device: str = MISSING
+    precision: str = MISSING
+    log_every: int = MISSING
+    eval_every: int = MISSING
+    eval_batches: int = MISSING
+    save_every: int = MISSING
+    keep_last: int = MISSING
+    resume: Any = MISSING  # false, true (newest checkpoint of the run dir) or a path
+
+
+@dataclass
+class Config:
+    model: ModelConfig = MISSING
+    data: DataConfig = MISSING
+    optim: OptimConfig = MISSING
+    trainer: TrainerConfig = MISSING
+
+
+def register_configs() -> None:
+    """Make the schema available to config.yaml's defaults list as `base_config`."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="base_config", node=Config)
+
+
+def conf_dir() -> Path:
+    """The folder holding config.yaml: inside the package in a wheel, else the repo's conf/."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "conf", here.parents[1] / "conf"):
+        if (candidate / "config.yaml").is_file():
+            return candidate
+    raise UserError(f"cannot find the bertpretrain configs next to {here}; reinstall the package")
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise UserError(message)
+
+
+def check(cfg: Config) -> None:
+    """Reject values that type-check but cannot work, before any data is read."""
+    m, d, o, t = cfg.model, cfg.data, cfg.optim, cfg.trainer
+    for key, value in [
+        ("model.num_layers", m.num_layers),
+        ("model.hidden_size", m.hidden_size),
+        ("model.num_heads", m.num_heads),
+        ("model.ffn_size", m.ffn_size),
+        ("model.max_position", m.max_position),
+        ("trainer.max_steps", t.max_steps),
+        ("trainer.batch_size", t.batch_size),
+        ("trainer.log_every", t.log_every),
+        ("trainer.keep_last", t.keep_last),
+        ("data.min_freq", d.min_freq),
+    ]:
+        _require(value > 0, f"{key}={value} must be a positive integer")
+    for key, value in [
+        ("trainer.eval_every", t.eval_every),
+        ("trainer.eval_batches", t.eval_batches),
+        ("trainer.save_every", t.save_every),
+        ("optim.warmup_steps", o.warmup_steps),
+        ("trainer.seed", t.seed),
+    ]:
+        _require(value >= 0, f"{key}={value} must be >= 0 (0 means: see conf/trainer/default.yaml)")
+    _require(
+        m.hidden_size % m.num_heads == 0,
+        f"model.hidden_size={m.hidden_size} is not divisible by model.num_heads={m.num_heads}; "
+        "pick a head count that divides the hidden size",
+    )
+    _require(0.0 <= m.dropout < 1.0, f"model.dropout={m.dropout} must be in [0, 1)")
+    _require(
+        d.max_len >= 5, f"data.max_len={d.max_len} is too short: an example needs at least 5 tokens"
+    )
+    _require(
+        d.max_len <= m.max_position,
+        f"data.max_len={d.max_len} exceeds the model's position table ({m.max_position}); "
+        f"use data.max_len<={m.max_position} or raise model.max_position",
+    )
+    _require(o.name in ("adam", "adamw"), f"optim.name={o.name!r} is unknown; use adam or adamw")
+    _require(o.lr > 0, f"optim.lr={o.lr} must be positive, e.g. optim.lr=1e-3")
+    _require(o.weight_decay >= 0, f"optim.weight_decay={o.weight_decay} must be >= 0")
+    _require(o.eps > 0, f"optim.eps={o.eps} must be positive")
+    _require(o.grad_clip >= 0, f"optim.grad_clip={o.grad_clip} must be >= 0 (0 disables clipping)")
+    _require(
+        len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas),
+        f"optim.betas={list(o.betas)} must be two numbers in [0, 1), e.g. [0.9,0.999]",
+    )
+    _require(
+        o.schedule in ("constant", "linear"),
+        f"optim.schedule={o.schedule!r} is unknown; use constant or linear",
+    )
+    _require(
+        t.precision in ("fp32", "bf16"),
+        f"trainer.precision={t.precision!r} is unknown; use fp32 or bf16",
+    )
+    _require(
+        t.device == "auto" or t.device.split(":")[0] in ("cpu", "cuda", "mps"),
+        f"trainer.device={t.device!r} is unknown; use auto, cpu, cuda, cuda:N or mps",
+    )
+    _require(
+        isinstance(t.resume, (bool, str)),
+        f"trainer.resume={t.resume!r} must be true, false or a checkpoint path",
+    )
+
+
+def to_config(cfg: DictConfig) -> Config:
+    """Turn Hydra's composed DictConfig into the typed, checked Config."""
+    obj = OmegaConf.to_object(cfg)
+    if not isinstance(obj, Config):  # composed without the schema (e.g. a user's own config)
+        obj = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), cfg))
+    check(obj)
+    return obj
+
+
+def to_dict(cfg: Config) -> dict:
+    """Plain data for checkpoints and TensorBoard: no OmegaConf or dataclass objects."""
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)

@@ -1,0 +1,9 @@
+"""The one exception type for mistakes a user can fix (config, data, checkpoint, text)."""
+
+
+class UserError(Exception):
+    """Raised with a message that says what is wrong and how to fix it.
+
+    The CLI prints it as one line on stderr and exits with code 2; anything else is a bug
+    and keeps its traceback.
+    """

@@ -1,0 +1,387 @@
+"""The training loop: one readable function from config to checkpoints.
+
+`train(cfg, run_dir)` is plain Python: Hydra (cli.py) only chooses the config and the run
+dir, so tests and notebooks call it directly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from bertpretrain import checkpoint, data
+from bertpretrain.config import Config, OptimConfig, to_dict
+from bertpretrain.data.batches import BatchStream, eval_batches, to_tensors
+from bertpretrain.errors import UserError
+from bertpretrain.model import (
+    BertConfig,
+    BertForPretraining,
+    count_parameters,
+    describe,
+    flops_per_sequence,
+)
+
+log = logging.getLogger(__name__)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(
+            f"trainer.device={name} but CUDA is not available here; use trainer.device=cpu or auto"
+        )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(
+            f"trainer.device={name} but MPS is not available here; use trainer.device=cpu or auto"
+        )
+    return device
+
+
+def make_model(cfg: Config, vocab_size: int) -> BertForPretraining:
+    m = cfg.model
+    return BertForPretraining(
+        BertConfig(
+            vocab_size=vocab_size,
+            num_layers=m.num_layers,
+            hidden_size=m.hidden_size,
+            num_heads=m.num_heads,
+            ffn_size=m.ffn_size,
+            dropout=m.dropout,
+            max_position=m.max_position,
+        )
+    )
+
+
+def make_optimizer(model: torch.nn.Module, o: OptimConfig) -> torch.optim.Optimizer:
+    """Adam (the reference) or AdamW; weight decay skips biases and LayerNorm, as in BERT."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": o.weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    cls = torch.optim.AdamW if o.name == "adamw" else torch.optim.Adam
+    return cls(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, foreach=True)
+
+
+def lr_factor(o: OptimConfig, max_steps: int):
+    """Linear warmup, then constant or linear decay to zero at max_steps."""
+
+    def factor(step: int) -> float:
+        if step < o.warmup_steps:
+            return (step + 1) / o.warmup_steps
+        if o.schedule == "linear":
+            return max(0.0, (max_steps - step) / max(1, max_steps - o.warmup_steps))
+        return 1.0
+
+    return factor
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@torch.no_grad()
+def evaluate(
+    model: BertForPretraining, tensors, batch_size: int, max_batches: int, device, autocast
+) -> dict:
+    """MLM loss/accuracy over every real masked position and NSP loss/accuracy over examples."""
+    model.eval()
+    sums = torch.zeros(
+        5, dtype=torch.float64
+    )  # mlm loss, mlm correct, mlm count, nsp loss, nsp correct
+    n = 0
+    for batch in eval_batches(tensors, batch_size, max_batches):
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        with autocast():
+            _, mlm_logits, nsp_logits = model(
+                batch["tokens"], batch["segments"], batch["valid_lens"], batch["pred_positions"]
+            )
+        real = batch["pred_weights"] > 0
+        logits, labels = mlm_logits[real].float(), batch["pred_labels"][real]
+        nsp_logits = nsp_logits.float()
+        sums += (
+            torch.stack(
+                [
+                    torch.nn.functional.cross_entropy(logits, labels, reduction="sum"),
+                    (logits.argmax(-1) == labels).sum(),
+                    real.sum(),
+                    torch.nn.functional.cross_entropy(
+                        nsp_logits, batch["nsp_labels"], reduction="sum"
+                    ),
+                    (nsp_logits.argmax(-1) == batch["nsp_labels"]).sum(),
+                ]
+            )
+            .double()
+            .cpu()
+        )
+        n += len(batch["nsp_labels"])
+    model.train()
+    mlm_loss, mlm_correct, mlm_count, nsp_loss, nsp_correct = sums.tolist()
+    return {
+        "mlm_loss": mlm_loss / mlm_count,
+        "mlm_acc": mlm_correct / mlm_count,
+        "nsp_loss": nsp_loss / n,
+        "nsp_acc": nsp_correct / n,
+    }
+
+
+def _resume_state(cfg: Config, run_dir: Path) -> dict | None:
+    resume = cfg.trainer.resume
+    if resume is False:
+        return None
+    if resume is True:
+        found = checkpoint.list_checkpoints(run_dir)
+        if not found:
+            log.info(
+                "trainer.resume=true but %s has no checkpoint yet: starting from step 0", run_dir
+            )
+            return None
+        path = found[-1]
+    else:
+        path = checkpoint.resolve(resume)
+    state = checkpoint.load(path)
+    saved = state["config"]
+    for group in ("model",):
+        if saved[group] != to_dict(cfg)[group]:
+            raise UserError(
+                f"checkpoint {path} was trained with {group}={saved[group]}, not {to_dict(cfg)[group]}; "
+                f"resume with the same {group} settings"
+            )
+    if saved["data"]["max_len"] != cfg.data.max_len:
+        raise UserError(
+            f"checkpoint {path} was trained with data.max_len={saved['data']['max_len']}; "
+            "resume with the same data.max_len"
+        )
+    log.info("resuming from %s (step %d)", path, state["step"])
+    return state
+
+
+def update_latest(run_dir: Path) -> None:
+    """Point `outputs/latest` at this run when it lives under ./outputs, for `encode`."""
+    outputs = Path("outputs").resolve()
+    try:
+        target = run_dir.resolve().relative_to(outputs)
+    except ValueError:
+        return
+    link = outputs / "latest"
+    tmp = outputs / f".latest.{os.getpid()}"
+    with contextlib.suppress(OSError):
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(target, target_is_directory=True)
+        os.replace(tmp, link)
+
+
+def _log_line(step: int, max_steps: int, mlm: float, nsp: float, seq_s: float) -> str:
+    return f"step {step}/{max_steps}  mlm {mlm:.4f}  nsp {nsp:.4f}  {seq_s:.0f} seq/s"
+
+
+def train(cfg: Config, run_dir: Path) -> dict:
+    """Pretrain BERT as `cfg` says, writing TensorBoard logs and checkpoints into run_dir."""
+    t = cfg.trainer
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(t.seed)
+    device = pick_device(t.device)
+    resume = _resume_state(cfg, run_dir)
+
+    dataset = data.load(cfg.data, t.seed)
+    if resume is not None and resume["vocab"] != dataset.vocab:
+        raise UserError(
+            "the checkpoint's vocabulary differs from this corpus's; resume with the same data settings"
+        )
+    train_tensors = to_tensors(dataset.train)
+    valid_tensors = to_tensors(dataset.valid) if dataset.valid is not None else None
+    log.info(
+        "data: %d training examples, %d validation examples, vocabulary of %d",
+        len(dataset.train),
+        len(dataset.valid) if dataset.valid is not None else 0,
+        len(dataset.vocab),
+    )
+
+    model = make_model(cfg, len(dataset.vocab)).to(device)
+    log.info("model %s: %s", cfg.model.name, describe(model.config, count_parameters(model)))
+    optimizer = make_optimizer(model, cfg.optim)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg.optim, t.max_steps))
+    start = 0
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        set_rng_state(resume["rng"])
+        start = resume["step"]
+        del resume
+
+    use_bf16 = t.precision == "bf16"
+
+    def autocast():
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
+
+    stream = BatchStream(train_tensors, t.batch_size, t.seed)
+    writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start or None)
+    flops = flops_per_sequence(
+        model.config, cfg.data.max_len, float(dataset.train.pred_weights.sum(1).mean())
+    )
+    config_dict = to_dict(cfg)
+
+    def save(step: int) -> Path:
+        path = checkpoint.path_for(run_dir, step)
+        checkpoint.save(
+            {
+                "step": step,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": rng_state(),
+                "vocab": dataset.vocab,
+                "config": config_dict,
+                "model_config": model.config.to_dict(),
+            },
+            path,
+        )
+        checkpoint.prune(run_dir, t.keep_last)
+        update_latest(run_dir)
+        return path
+
+    def run_eval(step: int) -> dict:
+        if valid_tensors is None:
+            return {}
+        metrics = evaluate(model, valid_tensors, t.batch_size, t.eval_batches, device, autocast)
+        for k, v in metrics.items():
+            writer.add_scalar(f"val/{k}", v, step)
+        log.info(
+            "validation at step %d: %s", step, "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+        )
+        return metrics
+
+    model.train()
+    interactive = sys.stderr.isatty()
+    bar = tqdm(
+        total=t.max_steps, initial=start, disable=not interactive, unit="step", dynamic_ncols=True
+    )
+    window = torch.zeros(2)  # summed mlm, nsp losses since the last log line
+    window_steps, window_start = 0, time.perf_counter()
+    last = {"mlm_loss": math.nan, "nsp_loss": math.nan, "seq_per_s": math.nan}
+    seq_times = []
+    for step in range(start, t.max_steps):
+        batch = {k: v.to(device, non_blocking=True) for k, v in stream.batch(step).items()}
+        with autocast():
+            mlm, nsp = model.losses(batch)
+        loss = mlm + nsp
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.optim.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        window += torch.stack([mlm.detach(), nsp.detach()]).float().cpu()
+        window_steps += 1
+        done = step + 1
+        bar.update(1)
+
+        if done % t.log_every == 0 or done == t.max_steps:
+            elapsed = time.perf_counter() - window_start
+            mlm_avg, nsp_avg = (window / window_steps).tolist()
+            if not (math.isfinite(mlm_avg) and math.isfinite(nsp_avg)):
+                raise UserError(
+                    f"the loss became non-finite by step {done} (mlm {mlm_avg}, nsp {nsp_avg}); "
+                    "lower optim.lr or use optim.grad_clip, and resume from the last checkpoint"
+                )
+            seq_s = window_steps * t.batch_size / elapsed
+            seq_times.append(seq_s)
+            last = {"mlm_loss": mlm_avg, "nsp_loss": nsp_avg, "seq_per_s": seq_s}
+            writer.add_scalar("train/mlm_loss", mlm_avg, done)
+            writer.add_scalar("train/nsp_loss", nsp_avg, done)
+            writer.add_scalar("train/loss", mlm_avg + nsp_avg, done)
+            writer.add_scalar("train/lr", scheduler.get_last_lr()[0], done)
+            writer.add_scalar("train/seq_per_s", seq_s, done)
+            bar.set_postfix(mlm=f"{mlm_avg:.3f}", nsp=f"{nsp_avg:.3f}", seq_s=f"{seq_s:.0f}")
+            if not interactive:
+                log.info(_log_line(done, t.max_steps, mlm_avg, nsp_avg, seq_s))
+            window.zero_()
+            window_steps, window_start = 0, time.perf_counter()
+        if t.eval_every and done % t.eval_every == 0 and done != t.max_steps:
+            run_eval(done)
+            window_start = time.perf_counter()
+        if t.save_every and done % t.save_every == 0 and done != t.max_steps:
+            save(done)
+            window_start = time.perf_counter()
+    bar.close()
+
+    metrics = run_eval(t.max_steps)
+    path = save(t.max_steps)
+    seq_s = sorted(seq_times)[len(seq_times) // 2] if seq_times else math.nan
+    writer.add_hparams(
+        _flat_hparams(config_dict),
+        {f"hparam/val_{k}": v for k, v in metrics.items()}
+        | {"hparam/train_mlm_loss": last["mlm_loss"]},
+        run_name=".",
+    )
+    writer.close()
+    summary = {
+        "steps": t.max_steps,
+        "train_mlm_loss": last["mlm_loss"],
+        "train_nsp_loss": last["nsp_loss"],
+        **{f"val_{k}": v for k, v in metrics.items()},
+        "seq_per_s": seq_s,
+        "model_tflops": seq_s * flops / 1e12,
+        "checkpoint": str(path),
+        "tensorboard": str(run_dir / "tensorboard"),
+    }
+    val = (
+        f", val mlm {metrics['mlm_loss']:.3f} (acc {metrics['mlm_acc']:.3f}) nsp {metrics['nsp_loss']:.3f} "
+        f"(acc {metrics['nsp_acc']:.3f})"
+        if metrics
+        else ""
+    )
+    log.info(
+        "done: %d steps, mlm %.3f nsp %.3f%s, %.0f seq/s (%.2f model TFLOP/s); checkpoint %s; "
+        "curves: tensorboard --logdir %s",
+        t.max_steps,
+        last["mlm_loss"],
+        last["nsp_loss"],
+        val,
+        seq_s,
+        summary["model_tflops"],
+        path,
+        run_dir / "tensorboard",
+    )
+    return summary
+
+
+def _flat_hparams(config: dict, prefix: str = "") -> dict:
+    """The config as flat scalars, as TensorBoard's hparams view wants them."""
+    out = {}
+    for k, v in config.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out |= _flat_hparams(v, f"{key}.")
+        elif isinstance(v, (int, float, str, bool)):
+            out[key] = v
+        elif v is None:
+            out[key] = "null"
+        else:
+            out[key] = str(v)
+    return out

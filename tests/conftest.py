@@ -1,0 +1,62 @@
+"""Shared fixtures: the real WikiText-2 splits from ../shared and a tiny trained run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_WIKITEXT = REPO.parent / "shared" / "data" / "wikitext-2"
+
+# Small enough for 2 CPU cores, large enough that the losses mean something.
+TINY_ARGS = [
+    "model=tiny",
+    f"data.dir={SHARED_WIKITEXT}",
+    "data.train_split=valid",
+    "data.valid_split=test",
+    "trainer.batch_size=64",
+    "trainer.max_steps=6",
+    "trainer.log_every=2",
+    "trainer.eval_batches=2",
+]
+
+
+@pytest.fixture(scope="session")
+def wikitext_dir() -> Path:
+    if not (SHARED_WIKITEXT / "wiki.valid.tokens").is_file():
+        pytest.fail(f"the shared WikiText-2 splits are missing: expected them in {SHARED_WIKITEXT}")
+    return SHARED_WIKITEXT
+
+
+@pytest.fixture(scope="session")
+def cli_env(tmp_path_factory) -> dict[str, str]:
+    """Environment for CLI subprocesses: a private data cache, no colour, no TTY tricks."""
+    env = dict(os.environ)
+    env["BERTPRETRAIN_DATA"] = str(tmp_path_factory.mktemp("data-cache"))
+    env.pop("HYDRA_FULL_ERROR", None)
+    return env
+
+
+def run_cli(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 300):
+    """`bertpretrain ARGS` as a real process (through the interpreter running the tests)."""
+    return subprocess.run(
+        [sys.executable, "-m", "bertpretrain", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, cli_env, wikitext_dir) -> Path:
+    """A run dir with a checkpoint, trained once per test session through the CLI."""
+    cwd = tmp_path_factory.mktemp("tiny-run")
+    result = run_cli(["train", *TINY_ARGS, "hydra.run.dir=outputs/tiny"], cwd, cli_env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return cwd / "outputs" / "tiny"

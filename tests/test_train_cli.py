@@ -1,0 +1,198 @@
+"""End-to-end: `bertpretrain train` as a real process, its run dirs, logs and checkpoints."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO, TINY_ARGS, run_cli
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from bertpretrain import checkpoint
+
+TRAIN_SCALARS = {"train/mlm_loss", "train/nsp_loss", "train/loss", "train/lr", "train/seq_per_s"}
+VAL_SCALARS = {"val/mlm_loss", "val/mlm_acc", "val/nsp_loss", "val/nsp_acc"}
+
+
+def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    acc = EventAccumulator(str(run_dir / "tensorboard"))
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def test_training_writes_tensorboard_curves_for_mlm_nsp_and_validation(tiny_run):
+    curves = scalars(tiny_run)
+    assert set(curves) >= TRAIN_SCALARS | VAL_SCALARS
+    assert [s for s, _ in curves["train/mlm_loss"]] == [2, 4, 6]  # log_every=2, max_steps=6
+    assert [s for s, _ in curves["val/mlm_loss"]] == [6]
+    for _, value in curves["train/mlm_loss"] + curves["train/nsp_loss"]:
+        assert 0 < value < 20
+
+
+def test_training_leaves_a_checkpoint_that_loads_into_the_model(tiny_run):
+    from bertpretrain.model import BertConfig, BertForPretraining
+
+    path = checkpoint.list_checkpoints(tiny_run)[-1]
+    state = checkpoint.load(path)
+    assert state["step"] == 6
+    assert state["vocab"][:5] == ["<unk>", "<pad>", "<mask>", "<cls>", "<sep>"]
+    assert state["config"]["model"]["hidden_size"] == 128
+    model = BertForPretraining(BertConfig(**state["model_config"]))
+    model.load_state_dict(state["model"])  # strict: every weight present, none extra
+    assert isinstance(state["rng"]["torch"], torch.Tensor)
+
+
+def test_training_losses_fall_on_real_data(tmp_path, cli_env, wikitext_dir):
+    args = [a for a in TINY_ARGS if not a.startswith(("trainer.max_steps", "trainer.log_every"))]
+    result = run_cli(
+        ["train", *args, "trainer.max_steps=16", "trainer.log_every=4", "hydra.run.dir=run"],
+        tmp_path,
+        cli_env,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    mlm = [v for _, v in scalars(tmp_path / "run")["train/mlm_loss"]]
+    assert mlm[-1] < mlm[0] - 1.0, mlm
+
+
+def test_run_writes_everything_under_its_run_dir_and_summarises(tmp_path, cli_env, wikitext_dir):
+    result = run_cli(["train", *TINY_ARGS, "trainer.max_steps=2"], tmp_path, cli_env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["outputs"]  # cwd left clean
+    (run_dir,) = list((tmp_path / "outputs").glob("2*/*"))  # date/time
+    assert (run_dir / ".hydra" / "config.yaml").is_file()
+    assert (run_dir / "train.log").is_file()
+    assert (tmp_path / "outputs" / "latest").resolve() == run_dir.resolve()
+    log = (run_dir / "train.log").read_text()
+    assert "parameters" in log and "done: 2 steps" in log and "checkpoint" in log
+
+
+def test_multirun_sweep_makes_one_run_dir_per_job(tmp_path, cli_env, wikitext_dir):
+    args = [a for a in TINY_ARGS if not a.startswith("trainer.max_steps")]
+    result = run_cli(
+        ["train", "-m", *args, "trainer.max_steps=2", "optim.lr=1e-3,1e-2"], tmp_path, cli_env
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    jobs = sorted((tmp_path / "outputs" / "multirun").glob("*/*/[0-9]*"))
+    assert [j.name for j in jobs] == ["0", "1"]
+    lrs = []
+    for job in jobs:
+        assert checkpoint.list_checkpoints(job), job
+        lrs.append(checkpoint.load(checkpoint.list_checkpoints(job)[-1])["config"]["optim"]["lr"])
+    assert lrs == [1e-3, 1e-2]
+
+
+def test_help_and_cfg_job_work_like_a_hydra_app(tmp_path, cli_env):
+    top = run_cli(["--help"], tmp_path, cli_env)
+    assert top.returncode == 0 and "train" in top.stdout and "encode" in top.stdout
+    helped = run_cli(["train", "--help"], tmp_path, cli_env)
+    assert helped.returncode == 0
+    assert "model: base, large, tiny" in helped.stdout
+    cfg = run_cli(["train", "--cfg", "job", "model=base", "data.max_len=512"], tmp_path, cli_env)
+    assert cfg.returncode == 0, cfg.stderr
+    assert "hidden_size: 768" in cfg.stdout and "max_len: 512" in cfg.stdout
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_user_config_dir_adds_a_model(tmp_path, cli_env):
+    (tmp_path / "mine" / "model").mkdir(parents=True)
+    (tmp_path / "mine" / "model" / "mini.yaml").write_text(
+        "name: mini\nnum_layers: 1\nhidden_size: 64\nnum_heads: 4\nffn_size: 128\n"
+        "dropout: 0.1\nmax_position: 128\n"
+    )
+    result = run_cli(
+        ["train", "--config-dir", str(tmp_path / "mine"), "model=mini", "--cfg", "job"],
+        tmp_path,
+        cli_env,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "hidden_size: 64" in result.stdout
+
+
+BAD_CONFIGS = [
+    (["model=huge"], "huge"),
+    (["model.hidden=1"], "hidden"),
+    (["trainer.max_steps=ten"], "max_steps"),
+    (["trainer.max_steps=0"], "trainer.max_steps"),
+    (["optim.lr=-1"], "optim.lr"),
+    (["model.num_heads=3"], "divisible"),
+    (["data.max_len=1024"], "position table"),
+    (["trainer.precision=fp16"], "precision"),
+    (["trainer.batch_size=-4"], "trainer.batch_size"),
+    (["optim.schedule=cosine"], "schedule"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "needle"), BAD_CONFIGS)
+def test_bad_config_fails_with_one_clear_line(tmp_path, cli_env, overrides, needle):
+    result = run_cli(["train", *overrides], tmp_path, cli_env)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("bertpretrain: error:") and needle in lines[0]
+    assert "Traceback" not in result.stderr + result.stdout
+    assert not (tmp_path / "outputs").exists()  # checked before any run dir is made
+
+
+def test_missing_corpus_fails_with_one_line(tmp_path, cli_env):
+    result = run_cli(["train", f"data.dir={tmp_path}"], tmp_path, cli_env)
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert "wiki.train.tokens" in line and "data.dir" in line
+
+
+def test_installed_wheel_ships_and_composes_every_config(tmp_path, cli_env):
+    built = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "-w",
+            str(tmp_path / "dist"),
+            str(REPO),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    if built.returncode != 0:
+        pytest.fail(f"building the wheel failed: {built.stderr[-2000:]}")
+    (wheel,) = (tmp_path / "dist").glob("*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    conf = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "conf").rglob("*.yaml"))
+    assert [f"bertpretrain/{c}" for c in conf] == sorted(n for n in names if n.endswith(".yaml"))
+    target = tmp_path / "site"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "-q",
+            "--target",
+            str(target),
+            str(wheel),
+        ],
+        check=True,
+    )
+    env = dict(cli_env, PYTHONPATH=str(target))
+    for model in ("tiny", "base", "large"):
+        for optim in ("adam", "adamw"):
+            result = run_cli(
+                ["train", "--cfg", "job", f"model={model}", f"optim={optim}"], tmp_path, env
+            )
+            assert result.returncode == 0, result.stderr
+            assert f"name: {model}" in result.stdout
+    where = subprocess.run(
+        [sys.executable, "-c", "import bertpretrain.config as c; print(c.conf_dir())"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert Path(where.stdout.strip()).is_relative_to(target)
