@@ -7,11 +7,14 @@ state, the step, every RNG state, the vocabulary and the resolved config.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
 import pickle
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -36,17 +39,25 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
 def save(state: dict, path: Path) -> None:
     """Write to a temp file in the same folder, fsync, then rename: a kill at any moment
     leaves either the old file set or the new one, never a torn file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             torch.save({"format": FORMAT, **state}, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        tmp = None
+    except OSError as e:
+        reason = "the disk is full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+        raise UserError(
+            f"could not write checkpoint {path}: {reason}; free space or make the run dir "
+            "writable (earlier checkpoints are intact)"
+        ) from None
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
     _fsync_dir(path.parent)
 
 
@@ -100,3 +111,52 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict:
             f"{path} is not a bertpretrain checkpoint; give one written by `bertpretrain train`"
         )
     return state
+
+
+LOCK = ".lock"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold `run_dir/.lock` (our pid) while training, so two processes never write one run.
+
+    A lock whose process is gone (a killed run) is stale and taken over, so a resume after
+    kill -9 is never blocked.
+    """
+    lock = run_dir / LOCK
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                owner = int(lock.read_text().strip() or 0)
+            except (OSError, ValueError):
+                owner = 0
+            if owner and owner != os.getpid() and _alive(owner):
+                raise UserError(
+                    f"run dir {run_dir} is in use by process {owner}; wait for it to finish or "
+                    "choose another hydra.run.dir"
+                ) from None
+            log.warning(
+                "taking over a stale lock in %s (process %s is gone)", run_dir, owner or "?"
+            )
+            lock.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{os.getpid()}\n")
+        break
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from bertpretrain.errors import UserError
+from bertpretrain.errors import Interrupted, UserError
 
 log = logging.getLogger("bertpretrain")
 
@@ -97,14 +97,30 @@ def _precheck(argv: list[str]) -> None:
         overrides.append(f"hydra.searchpath=[file://{path}]")
     try:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-            cfg = compose(config_name=args.config_name or "config", overrides=overrides)
+            cfg = compose(
+                config_name=args.config_name or "config",
+                overrides=overrides,
+                return_hydra_config=True,
+            )
         to_config(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]))
+        _check_writable(Path(cfg.hydra.run.dir))
     except UserError as e:
         fail(str(e))
     except (HydraException, OmegaConfBaseException, ValueError) as e:
         if _full_errors():
             raise
         fail(f"bad config: {_one_line(e)}; see `bertpretrain train --help` for the groups and keys")
+
+
+def _check_writable(run_dir: Path) -> None:
+    existing = run_dir.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not (existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)):
+        fail(
+            f"cannot write the run dir {run_dir}: {existing} is not a writable folder; "
+            "run from a writable folder or set hydra.run.dir=SOME/WRITABLE/PATH"
+        )
 
 
 def train_main(argv: list[str]) -> None:
@@ -128,6 +144,9 @@ def train_main(argv: list[str]) -> None:
         try:
             config = to_config(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]))
             train(config, Path(hc.runtime.output_dir))
+        except Interrupted as e:
+            print(f"bertpretrain: {e}", file=sys.stderr)
+            sys.exit(e.exit_code)  # a stopped sweep stops: the user asked for it
         except UserError as e:
             if _full_errors():
                 raise

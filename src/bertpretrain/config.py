@@ -65,7 +65,8 @@ class TrainerConfig:
     eval_batches: int = MISSING
     save_every: int = MISSING
     keep_last: int = MISSING
-    resume: Any = MISSING  # false, true (newest checkpoint of the run dir) or a path
+    resume: Any = MISSING
+    skip_nonfinite: int = MISSING  # false, true (newest checkpoint of the run dir) or a path
 
 
 @dataclass
@@ -119,6 +120,7 @@ def check(cfg: Config) -> None:
         ("trainer.save_every", t.save_every),
         ("optim.warmup_steps", o.warmup_steps),
         ("trainer.seed", t.seed),
+        ("trainer.skip_nonfinite", t.skip_nonfinite),
     ]:
         _require(value >= 0, f"{key}={value} must be >= 0 (0 means: see conf/trainer/default.yaml)")
     _require(

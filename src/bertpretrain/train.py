@@ -10,8 +10,11 @@ import contextlib
 import logging
 import math
 import os
+import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -21,7 +24,7 @@ from tqdm import tqdm
 from bertpretrain import checkpoint, data
 from bertpretrain.config import Config, OptimConfig, to_dict
 from bertpretrain.data.batches import BatchStream, eval_batches, to_tensors
-from bertpretrain.errors import UserError
+from bertpretrain.errors import Interrupted, UserError
 from bertpretrain.model import (
     BertConfig,
     BertForPretraining,
@@ -196,13 +199,42 @@ def update_latest(run_dir: Path) -> None:
 
 
 def _log_line(step: int, max_steps: int, mlm: float, nsp: float, seq_s: float) -> str:
-    return f"step {step}/{max_steps}  mlm {mlm:.4f}  nsp {nsp:.4f}  {seq_s:.0f} seq/s"
+    return f"step {step}/{max_steps}  mlm {mlm:.4f}  nsp {nsp:.4f}  {seq_s:.1f} seq/s"
+
+
+@contextlib.contextmanager
+def stop_requests() -> Iterator[list[int]]:
+    """SIGINT/SIGTERM only note the signal: the loop finishes its step, saves and stops.
+
+    A second SIGINT while stopping interrupts at once (the user insists).
+    """
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def note(signum, frame):
+        if received and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        received.append(signum)
+        log.warning("received %s: stopping after this step", signal.Signals(signum).name)
+
+    previous = {s: signal.signal(s, note) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def train(cfg: Config, run_dir: Path) -> dict:
     """Pretrain BERT as `cfg` says, writing TensorBoard logs and checkpoints into run_dir."""
+    with checkpoint.run_lock(run_dir), stop_requests() as stop:
+        return _train(cfg, run_dir, stop)
+
+
+def _train(cfg: Config, run_dir: Path, stop: list[int]) -> dict:
     t = cfg.trainer
-    run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(t.seed)
     device = pick_device(t.device)
     resume = _resume_state(cfg, run_dir)
@@ -240,13 +272,20 @@ def train(cfg: Config, run_dir: Path) -> dict:
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
 
     stream = BatchStream(train_tensors, t.batch_size, t.seed)
-    writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start or None)
+    # Steps up to `start` were logged by the interrupted run; drop anything it logged later.
+    writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start + 1 if start else None)
     flops = flops_per_sequence(
         model.config, cfg.data.max_len, float(dataset.train.pred_weights.sum(1).mean())
     )
     config_dict = to_dict(cfg)
+    saved: list[Path] = checkpoint.list_checkpoints(run_dir)[-1:]
 
     def save(step: int) -> Path:
+        if not all(torch.isfinite(p).all() for p in model.parameters()):
+            raise UserError(
+                f"the weights became non-finite by step {step}; not saving them. The last good "
+                f"checkpoint is {saved[-1] if saved else 'none'}; lower optim.lr and resume from it"
+            )
         path = checkpoint.path_for(run_dir, step)
         checkpoint.save(
             {
@@ -261,6 +300,7 @@ def train(cfg: Config, run_dir: Path) -> dict:
             },
             path,
         )
+        saved.append(path)
         checkpoint.prune(run_dir, t.keep_last)
         update_latest(run_dir)
         return path
@@ -283,45 +323,69 @@ def train(cfg: Config, run_dir: Path) -> dict:
     )
     window = torch.zeros(2)  # summed mlm, nsp losses since the last log line
     window_steps, window_start = 0, time.perf_counter()
-    last = {"mlm_loss": math.nan, "nsp_loss": math.nan, "seq_per_s": math.nan}
-    seq_times = []
+    last = {"mlm_loss": math.nan, "nsp_loss": math.nan}
+    speeds: list[float] = []
+    skipped = 0
     for step in range(start, t.max_steps):
+        done = step + 1
         batch = {k: v.to(device, non_blocking=True) for k, v in stream.batch(step).items()}
         with autocast():
             mlm, nsp = model.losses(batch)
         loss = mlm + nsp
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.optim.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-        optimizer.step()
+        if torch.isfinite(loss):
+            loss.backward()
+            if cfg.optim.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+            optimizer.step()
+            window += torch.stack([mlm.detach(), nsp.detach()]).float().cpu()
+            window_steps += 1
+        else:
+            skipped += 1
+            if skipped > t.skip_nonfinite:
+                raise UserError(
+                    f"non-finite loss at step {done} (mlm {mlm.item()}, nsp {nsp.item()}); the last "
+                    f"good checkpoint is {saved[-1] if saved else 'none'}; lower optim.lr, or allow "
+                    "skipping such steps with trainer.skip_nonfinite=N"
+                )
+            log.warning(
+                "step %d: non-finite loss, skipped (%d of %d allowed)",
+                done,
+                skipped,
+                t.skip_nonfinite,
+            )
         scheduler.step()
-        window += torch.stack([mlm.detach(), nsp.detach()]).float().cpu()
-        window_steps += 1
-        done = step + 1
         bar.update(1)
 
-        if done % t.log_every == 0 or done == t.max_steps:
+        if window_steps and (done % t.log_every == 0 or done == t.max_steps):
             elapsed = time.perf_counter() - window_start
             mlm_avg, nsp_avg = (window / window_steps).tolist()
-            if not (math.isfinite(mlm_avg) and math.isfinite(nsp_avg)):
-                raise UserError(
-                    f"the loss became non-finite by step {done} (mlm {mlm_avg}, nsp {nsp_avg}); "
-                    "lower optim.lr or use optim.grad_clip, and resume from the last checkpoint"
-                )
             seq_s = window_steps * t.batch_size / elapsed
-            seq_times.append(seq_s)
-            last = {"mlm_loss": mlm_avg, "nsp_loss": nsp_avg, "seq_per_s": seq_s}
-            writer.add_scalar("train/mlm_loss", mlm_avg, done)
-            writer.add_scalar("train/nsp_loss", nsp_avg, done)
-            writer.add_scalar("train/loss", mlm_avg + nsp_avg, done)
-            writer.add_scalar("train/lr", scheduler.get_last_lr()[0], done)
-            writer.add_scalar("train/seq_per_s", seq_s, done)
+            speeds.append(seq_s)
+            last = {"mlm_loss": mlm_avg, "nsp_loss": nsp_avg}
+            for name, value in [
+                ("mlm_loss", mlm_avg),
+                ("nsp_loss", nsp_avg),
+                ("loss", mlm_avg + nsp_avg),
+                ("lr", scheduler.get_last_lr()[0]),
+                ("seq_per_s", seq_s),
+            ]:
+                writer.add_scalar(f"train/{name}", value, done)
             bar.set_postfix(mlm=f"{mlm_avg:.3f}", nsp=f"{nsp_avg:.3f}", seq_s=f"{seq_s:.0f}")
             if not interactive:
                 log.info(_log_line(done, t.max_steps, mlm_avg, nsp_avg, seq_s))
             window.zero_()
             window_steps, window_start = 0, time.perf_counter()
+        if stop:
+            path = save(done)
+            writer.close()
+            bar.close()
+            signum = stop[0]
+            raise Interrupted(
+                f"stopped by {signal.Signals(signum).name} after step {done}; checkpoint {path}; "
+                f"to resume, rerun with hydra.run.dir={run_dir} trainer.resume=true",
+                128 + signum,
+            )
         if t.eval_every and done % t.eval_every == 0 and done != t.max_steps:
             run_eval(done)
             window_start = time.perf_counter()
@@ -332,7 +396,7 @@ def train(cfg: Config, run_dir: Path) -> dict:
 
     metrics = run_eval(t.max_steps)
     path = save(t.max_steps)
-    seq_s = sorted(seq_times)[len(seq_times) // 2] if seq_times else math.nan
+    seq_s = sorted(speeds)[len(speeds) // 2] if speeds else math.nan
     writer.add_hparams(
         _flat_hparams(config_dict),
         {f"hparam/val_{k}": v for k, v in metrics.items()}
@@ -351,13 +415,13 @@ def train(cfg: Config, run_dir: Path) -> dict:
         "tensorboard": str(run_dir / "tensorboard"),
     }
     val = (
-        f", val mlm {metrics['mlm_loss']:.3f} (acc {metrics['mlm_acc']:.3f}) nsp {metrics['nsp_loss']:.3f} "
-        f"(acc {metrics['nsp_acc']:.3f})"
+        f", val mlm {metrics['mlm_loss']:.3f} (acc {metrics['mlm_acc']:.3f}) "
+        f"nsp {metrics['nsp_loss']:.3f} (acc {metrics['nsp_acc']:.3f})"
         if metrics
         else ""
     )
     log.info(
-        "done: %d steps, mlm %.3f nsp %.3f%s, %.0f seq/s (%.2f model TFLOP/s); checkpoint %s; "
+        "done: %d steps, mlm %.3f nsp %.3f%s, %.1f seq/s (%.3f model TFLOP/s); checkpoint %s; "
         "curves: tensorboard --logdir %s",
         t.max_steps,
         last["mlm_loss"],

@@ -44,7 +44,7 @@ def read_split(path: Path) -> list[Paragraph]:
         raise UserError(
             f"cannot read corpus file {path}: {e.strerror}; check its permissions"
         ) from None
-    paragraphs = split_paragraphs(text.splitlines())
+    paragraphs = split_paragraphs(text.split("\n"))  # not splitlines(): \x0c etc. stay in a line
     if not paragraphs:
         raise UserError(
             f"corpus file {path} has no paragraph with two sentences split by ' . '; "

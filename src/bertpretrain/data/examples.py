@@ -14,6 +14,7 @@ import hashlib
 import logging
 import os
 import tempfile
+import zipfile
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -233,7 +234,7 @@ def load_dataset(
             data = _load(path)
             log.info("examples from cache %s", path)
             return data
-        except (OSError, ValueError, KeyError) as e:
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
             log.warning("ignoring unreadable example cache %s (%s); rebuilding", path, e)
     data = build_dataset(train_path, valid_path, max_len, min_freq, seed)
     try:
