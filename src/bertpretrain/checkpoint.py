@@ -94,6 +94,11 @@ def resolve(path: str | Path) -> Path:
 
 def load(path: Path, map_location: str | torch.device = "cpu") -> dict:
     """Read a checkpoint safely; anything that is not one of ours is a clear user error."""
+    if path.is_file() and not zipfile.is_zipfile(path):
+        raise UserError(
+            f"{path} is not a checkpoint (not a PyTorch zip file); give one written by "
+            "`bertpretrain train`, or a run dir"
+        )
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:

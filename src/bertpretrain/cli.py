@@ -195,6 +195,9 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         print("bertpretrain: interrupted", file=sys.stderr)
         sys.exit(130)
+    except BrokenPipeError:  # `bertpretrain encode ... | head` closed our stdout early
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
 
 
 if __name__ == "__main__":

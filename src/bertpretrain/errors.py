@@ -7,3 +7,11 @@ class UserError(Exception):
     The CLI prints it as one line on stderr and exits with code 2; anything else is a bug
     and keeps its traceback.
     """
+
+
+class Interrupted(Exception):
+    """Training stopped on SIGINT/SIGTERM after saving a checkpoint; exit with `exit_code`."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code

@@ -8,6 +8,7 @@ difference is the fused query/key/value projection (`qkv`), split apart on expor
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +31,44 @@ class BertConfig:
         return asdict(self)
 
 
+class Packing(NamedTuple):
+    """Where the real tokens of a padded (B, L) batch are: every layer but attention works
+    on those T tokens only, so padding (a third of a WikiText batch) costs nothing there."""
+
+    index: torch.Tensor  # (T,) flat positions b * L + p of the real tokens
+    keep: torch.Tensor  # (B, 1, 1, L) True where the key is a real token
+    batch: int
+    length: int
+
+
+def pack(valid_lens: torch.Tensor, length: int) -> Packing:
+    keep = torch.arange(length, device=valid_lens.device) < valid_lens[:, None]  # (B, L)
+    index = keep.flatten().nonzero().squeeze(1)
+    return Packing(index, keep[:, None, None, :], len(valid_lens), length)
+
+
+def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Inverted dropout with a cheaper mask on CPU.
+
+    On CPU, `bernoulli_` draws one Mersenne-twister number per element and costs about a
+    fifth of a tiny-BERT step; here every 64-bit draw gives four 16-bit uniforms. The keep
+    probability is quantised to 1/65536 and the scale uses that exact probability, so the
+    output stays unbiased. GPUs' Philox generator is already fast: they use F.dropout.
+    """
+    if not training or p == 0.0:
+        return x
+    if x.device.type != "cpu":
+        return F.dropout(x, p, True)
+    threshold = round(p * 65536)
+    if threshold in (0, 65536):
+        return F.dropout(x, p, True)
+    n = x.numel()
+    words = torch.randint(-(2**63), 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64)
+    uniform16 = words.view(torch.int16)[:n].view(x.shape)  # uniform over [-32768, 32767]
+    keep = uniform16 >= threshold - 32768
+    return x * keep * (65536 / (65536 - threshold))
+
+
 class Embeddings(nn.Module):
     def __init__(self, c: BertConfig):
         super().__init__()
@@ -37,16 +76,19 @@ class Embeddings(nn.Module):
         self.position_embeddings = nn.Embedding(c.max_position, c.hidden_size)
         self.token_type_embeddings = nn.Embedding(c.type_vocab_size, c.hidden_size)
         self.LayerNorm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
-        self.dropout = nn.Dropout(c.dropout)
+        self.dropout_p = c.dropout
 
-    def forward(self, tokens: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:
-        positions = torch.arange(tokens.shape[1], device=tokens.device)
+    def forward(
+        self, tokens: torch.Tensor, segments: torch.Tensor, packing: Packing
+    ) -> torch.Tensor:
+        """Embeddings of the real tokens only: (T, H)."""
+        i = packing.index
         x = (
-            self.word_embeddings(tokens)
-            + self.position_embeddings(positions)
-            + self.token_type_embeddings(segments)
+            self.word_embeddings(tokens.flatten()[i])
+            + self.position_embeddings(i % packing.length)
+            + self.token_type_embeddings(segments.flatten()[i])
         )
-        return self.dropout(self.LayerNorm(x))  # (B, L, H)
+        return dropout(self.LayerNorm(x), self.dropout_p, self.training)
 
 
 class Layer(nn.Module):
@@ -62,22 +104,30 @@ class Layer(nn.Module):
         self.intermediate = nn.Linear(c.hidden_size, c.ffn_size)
         self.output = nn.Linear(c.ffn_size, c.hidden_size)
         self.output_LayerNorm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
-        self.dropout = nn.Dropout(c.dropout)
 
-    def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        b, n, h = x.shape
-        q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, h // self.num_heads).unbind(2)
-        a = F.scaled_dot_product_attention(
-            q.transpose(1, 2),
-            k.transpose(1, 2),
-            v.transpose(1, 2),
-            attn_mask=keep,  # (B, 1, 1, L): True where the key is a real token
-            dropout_p=self.dropout_p if self.training else 0.0,
-        )  # (B, heads, L, H/heads)
-        a = a.transpose(1, 2).reshape(b, n, h)
-        x = self.attention_LayerNorm(x + self.dropout(self.attention_output(a)))
+    def attention(self, qkv: torch.Tensor, packing: Packing) -> torch.Tensor:
+        """Multi-head self-attention of packed (T, 3H) projections; padded keys are ignored."""
+        b, n, h3 = packing.batch, packing.length, qkv.shape[-1]
+        d = h3 // 3 // self.num_heads
+        padded = qkv.new_zeros(b * n, h3).index_copy(0, packing.index, qkv)
+        q, k, v = padded.view(b, n, 3, self.num_heads, d).permute(2, 0, 3, 1, 4)  # (B, heads, L, d)
+        p = self.dropout_p if self.training else 0.0
+        if p and qkv.device.type == "cpu":
+            # SDPA with dropout falls back to this very computation on CPU, but with the
+            # slow mask: spelling it out lets the attention probabilities use the cheap one.
+            scores = (q @ k.transpose(-1, -2)) * d**-0.5
+            scores = scores.masked_fill(~packing.keep, float("-inf"))
+            a = dropout(scores.softmax(-1), p, True) @ v
+        else:
+            a = F.scaled_dot_product_attention(q, k, v, attn_mask=packing.keep, dropout_p=p)
+        return a.transpose(1, 2).reshape(b * n, h3 // 3).index_select(0, packing.index)  # (T, H)
+
+    def forward(self, x: torch.Tensor, packing: Packing) -> torch.Tensor:
+        p, training = self.dropout_p, self.training
+        a = self.attention(self.qkv(x), packing)
+        x = self.attention_LayerNorm(x + dropout(self.attention_output(a), p, training))
         f = self.output(F.gelu(self.intermediate(x)))
-        return self.output_LayerNorm(x + self.dropout(f))
+        return self.output_LayerNorm(x + dropout(f, p, training))
 
 
 class BertModel(nn.Module):
@@ -90,16 +140,21 @@ class BertModel(nn.Module):
         self.layer = nn.ModuleList(Layer(c) for _ in range(c.num_layers))
         self.pooler = nn.Linear(c.hidden_size, c.hidden_size)
 
-    def forward(self, tokens, segments, valid_lens) -> torch.Tensor:
-        keep = torch.arange(tokens.shape[1], device=tokens.device) < valid_lens[:, None]
-        keep = keep[:, None, None, :]  # (B, 1, 1, L), built once for every layer
-        x = self.embeddings(tokens, segments)
+    def encode_packed(self, tokens, segments, packing: Packing) -> torch.Tensor:
+        x = self.embeddings(tokens, segments, packing)
         for layer in self.layer:
-            x = layer(x, keep)
-        return x  # (B, L, H)
+            x = layer(x, packing)
+        return x  # (T, H)
 
-    def pool(self, encoded: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.pooler(encoded[:, 0]))  # (B, H): the <cls> vector, pooled
+    def forward(self, tokens, segments, valid_lens) -> torch.Tensor:
+        """Contextual vectors (B, L, H); zeros at padded positions."""
+        b, n = tokens.shape
+        packing = pack(valid_lens, n)
+        x = self.encode_packed(tokens, segments, packing)
+        return x.new_zeros(b * n, x.shape[-1]).index_copy(0, packing.index, x).view(b, n, -1)
+
+    def pool(self, cls: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.pooler(cls))  # (B, H): the pooled <cls> vectors
 
 
 class BertForPretraining(nn.Module):
@@ -124,20 +179,22 @@ class BertForPretraining(nn.Module):
         picked = encoded.gather(
             1, pred_positions[..., None].expand(-1, -1, encoded.shape[-1])
         )  # (B, P, H)
-        return encoded, self.mlm_logits(picked), self.nsp(self.bert.pool(encoded))
+        return encoded, self.mlm_logits(picked), self.nsp(self.bert.pool(encoded[:, 0]))
 
     def losses(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """MLM cross-entropy averaged over the real masked positions only, and NSP loss.
 
-        The MLM head runs only where weight is 1: padded prediction slots cost nothing and
-        cannot leak into the loss.
+        Works on the packed tokens throughout, and runs the MLM head only where the
+        prediction weight is 1: padded slots cost nothing and cannot leak into the loss.
         """
-        encoded = self.bert(batch["tokens"], batch["segments"], batch["valid_lens"])
+        tokens, valid_lens = batch["tokens"], batch["valid_lens"]
+        packing = pack(valid_lens, tokens.shape[1])
+        x = self.bert.encode_packed(tokens, batch["segments"], packing)  # (T, H)
+        starts = torch.cumsum(valid_lens, 0) - valid_lens  # packed row of each <cls>
         real = batch["pred_weights"] > 0  # (B, P)
-        rows = torch.arange(encoded.shape[0], device=encoded.device)[:, None].expand_as(real)
-        picked = encoded[rows[real], batch["pred_positions"][real]]  # (M, H)
-        mlm = F.cross_entropy(self.mlm_logits(picked).float(), batch["pred_labels"][real])
-        nsp = F.cross_entropy(self.nsp(self.bert.pool(encoded)).float(), batch["nsp_labels"])
+        rows = (starts[:, None] + batch["pred_positions"])[real]  # packed rows of the targets
+        mlm = F.cross_entropy(self.mlm_logits(x[rows]).float(), batch["pred_labels"][real])
+        nsp = F.cross_entropy(self.nsp(self.bert.pool(x[starts])).float(), batch["nsp_labels"])
         return mlm, nsp
 
 

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from bertpretrain import checkpoint, data
 from bertpretrain.config import Config, OptimConfig, to_dict
 from bertpretrain.data.batches import BatchStream, eval_batches, to_tensors
+from bertpretrain.device import bf16_is_native, pick_device
 from bertpretrain.errors import Interrupted, UserError
 from bertpretrain.model import (
     BertConfig,
@@ -34,25 +35,6 @@ from bertpretrain.model import (
 )
 
 log = logging.getLogger(__name__)
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(
-            f"trainer.device={name} but CUDA is not available here; use trainer.device=cpu or auto"
-        )
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise UserError(
-            f"trainer.device={name} but MPS is not available here; use trainer.device=cpu or auto"
-        )
-    return device
 
 
 def make_model(cfg: Config, vocab_size: int) -> BertForPretraining:
@@ -202,6 +184,24 @@ def _log_line(step: int, max_steps: int, mlm: float, nsp: float, seq_s: float) -
     return f"step {step}/{max_steps}  mlm {mlm:.4f}  nsp {nsp:.4f}  {seq_s:.1f} seq/s"
 
 
+def training_step(model, optimizer, batch, autocast, grad_clip: float):
+    """Forward, backward, clip, update: (mlm loss, nsp loss, whether the loss was finite).
+
+    A non-finite loss leaves the weights untouched; the caller decides whether to stop.
+    """
+    with autocast():
+        mlm, nsp = model.losses(batch)
+    loss = mlm + nsp
+    optimizer.zero_grad(set_to_none=True)
+    finite = bool(torch.isfinite(loss))
+    if finite:
+        loss.backward()
+        if grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+    return mlm.detach(), nsp.detach(), finite
+
+
 @contextlib.contextmanager
 def stop_requests() -> Iterator[list[int]]:
     """SIGINT/SIGTERM only note the signal: the loop finishes its step, saves and stops.
@@ -267,6 +267,12 @@ def _train(cfg: Config, run_dir: Path, stop: list[int]) -> dict:
         del resume
 
     use_bf16 = t.precision == "bf16"
+    if use_bf16 and not bf16_is_native(device):
+        log.warning(
+            "trainer.precision=bf16 on a %s CPU without bf16 instructions is emulated and "
+            "much slower than fp32; use fp32 here",
+            torch.backends.cpu.get_cpu_capability(),
+        )
 
     def autocast():
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
@@ -329,16 +335,9 @@ def _train(cfg: Config, run_dir: Path, stop: list[int]) -> dict:
     for step in range(start, t.max_steps):
         done = step + 1
         batch = {k: v.to(device, non_blocking=True) for k, v in stream.batch(step).items()}
-        with autocast():
-            mlm, nsp = model.losses(batch)
-        loss = mlm + nsp
-        optimizer.zero_grad(set_to_none=True)
-        if torch.isfinite(loss):
-            loss.backward()
-            if cfg.optim.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-            optimizer.step()
-            window += torch.stack([mlm.detach(), nsp.detach()]).float().cpu()
+        mlm, nsp, finite = training_step(model, optimizer, batch, autocast, cfg.optim.grad_clip)
+        if finite:
+            window += torch.stack([mlm, nsp]).float().cpu()
             window_steps += 1
         else:
             skipped += 1

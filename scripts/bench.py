@@ -1,0 +1,353 @@
+"""Benchmark bertpretrain against Hugging Face transformers on the same work.
+
+    python scripts/bench.py                 # everything, prints a table, writes bench.json
+    python scripts/bench.py --only train --models tiny --reps 5
+
+Measured in one process, contenders interleaved over --reps repetitions, medians reported:
+- training throughput (fwd + bwd + clip + Adam step) of our trainer's step and of
+  transformers' BertForPreTraining (SDPA attention) on identical sizes, optimizer and
+  batches (labels -100 except at the masked positions);
+- this machine's matmul peak (fp32, bf16) and each contender's model FLOPs utilisation,
+  counting FLOPs on the padded batch as a plain implementation computes them;
+- peak memory of a training step (RSS growth on CPU, max_memory_allocated on GPU);
+- building the examples of a WikiText-2-train-sized corpus, cold and from the cache;
+- the cold start of `bertpretrain encode` as a process.
+transformers is optional (`pip install -e ".[bench]"`); without it only ours is measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from bertpretrain import checkpoint
+from bertpretrain.data.batches import BatchStream, to_tensors
+from bertpretrain.data.examples import build_dataset, load_dataset
+from bertpretrain.model import BertConfig, BertForPretraining, flops_per_sequence
+from bertpretrain.train import training_step
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data" / "wikitext-2"
+SIZES = {"tiny": (2, 128, 2, 256, 0.2), "base": (12, 768, 12, 3072, 0.1)}
+TRAIN_TOKENS = 2_100_000  # WikiText-2's train split
+
+
+def matmul_peak(dtype: torch.dtype, device: torch.device, seconds: float = 1.0) -> float:
+    """Best FLOP/s of a large square matmul: the roof our MFU figures are measured against."""
+    n = 2048 if device.type == "cpu" else 8192
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    best, end = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        _sync(device)
+        t0 = time.perf_counter()
+        a @ b
+        _sync(device)
+        best = max(best, 2 * n**3 / (time.perf_counter() - t0))
+    return best
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def real_batches(max_len: int, batch_size: int, count: int) -> tuple[list[dict], int, float]:
+    """`count` training batches from the real validation split, the vocabulary size, and
+    the mean number of masked positions per example."""
+    data = build_dataset(SHARED / "wiki.valid.tokens", None, max_len, 5, 0)
+    stream = BatchStream(to_tensors(data.train), batch_size, seed=0)
+    preds = float(data.train.pred_weights.sum(1).mean())
+    return [stream.batch(i) for i in range(count)], len(data.vocab), preds
+
+
+def ours(size: str, vocab: int, precision: str, device) -> Callable[[dict], None]:
+    layers, hidden, heads, ffn, dropout = SIZES[size]
+    torch.manual_seed(0)
+    model = BertForPretraining(BertConfig(vocab, layers, hidden, heads, ffn, dropout)).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, foreach=True)
+
+    def autocast():
+        return torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16")
+
+    def step(batch):
+        training_step(model, optimizer, batch, autocast, 1.0)
+
+    return step
+
+
+def hf_inputs(batch: dict) -> dict:
+    """Our batch as transformers wants it: labels -100 except at the real masked positions."""
+    tokens = batch["tokens"]
+    labels = torch.full_like(tokens, -100)
+    real = batch["pred_weights"] > 0
+    rows = torch.arange(len(tokens), device=tokens.device)[:, None].expand_as(real)
+    labels[rows[real], batch["pred_positions"][real]] = batch["pred_labels"][real]
+    keep = torch.arange(tokens.shape[1], device=tokens.device) < batch["valid_lens"][:, None]
+    return {
+        "input_ids": tokens,
+        "token_type_ids": batch["segments"],
+        "attention_mask": keep.long(),
+        "labels": labels,
+        "next_sentence_label": batch["nsp_labels"],
+    }
+
+
+def transformers_bert(size: str, vocab: int, precision: str, device) -> Callable[[dict], None]:
+    import transformers
+
+    layers, hidden, heads, ffn, dropout = SIZES[size]
+    config = transformers.BertConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=ffn,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
+        max_position_embeddings=512,
+        attn_implementation="sdpa",
+    )
+    torch.manual_seed(0)
+    model = transformers.BertForPreTraining(config).to(device).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, foreach=True)
+
+    def step(batch):
+        inputs = hf_inputs(batch)
+        with torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16"):
+            loss = model(**inputs).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+
+    return step
+
+
+def _peak_memory_child(make, args, shape, device, queue) -> None:
+    batches = [{k: v.to(device) for k, v in b.items()} for b in real_batches(*shape, 2)[0]]
+    step = make(*args, device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        for b in batches:
+            step(b)
+        torch.cuda.synchronize()
+        queue.put(torch.cuda.max_memory_allocated())
+        return
+    with open("/proc/self/statm") as f:
+        before = int(f.read().split()[1]) * resource.getpagesize()
+    for b in batches:
+        step(b)
+    queue.put(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before)
+
+
+def peak_memory(make, args, shape, device) -> float:
+    """Peak memory of two steps in a fresh process, so contenders do not share a high-water
+    mark (spawned, not forked: a forked child deadlocks in an initialised OpenMP pool)."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_peak_memory_child, args=(make, args, shape, device, queue))
+    child.start()
+    value = queue.get()
+    child.join()
+    return value
+
+
+def bench_training(size, max_len, batch_size, precision, reps, steps, device, peaks) -> list[dict]:
+    batches, vocab, preds = real_batches(max_len, batch_size, steps + 1)
+    batches = [{k: v.to(device) for k, v in b.items()} for b in batches]
+    layers, hidden, heads, ffn, dropout = SIZES[size]
+    flops = flops_per_sequence(BertConfig(vocab, layers, hidden, heads, ffn), max_len, preds)
+    contenders = {"bertpretrain": ours}
+    try:
+        import transformers  # noqa: F401
+
+        contenders["transformers"] = transformers_bert
+    except ImportError:
+        print("transformers is not installed: measuring bertpretrain only", file=sys.stderr)
+    steps_fns = {name: make(size, vocab, precision, device) for name, make in contenders.items()}
+    for fn in steps_fns.values():
+        fn(batches[0])  # warm-up: allocator, lazy init
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(reps):
+        for name, fn in steps_fns.items():
+            _sync(device)
+            t0 = time.perf_counter()
+            for b in batches[1:]:
+                fn(b)
+            _sync(device)
+            times[name].append((time.perf_counter() - t0) / steps)
+    peak = peaks[torch.bfloat16 if precision == "bf16" else torch.float32]
+    rows = []
+    for name, make in contenders.items():
+        t = statistics.median(times[name])
+        rows.append(
+            {
+                "what": f"train {size} L={max_len} B={batch_size} {precision}",
+                "contender": name,
+                "step_s": t,
+                "seq_per_s": batch_size / t,
+                "tokens_per_s": batch_size * max_len / t,
+                "model_gflop_per_step": flops * batch_size / 1e9,
+                "mfu": flops * batch_size / t / peak,
+                "peak_memory_mb": peak_memory(
+                    make, (size, vocab, precision), (max_len, batch_size), device
+                )
+                / 2**20,
+            }
+        )
+    return rows
+
+
+def corpus_like_train(folder: Path) -> Path:
+    """A WikiText-2-train-sized corpus: the shared splits, concatenated until 2.1M tokens."""
+    parts = [(SHARED / f"wiki.{s}.tokens").read_text(encoding="utf-8") for s in ("valid", "test")]
+    text, tokens = [], 0
+    while tokens < TRAIN_TOKENS:
+        for part in parts:
+            text.append(part)
+            tokens += len(part.split())
+    path = folder / "wiki.train.tokens"
+    path.write_text("".join(text), encoding="utf-8")
+    return path
+
+
+def bench_examples(reps: int) -> list[dict]:
+    with tempfile.TemporaryDirectory() as tmp:
+        corpus = corpus_like_train(Path(tmp))
+        tokens = len(corpus.read_text(encoding="utf-8").split())
+        cold, cached = [], []
+        for rep in range(reps):
+            cache = Path(tmp) / f"cache{rep}"
+            t0 = time.perf_counter()
+            load_dataset(corpus, None, 64, 5, 0, cache)  # builds, then writes the cache
+            cold.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            load_dataset(corpus, None, 64, 5, 0, cache)
+            cached.append(time.perf_counter() - t0)
+    what = f"build examples ({tokens / 1e6:.2f}M tokens, max_len 64)"
+    return [
+        {"what": what, "contender": "cold (incl. cache write)", "seconds": statistics.median(cold)},
+        {"what": what, "contender": "from cache", "seconds": statistics.median(cached)},
+    ]
+
+
+def bench_encode_start(reps: int) -> list[dict]:
+    """Wall time of `bertpretrain encode "a crane is flying"` as a fresh process."""
+    with tempfile.TemporaryDirectory() as tmp:
+        vocab = ["<unk>", "<pad>", "<mask>", "<cls>", "<sep>", "a", "crane", "is", "flying"]
+        model = BertForPretraining(BertConfig(len(vocab), 2, 128, 2, 256))
+        path = Path(tmp) / "step_00000001.pt"
+        checkpoint.save(
+            {
+                "step": 1,
+                "model": model.state_dict(),
+                "vocab": vocab,
+                "config": {"data": {"max_len": 64}},
+                "model_config": model.config.to_dict(),
+            },
+            path,
+        )
+        command = [sys.executable, "-m", "bertpretrain", "encode", "a crane is flying"]
+        rows = []
+        for label, cmd in [
+            ("bertpretrain encode", [*command, "--checkpoint", str(path)]),
+            ("python -c 'import torch' (floor)", [sys.executable, "-c", "import torch"]),
+        ]:
+            times = []
+            for _ in range(reps):
+                t0 = time.perf_counter()
+                subprocess.run(cmd, check=True, capture_output=True)
+                times.append(time.perf_counter() - t0)
+            rows.append(
+                {"what": "cold start", "contender": label, "seconds": statistics.median(times)}
+            )
+        return rows
+
+
+def print_table(rows: list[dict]) -> None:
+    print(f"{'what':<38} {'contender':<32} {'result'}")
+    for r in rows:
+        if "step_s" in r:
+            result = (
+                f"{r['seq_per_s']:8.1f} seq/s {r['tokens_per_s']:9.0f} tok/s  step {r['step_s']:.3f} s"
+                f"  MFU {100 * r['mfu']:5.1f}%  peak mem {r['peak_memory_mb']:.0f} MB"
+            )
+        elif "tflops" in r:
+            result = f"{r['tflops'] * 1e3:8.1f} GFLOP/s"
+        else:
+            result = f"{r['seconds']:8.3f} s"
+        print(f"{r['what']:<38} {r['contender']:<32} {result}")
+    by_what: dict[str, dict] = {}
+    for r in rows:
+        if "seq_per_s" in r:
+            by_what.setdefault(r["what"], {})[r["contender"]] = r["seq_per_s"]
+    for what, c in by_what.items():
+        if "transformers" in c:
+            print(
+                f"{what}: bertpretrain / transformers = {c['bertpretrain'] / c['transformers']:.2f}x"
+            )
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--only", choices=["train", "examples", "encode"], action="append")
+    p.add_argument("--models", default="tiny,base")
+    p.add_argument("--precisions", default="fp32,bf16")
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--steps", type=int, default=3, help="steps per timed repetition")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--json", default="bench.json", help="where to write the results")
+    args = p.parse_args()
+    only = set(args.only or ["train", "examples", "encode"])
+    device = torch.device(args.device)
+
+    rows: list[dict] = []
+    peaks = {d: matmul_peak(d, device) for d in (torch.float32, torch.bfloat16)}
+    for d, v in peaks.items():
+        rows.append({"what": "matmul peak", "contender": str(d).split(".")[1], "tflops": v / 1e12})
+    if "train" in only:
+        shapes = {"tiny": [(64, 512)]}
+        shapes["base"] = [(128, 8)] if device.type == "cpu" else [(128, 64), (512, 16)]
+        for size in args.models.split(","):
+            for precision in args.precisions.split(","):
+                if size == "base" and precision == "bf16" and device.type == "cpu":
+                    continue  # base at bf16 on CPU adds minutes and no decision
+                for max_len, batch in shapes[size]:
+                    rows += bench_training(
+                        size, max_len, batch, precision, args.reps, args.steps, device, peaks
+                    )
+    if "examples" in only:
+        rows += bench_examples(args.reps)
+    if "encode" in only:
+        rows += bench_encode_start(args.reps)
+    print_table(rows)
+    sys.stdout.flush()
+    machine = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "threads": torch.get_num_threads(),
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+    }
+    Path(args.json).write_text(json.dumps({"machine": machine, "rows": rows}, indent=1))
+    print(f"results written to {args.json}")
+
+
+if __name__ == "__main__":
+    main()
