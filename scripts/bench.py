@@ -36,7 +36,7 @@ from bertpretrain import checkpoint
 from bertpretrain.data.batches import BatchStream, to_tensors
 from bertpretrain.data.examples import build_dataset, load_dataset
 from bertpretrain.model import BertConfig, BertForPretraining, flops_per_sequence
-from bertpretrain.train import training_step
+from bertpretrain.train import PretrainingLosses, training_step
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data" / "wikitext-2"
@@ -82,8 +82,10 @@ def ours(size: str, vocab: int, precision: str, device) -> Callable[[dict], None
     def autocast():
         return torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16")
 
+    losses = PretrainingLosses(model)
+
     def step(batch):
-        training_step(model, optimizer, batch, autocast, 1.0)
+        training_step(losses, optimizer, [batch], autocast, 1.0)
 
     return step
 

@@ -101,7 +101,7 @@ def test_user_config_dir_adds_a_model(tmp_path, cli_env):
     (tmp_path / "mine" / "model").mkdir(parents=True)
     (tmp_path / "mine" / "model" / "mini.yaml").write_text(
         "name: mini\nnum_layers: 1\nhidden_size: 64\nnum_heads: 4\nffn_size: 128\n"
-        "dropout: 0.1\nmax_position: 128\n"
+        "dropout: 0.1\nmax_position: 128\ngradient_checkpointing: false\n"
     )
     result = run_cli(
         ["train", "--config-dir", str(tmp_path / "mine"), "model=mini", "--cfg", "job"],

@@ -61,7 +61,7 @@ def _one_line(e: BaseException) -> str:
     return " ".join(parts) or "invalid configuration"
 
 
-def _precheck(argv: list[str]) -> None:
+def _precheck(argv: list[str]):
     """Compose and check the config of a single run before Hydra starts it.
 
     Hydra reports a bad override over several lines; composing it here first turns that
@@ -88,7 +88,7 @@ def _precheck(argv: list[str]) -> None:
         or args.shell_completion
         or args.config_path
     ):
-        return  # Hydra answers these itself; multirun jobs are checked one by one
+        return None  # Hydra answers these itself; multirun jobs are checked one by one
     overrides = list(args.overrides)
     if args.config_dir:
         path = os.path.abspath(args.config_dir)
@@ -104,6 +104,7 @@ def _precheck(argv: list[str]) -> None:
             )
         to_config(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]))
         _check_writable(Path(cfg.hydra.run.dir))
+        return cfg
     except UserError as e:
         fail(str(e))
     except (HydraException, OmegaConfBaseException, ValueError) as e:
@@ -123,17 +124,41 @@ def _check_writable(run_dir: Path) -> None:
         )
 
 
+def _one_run_dir_for_all_ranks(argv: list[str], cfg) -> list[str]:
+    """Under torchrun: every rank writes into rank 0's run dir, and only rank 0 leaves
+    Hydra's logs and .hydra folder there."""
+    from bertpretrain import distributed
+
+    if cfg is None:
+        fail("under torchrun, `train` takes overrides only (no -m sweeps, --cfg or --help)")
+    ranks = distributed.init_from_env()
+    run_dir = distributed.broadcast_str(
+        str(Path(cfg.hydra.run.dir).absolute()) if ranks.main else None
+    )
+    argv = [a for a in argv if not a.startswith("hydra.run.dir=")] + [f"hydra.run.dir={run_dir}"]
+    if not ranks.main:
+        argv += [
+            "hydra.output_subdir=null",
+            "hydra/job_logging=disabled",
+            "hydra/hydra_logging=disabled",
+        ]
+    return argv
+
+
 def train_main(argv: list[str]) -> None:
     import hydra
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
     from omegaconf import DictConfig, OmegaConf
 
+    from bertpretrain import distributed
     from bertpretrain.config import conf_dir, register_configs, to_config
     from bertpretrain.train import train
 
     register_configs()
-    _precheck(argv)
+    cfg = _precheck(argv)
+    if distributed.launched_by_torchrun():
+        argv = _one_run_dir_for_all_ranks(argv, cfg)
     failures: list[str] = []
 
     @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")
@@ -162,7 +187,10 @@ def train_main(argv: list[str]) -> None:
             failures.append(f"job {hc.job.num} ({overrides}): {type(e).__name__}: {e}")
 
     sys.argv = [sys.argv[0], *argv]
-    run()
+    try:
+        run()
+    finally:
+        distributed.shutdown()
     if failures:
         fail(f"{len(failures)} sweep job(s) failed: " + "; ".join(failures))
 

@@ -25,6 +25,7 @@ class ModelConfig:
     ffn_size: int = MISSING
     dropout: float = MISSING
     max_position: int = MISSING
+    gradient_checkpointing: bool = MISSING
 
 
 @dataclass
@@ -57,6 +58,7 @@ class OptimConfig:
 class TrainerConfig:
     max_steps: int = MISSING
     batch_size: int = MISSING
+    grad_accum: int = MISSING
     seed: int = MISSING
     device: str = MISSING
     precision: str = MISSING
@@ -109,6 +111,7 @@ def check(cfg: Config) -> None:
         ("model.max_position", m.max_position),
         ("trainer.max_steps", t.max_steps),
         ("trainer.batch_size", t.batch_size),
+        ("trainer.grad_accum", t.grad_accum),
         ("trainer.log_every", t.log_every),
         ("trainer.keep_last", t.keep_last),
         ("data.min_freq", d.min_freq),
@@ -127,6 +130,10 @@ def check(cfg: Config) -> None:
         m.hidden_size % m.num_heads == 0,
         f"model.hidden_size={m.hidden_size} is not divisible by model.num_heads={m.num_heads}; "
         "pick a head count that divides the hidden size",
+    )
+    _require(
+        t.batch_size % t.grad_accum == 0,
+        f"trainer.batch_size={t.batch_size} is not a multiple of trainer.grad_accum={t.grad_accum}",
     )
     _require(0.0 <= m.dropout < 1.0, f"model.dropout={m.dropout} must be in [0, 1)")
     _require(

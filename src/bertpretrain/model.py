@@ -12,6 +12,7 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 
@@ -139,11 +140,17 @@ class BertModel(nn.Module):
         self.embeddings = Embeddings(c)
         self.layer = nn.ModuleList(Layer(c) for _ in range(c.num_layers))
         self.pooler = nn.Linear(c.hidden_size, c.hidden_size)
+        self.gradient_checkpointing = False  # a memory/speed trade, not part of the model
 
     def encode_packed(self, tokens, segments, packing: Packing) -> torch.Tensor:
         x = self.embeddings(tokens, segments, packing)
         for layer in self.layer:
-            x = layer(x, packing)
+            if self.gradient_checkpointing and self.training:
+                # Keep only each layer's input; recompute the rest in backward, with the
+                # same dropout masks (the RNG state is replayed).
+                x = torch.utils.checkpoint.checkpoint(layer, x, packing, use_reentrant=False)
+            else:
+                x = layer(x, packing)
         return x  # (T, H)
 
     def forward(self, tokens, segments, valid_lens) -> torch.Tensor:
@@ -181,11 +188,18 @@ class BertForPretraining(nn.Module):
         )  # (B, P, H)
         return encoded, self.mlm_logits(picked), self.nsp(self.bert.pool(encoded[:, 0]))
 
-    def losses(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def losses(
+        self,
+        batch: dict[str, torch.Tensor],
+        mlm_count: torch.Tensor | float | None = None,
+        nsp_count: torch.Tensor | float | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """MLM cross-entropy averaged over the real masked positions only, and NSP loss.
 
         Works on the packed tokens throughout, and runs the MLM head only where the
         prediction weight is 1: padded slots cost nothing and cannot leak into the loss.
+        A micro-batch of a larger batch passes the larger batch's counts, so the summed
+        micro-batch losses equal the whole batch's mean exactly.
         """
         tokens, valid_lens = batch["tokens"], batch["valid_lens"]
         packing = pack(valid_lens, tokens.shape[1])
@@ -193,9 +207,13 @@ class BertForPretraining(nn.Module):
         starts = torch.cumsum(valid_lens, 0) - valid_lens  # packed row of each <cls>
         real = batch["pred_weights"] > 0  # (B, P)
         rows = (starts[:, None] + batch["pred_positions"])[real]  # packed rows of the targets
-        mlm = F.cross_entropy(self.mlm_logits(x[rows]).float(), batch["pred_labels"][real])
-        nsp = F.cross_entropy(self.nsp(self.bert.pool(x[starts])).float(), batch["nsp_labels"])
-        return mlm, nsp
+        logits = self.mlm_logits(x[rows]).float()
+        mlm = F.cross_entropy(logits, batch["pred_labels"][real], reduction="sum")
+        nsp_logits = self.nsp(self.bert.pool(x[starts])).float()
+        nsp = F.cross_entropy(nsp_logits, batch["nsp_labels"], reduction="sum")
+        mlm_count = real.sum() if mlm_count is None else mlm_count
+        nsp_count = len(valid_lens) if nsp_count is None else nsp_count
+        return mlm / mlm_count, nsp / nsp_count
 
 
 def _init_weights(module: nn.Module) -> None:

@@ -21,7 +21,7 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from bertpretrain import checkpoint, data
+from bertpretrain import checkpoint, data, distributed
 from bertpretrain.config import Config, OptimConfig, to_dict
 from bertpretrain.data.batches import BatchStream, eval_batches, to_tensors
 from bertpretrain.device import bf16_is_native, pick_device
@@ -184,22 +184,59 @@ def _log_line(step: int, max_steps: int, mlm: float, nsp: float, seq_s: float) -
     return f"step {step}/{max_steps}  mlm {mlm:.4f}  nsp {nsp:.4f}  {seq_s:.1f} seq/s"
 
 
-def training_step(model, optimizer, batch, autocast, grad_clip: float):
-    """Forward, backward, clip, update: (mlm loss, nsp loss, whether the loss was finite).
+class PretrainingLosses(torch.nn.Module):
+    """The model's losses as a forward(), because DistributedDataParallel syncs gradients
+    only for what goes through the wrapped module's forward."""
 
-    A non-finite loss leaves the weights untouched; the caller decides whether to stop.
+    def __init__(self, model: BertForPretraining):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch, mlm_count=None, nsp_count=None):
+        return self.model.losses(batch, mlm_count, nsp_count)
+
+
+def split_batch(batch: dict, ranks: distributed.Ranks, accum: int) -> list[dict]:
+    """This rank's micro-batches: the global batch cut into world * accum equal pieces."""
+    size = len(batch["nsp_labels"]) // (ranks.world * accum)
+    first = ranks.rank * accum
+    return [
+        {k: v[(first + m) * size : (first + m + 1) * size] for k, v in batch.items()}
+        for m in range(accum)
+    ]
+
+
+def training_step(
+    module, optimizer, micro_batches, autocast, grad_clip: float, counts=(None, None)
+):
+    """Forward and backward every micro-batch, clip, update.
+
+    Returns the (mlm, nsp) loss of this rank's share and whether every loss was finite. A
+    non-finite loss on any rank leaves the weights untouched on all of them; the caller
+    decides whether to stop. `counts` are the global batch's (masked positions, examples),
+    so micro-batch losses add up to the global batch mean exactly.
     """
-    with autocast():
-        mlm, nsp = model.losses(batch)
-    loss = mlm + nsp
     optimizer.zero_grad(set_to_none=True)
-    finite = bool(torch.isfinite(loss))
-    if finite:
-        loss.backward()
-        if grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        optimizer.step()
-    return mlm.detach(), nsp.detach(), finite
+    device = micro_batches[0]["tokens"].device
+    total = torch.zeros(2, device=device)
+    for i, mb in enumerate(micro_batches):
+        last = i == len(micro_batches) - 1
+        sync = (
+            contextlib.nullcontext() if last or not hasattr(module, "no_sync") else module.no_sync()
+        )
+        with sync:
+            with autocast():
+                mlm, nsp = module(mb, *counts)
+            loss = mlm + nsp
+            if distributed.any_rank(not bool(torch.isfinite(loss)), device):
+                optimizer.zero_grad(set_to_none=True)
+                return total, False
+            loss.backward()
+        total += torch.stack([mlm.detach(), nsp.detach()]).float()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(module.parameters(), grad_clip)
+    optimizer.step()
+    return total, True
 
 
 @contextlib.contextmanager
@@ -228,15 +265,34 @@ def stop_requests() -> Iterator[list[int]]:
 
 
 def train(cfg: Config, run_dir: Path) -> dict:
-    """Pretrain BERT as `cfg` says, writing TensorBoard logs and checkpoints into run_dir."""
-    with checkpoint.run_lock(run_dir), stop_requests() as stop:
-        return _train(cfg, run_dir, stop)
+    """Pretrain BERT as `cfg` says, writing TensorBoard logs and checkpoints into run_dir.
+
+    Under torchrun every rank calls this; rank 0 alone logs, evaluates and saves.
+    """
+    main = distributed.ranks().main
+    lock = checkpoint.run_lock(run_dir) if main else contextlib.nullcontext()
+    with lock, stop_requests() as stop:
+        try:
+            return _train(cfg, run_dir, stop)
+        except torch.OutOfMemoryError:
+            from bertpretrain.plan import oom_advice
+
+            raise UserError(oom_advice(cfg, pick_device(cfg.trainer.device))) from None
 
 
 def _train(cfg: Config, run_dir: Path, stop: list[int]) -> dict:
     t = cfg.trainer
+    ranks = distributed.ranks()
     torch.manual_seed(t.seed)
     device = pick_device(t.device)
+    if device.type == "cuda" and ranks.world > 1:
+        device = torch.device("cuda", ranks.local_rank)
+    if t.batch_size % (ranks.world * t.grad_accum):
+        raise UserError(
+            f"trainer.batch_size={t.batch_size} does not split into {ranks.world} ranks x "
+            f"{t.grad_accum} micro-steps (trainer.grad_accum); use a multiple of "
+            f"{ranks.world * t.grad_accum}"
+        )
     resume = _resume_state(cfg, run_dir)
 
     dataset = data.load(cfg.data, t.seed)
@@ -254,6 +310,7 @@ def _train(cfg: Config, run_dir: Path, stop: list[int]) -> dict:
     )
 
     model = make_model(cfg, len(dataset.vocab)).to(device)
+    model.bert.gradient_checkpointing = cfg.model.gradient_checkpointing
     log.info("model %s: %s", cfg.model.name, describe(model.config, count_parameters(model)))
     optimizer = make_optimizer(model, cfg.optim)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg.optim, t.max_steps))
@@ -265,6 +322,13 @@ def _train(cfg: Config, run_dir: Path, stop: list[int]) -> dict:
         set_rng_state(resume["rng"])
         start = resume["step"]
         del resume
+    if ranks.rank > 0:  # the same weights everywhere, but each rank its own dropout masks
+        torch.manual_seed(t.seed + 1_000_003 * ranks.rank + start)
+    module = PretrainingLosses(model)
+    if ranks.world > 1:
+        module = torch.nn.parallel.DistributedDataParallel(
+            module, device_ids=[device.index] if device.type == "cuda" else None
+        )
 
     use_bf16 = t.precision == "bf16"
     if use_bf16 and not bf16_is_native(device):
@@ -279,7 +343,11 @@ def _train(cfg: Config, run_dir: Path, stop: list[int]) -> dict:
 
     stream = BatchStream(train_tensors, t.batch_size, t.seed)
     # Steps up to `start` were logged by the interrupted run; drop anything it logged later.
-    writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start + 1 if start else None)
+    writer = (
+        SummaryWriter(str(run_dir / "tensorboard"), purge_step=start + 1 if start else None)
+        if ranks.main
+        else None
+    )
     flops = flops_per_sequence(
         model.config, cfg.data.max_len, float(dataset.train.pred_weights.sum(1).mean())
     )
@@ -325,27 +393,38 @@ def _train(cfg: Config, run_dir: Path, stop: list[int]) -> dict:
     model.train()
     interactive = sys.stderr.isatty()
     bar = tqdm(
-        total=t.max_steps, initial=start, disable=not interactive, unit="step", dynamic_ncols=True
+        total=t.max_steps,
+        initial=start,
+        disable=not (interactive and ranks.main),
+        unit="step",
+        dynamic_ncols=True,
     )
-    window = torch.zeros(2)  # summed mlm, nsp losses since the last log line
+    window = torch.zeros(2, device=device)  # summed mlm, nsp losses since the last log line
     window_steps, window_start = 0, time.perf_counter()
     last = {"mlm_loss": math.nan, "nsp_loss": math.nan}
     speeds: list[float] = []
     skipped = 0
     for step in range(start, t.max_steps):
         done = step + 1
-        batch = {k: v.to(device, non_blocking=True) for k, v in stream.batch(step).items()}
-        mlm, nsp, finite = training_step(model, optimizer, batch, autocast, cfg.optim.grad_clip)
+        batch = stream.batch(step)
+        counts = ((batch["pred_weights"] > 0).sum().to(device), len(batch["nsp_labels"]))
+        micro = [
+            {k: v.to(device, non_blocking=True) for k, v in mb.items()}
+            for mb in split_batch(batch, ranks, t.grad_accum)
+        ]
+        losses, finite = training_step(
+            module, optimizer, micro, autocast, cfg.optim.grad_clip, counts
+        )
         if finite:
-            window += torch.stack([mlm, nsp]).float().cpu()
+            window += losses
             window_steps += 1
         else:
             skipped += 1
             if skipped > t.skip_nonfinite:
                 raise UserError(
-                    f"non-finite loss at step {done} (mlm {mlm.item()}, nsp {nsp.item()}); the last "
-                    f"good checkpoint is {saved[-1] if saved else 'none'}; lower optim.lr, or allow "
-                    "skipping such steps with trainer.skip_nonfinite=N"
+                    f"non-finite loss at step {done}; the last good checkpoint is "
+                    f"{saved[-1] if saved else 'none'}; lower optim.lr, or allow skipping such "
+                    "steps with trainer.skip_nonfinite=N"
                 )
             log.warning(
                 "step %d: non-finite loss, skipped (%d of %d allowed)",
@@ -358,40 +437,45 @@ def _train(cfg: Config, run_dir: Path, stop: list[int]) -> dict:
 
         if window_steps and (done % t.log_every == 0 or done == t.max_steps):
             elapsed = time.perf_counter() - window_start
-            mlm_avg, nsp_avg = (window / window_steps).tolist()
+            mlm_avg, nsp_avg = (distributed.sum_over_ranks(window) / window_steps).tolist()
             seq_s = window_steps * t.batch_size / elapsed
             speeds.append(seq_s)
             last = {"mlm_loss": mlm_avg, "nsp_loss": nsp_avg}
-            for name, value in [
-                ("mlm_loss", mlm_avg),
-                ("nsp_loss", nsp_avg),
-                ("loss", mlm_avg + nsp_avg),
-                ("lr", scheduler.get_last_lr()[0]),
-                ("seq_per_s", seq_s),
-            ]:
-                writer.add_scalar(f"train/{name}", value, done)
-            bar.set_postfix(mlm=f"{mlm_avg:.3f}", nsp=f"{nsp_avg:.3f}", seq_s=f"{seq_s:.0f}")
-            if not interactive:
-                log.info(_log_line(done, t.max_steps, mlm_avg, nsp_avg, seq_s))
+            if ranks.main:
+                for name, value in [
+                    ("mlm_loss", mlm_avg),
+                    ("nsp_loss", nsp_avg),
+                    ("loss", mlm_avg + nsp_avg),
+                    ("lr", scheduler.get_last_lr()[0]),
+                    ("seq_per_s", seq_s),
+                ]:
+                    writer.add_scalar(f"train/{name}", value, done)
+                bar.set_postfix(mlm=f"{mlm_avg:.3f}", nsp=f"{nsp_avg:.3f}", seq_s=f"{seq_s:.0f}")
+                if not interactive:
+                    log.info(_log_line(done, t.max_steps, mlm_avg, nsp_avg, seq_s))
             window.zero_()
             window_steps, window_start = 0, time.perf_counter()
-        if stop:
-            path = save(done)
-            writer.close()
+        if distributed.any_rank(bool(stop), device):
             bar.close()
-            signum = stop[0]
+            signum = stop[0] if stop else signal.SIGTERM
+            where = ""
+            if ranks.main:
+                where = f"; checkpoint {save(done)}"
+                writer.close()
             raise Interrupted(
-                f"stopped by {signal.Signals(signum).name} after step {done}; checkpoint {path}; "
-                f"to resume, rerun with hydra.run.dir={run_dir} trainer.resume=true",
+                f"stopped by {signal.Signals(signum).name} after step {done}{where}; to resume, "
+                f"rerun with hydra.run.dir={run_dir} trainer.resume=true",
                 128 + signum,
             )
-        if t.eval_every and done % t.eval_every == 0 and done != t.max_steps:
+        if ranks.main and t.eval_every and done % t.eval_every == 0 and done != t.max_steps:
             run_eval(done)
             window_start = time.perf_counter()
-        if t.save_every and done % t.save_every == 0 and done != t.max_steps:
+        if ranks.main and t.save_every and done % t.save_every == 0 and done != t.max_steps:
             save(done)
             window_start = time.perf_counter()
     bar.close()
+    if not ranks.main:
+        return {"steps": t.max_steps, **last}
 
     metrics = run_eval(t.max_steps)
     path = save(t.max_steps)

@@ -1,0 +1,75 @@
+"""Data-parallel training with torchrun: process group, shared run dir, agreed decisions.
+
+`torchrun --nproc_per_node=N -m bertpretrain train ...` starts N copies of the CLI. They
+join one process group (NCCL on GPU, gloo on CPU), agree on rank 0's run dir (Hydra's
+time-stamped dirs would differ between ranks started a second apart), and agree on every
+decision that changes control flow (stop on a signal, skip a non-finite step), so no rank
+waits forever in a collective the others skipped.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Ranks:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def launched_by_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def init_from_env() -> Ranks:
+    """Join the process group torchrun describes in RANK/WORLD_SIZE/MASTER_ADDR/..."""
+    if not dist.is_initialized():
+        cuda = torch.cuda.is_available() and os.environ.get("BERTPRETRAIN_DIST_BACKEND") != "gloo"
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
+    return ranks()
+
+
+def ranks() -> Ranks:
+    if not dist.is_initialized():
+        return Ranks()
+    return Ranks(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def broadcast_str(value: str | None) -> str:
+    """Rank 0's value on every rank."""
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True on every rank if it is true on any rank (a no-op outside torchrun)."""
+    if not dist.is_initialized():
+        return flag
+    t = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def sum_over_ranks(t: torch.Tensor) -> torch.Tensor:
+    if dist.is_initialized():
+        t = t.clone()
+        dist.all_reduce(t)
+    return t
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,102 @@
+"""Data parallel training: torchrun with 2 gloo processes on CPU matches one process."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import SHARED_WIKITEXT, run_cli
+from test_train_cli import scalars
+
+from bertpretrain import checkpoint
+
+# dropout off: with it, each rank draws its own masks and the runs differ by design.
+ARGS = [
+    "model=tiny",
+    "model.dropout=0",
+    f"data.dir={SHARED_WIKITEXT}",
+    "data.train_split=valid",
+    "data.valid_split=test",
+    "trainer.batch_size=64",
+    "trainer.log_every=1",
+    "trainer.eval_batches=1",
+]
+TOLERANCE = 1e-4  # relative: the all-reduce sums gradients in another order than one process
+
+
+def torchrun(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+        + ["-m", "bertpretrain", "train", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def losses(run_dir: Path) -> dict[str, list[float]]:
+    curves = scalars(run_dir)
+    return {k: [v for _, v in curves[f"train/{k}"]] for k in ("mlm_loss", "nsp_loss")}
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory, cli_env, wikitext_dir) -> Path:
+    cwd = tmp_path_factory.mktemp("single")
+    result = run_cli(["train", *ARGS, "trainer.max_steps=4", "hydra.run.dir=run"], cwd, cli_env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return cwd / "run"
+
+
+def test_two_gloo_ranks_match_one_process_and_share_one_run_dir(tmp_path, cli_env, single):
+    result = torchrun([*ARGS, "trainer.max_steps=4"], tmp_path, cli_env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = [p for p in (tmp_path / "outputs").glob("*/*") if p.parent.name != "latest"]
+    assert len(runs) == 1, runs  # not one time-stamped dir per rank
+    (run_dir,) = runs
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["outputs"]
+    assert (run_dir / "train.log").is_file() and (run_dir / ".hydra").is_dir()
+    assert [p.name for p in checkpoint.list_checkpoints(run_dir)] == ["step_00000004.pt"]
+    ours, reference = losses(run_dir), losses(single)
+    for key in ("mlm_loss", "nsp_loss"):
+        assert len(ours[key]) == 4
+        assert ours[key] == pytest.approx(reference[key], rel=TOLERANCE), key
+    assert result.stdout.count("done: 4 steps") == 1  # only rank 0 logs
+
+
+def test_gradient_accumulation_matches_the_whole_batch(tmp_path, cli_env, single):
+    result = run_cli(
+        ["train", *ARGS, "trainer.max_steps=4", "trainer.grad_accum=4", "hydra.run.dir=run"],
+        tmp_path,
+        cli_env,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    ours, reference = losses(tmp_path / "run"), losses(single)
+    for key in ("mlm_loss", "nsp_loss"):
+        assert ours[key] == pytest.approx(reference[key], rel=1e-5), key
+
+
+def test_distributed_run_resumes_from_its_checkpoint(tmp_path, cli_env, single):
+    first = torchrun([*ARGS, "trainer.max_steps=2", "hydra.run.dir=run"], tmp_path, cli_env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = torchrun(
+        [*ARGS, "trainer.max_steps=4", "hydra.run.dir=run", "trainer.resume=true"],
+        tmp_path,
+        cli_env,
+    )
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resuming from" in second.stdout
+    ours = losses(tmp_path / "run")
+    assert len(ours["mlm_loss"]) == 4  # steps 1-2 from the first run, 3-4 after resuming
+    assert ours["mlm_loss"] == pytest.approx(losses(single)["mlm_loss"], rel=TOLERANCE)
+
+
+def test_batch_that_does_not_split_across_ranks_is_refused(tmp_path, cli_env):
+    result = torchrun([*ARGS, "trainer.batch_size=63", "trainer.max_steps=1"], tmp_path, cli_env)
+    assert result.returncode != 0
+    # torchrun adds its own report of the failed workers; each rank's own answer is one line
+    assert "bertpretrain: error: trainer.batch_size=63 does not split into 2 ranks" in result.stderr
+    assert 'bertpretrain/train.py", line' not in result.stderr
