@@ -196,3 +196,17 @@ def test_installed_wheel_ships_and_composes_every_config(tmp_path, cli_env):
         check=True,
     )
     assert Path(where.stdout.strip()).is_relative_to(target)
+
+
+def test_parallel_launcher_runs_sweep_jobs_in_their_own_processes(tmp_path, cli_env, wikitext_dir):
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher", reason="pip install -e '.[launchers]'")
+    args = [a for a in TINY_ARGS if not a.startswith("trainer.max_steps")]
+    result = run_cli(
+        ["train", "-m", "hydra/launcher=parallel", *args, "trainer.max_steps=1", "trainer.seed=1,2"],
+        tmp_path,
+        cli_env,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    jobs = sorted((tmp_path / "outputs" / "multirun").glob("*/*/[0-9]*"))
+    assert [j.name for j in jobs] == ["0", "1"]
+    assert all(checkpoint.list_checkpoints(j) for j in jobs)
