@@ -210,3 +210,18 @@ def test_parallel_launcher_runs_sweep_jobs_in_their_own_processes(tmp_path, cli_
     jobs = sorted((tmp_path / "outputs" / "multirun").glob("*/*/[0-9]*"))
     assert [j.name for j in jobs] == ["0", "1"]
     assert all(checkpoint.list_checkpoints(j) for j in jobs)
+
+
+def test_runs_lists_finished_runs_with_overrides_losses_and_checkpoint(tiny_run, cli_env):
+    import json
+
+    cwd = tiny_run.parent.parent  # tiny_run is <cwd>/outputs/tiny
+    listed = run_cli(["runs", "--json"], cwd, cli_env)
+    assert listed.returncode == 0, listed.stderr
+    (row,) = [r for r in json.loads(listed.stdout) if r["run"] == str(tiny_run.resolve())]
+    assert row["finished"] and row["steps"] == 6
+    assert "trainer.max_steps=6" in row["overrides"]
+    assert 0 < row["train_mlm_loss"] < 20 and 0 < row["val_nsp_loss"] < 5
+    assert row["checkpoint"].endswith("step_00000006.pt")
+    table = run_cli(["runs"], cwd, cli_env)
+    assert table.returncode == 0 and str(tiny_run.resolve()) in table.stdout

@@ -12,6 +12,7 @@ import errno
 import logging
 import os
 import pickle
+import shutil
 import tempfile
 import zipfile
 from collections.abc import Iterator
@@ -43,14 +44,15 @@ def save(state: dict, path: Path) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide checkpoints from the user's group
         with os.fdopen(fd, "wb") as f:
             torch.save({"format": FORMAT, **state}, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
         tmp = None
-    except OSError as e:
-        reason = "the disk is full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+    except (OSError, RuntimeError) as e:  # torch.save reports a failed write as RuntimeError
+        reason = _write_failure(e, path.parent)
         raise UserError(
             f"could not write checkpoint {path}: {reason}; free space or make the run dir "
             "writable (earlier checkpoints are intact)"
@@ -58,10 +60,19 @@ def save(state: dict, path: Path) -> None:
     finally:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
-def _fsync_dir(folder: Path) -> None:
+def _write_failure(e: Exception, folder: Path) -> str:
+    if getattr(e, "errno", None) == errno.ENOSPC:
+        return "the disk is full"
+    with contextlib.suppress(OSError):
+        if shutil.disk_usage(folder).free < 1 << 20:
+            return "the disk is full"
+    return getattr(e, "strerror", None) or str(e).splitlines()[0]
+
+
+def fsync_dir(folder: Path) -> None:
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:
@@ -75,8 +86,12 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def prune(run_dir: Path, keep_last: int) -> None:
+    """Keep the newest checkpoints; also drop temp files of writes a kill interrupted
+    (safe: the caller holds the run dir's lock, so no write is in flight)."""
     for old in list_checkpoints(run_dir)[:-keep_last]:
         old.unlink(missing_ok=True)
+    for tmp in (run_dir / SUBDIR).glob(".step_*.tmp"):
+        tmp.unlink(missing_ok=True)
 
 
 def resolve(path: str | Path) -> Path:
@@ -131,6 +146,29 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def lock_owner(run_dir: Path) -> int | None:
+    """The pid of a live process holding run_dir's lock, if any."""
+    try:
+        owner = int((run_dir / LOCK).read_text().strip() or 0)
+    except (OSError, ValueError):
+        return None
+    return owner if owner and owner != os.getpid() and _alive(owner) else None
+
+
+def _in_use(run_dir: Path, owner: int) -> UserError:
+    return UserError(
+        f"run dir {run_dir} is in use by process {owner}; wait for it to finish or "
+        "choose another hydra.run.dir"
+    )
+
+
+def check_not_in_use(run_dir: Path) -> None:
+    """Refuse before Hydra writes its .hydra/ files into a live run's dir."""
+    owner = lock_owner(run_dir)
+    if owner:
+        raise _in_use(run_dir, owner)
+
+
 @contextlib.contextmanager
 def run_lock(run_dir: Path) -> Iterator[None]:
     """Hold `run_dir/.lock` (our pid) while training, so two processes never write one run.
@@ -144,18 +182,10 @@ def run_lock(run_dir: Path) -> Iterator[None]:
         try:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
-            try:
-                owner = int(lock.read_text().strip() or 0)
-            except (OSError, ValueError):
-                owner = 0
-            if owner and owner != os.getpid() and _alive(owner):
-                raise UserError(
-                    f"run dir {run_dir} is in use by process {owner}; wait for it to finish or "
-                    "choose another hydra.run.dir"
-                ) from None
-            log.warning(
-                "taking over a stale lock in %s (process %s is gone)", run_dir, owner or "?"
-            )
+            owner = lock_owner(run_dir)
+            if owner:
+                raise _in_use(run_dir, owner) from None
+            log.warning("taking over a stale lock in %s", run_dir)
             lock.unlink(missing_ok=True)
             continue
         with os.fdopen(fd, "w") as f:

@@ -26,6 +26,9 @@ commands:
            (`bertpretrain train --help` lists the config groups and options)
   encode   contextual vectors of a sentence or sentence pair from a checkpoint
            (`bertpretrain encode --help`)
+  runs     list the runs under outputs/: date, overrides, steps, losses, checkpoint
+  export   write a run's model as a Hugging Face transformers folder (BertForPreTraining)
+  plan     memory needed by a config (weights, optimizer, activations) and whether it fits
 
 Errors you can fix print one line and exit with code 2; set HYDRA_FULL_ERROR=1 to see
 the traceback as well.
@@ -73,6 +76,7 @@ def _precheck(argv: list[str]):
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
+    from bertpretrain import checkpoint
     from bertpretrain.config import conf_dir, to_config
 
     try:
@@ -104,6 +108,7 @@ def _precheck(argv: list[str]):
             )
         to_config(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]))
         _check_writable(Path(cfg.hydra.run.dir))
+        checkpoint.check_not_in_use(Path(cfg.hydra.run.dir))
         return cfg
     except UserError as e:
         fail(str(e))
@@ -153,10 +158,11 @@ def train_main(argv: list[str]) -> None:
 
     from bertpretrain import distributed
     from bertpretrain.config import conf_dir, register_configs, to_config
-    from bertpretrain.train import train
 
     register_configs()
     cfg = _precheck(argv)
+    from bertpretrain.train import train  # torch & co. only once the config is known good
+
     if distributed.launched_by_torchrun():
         argv = _one_run_dir_for_all_ranks(argv, cfg)
     failures: list[str] = []
@@ -201,7 +207,31 @@ def encode_main(argv: list[str]) -> None:
     encode(argv)
 
 
-COMMANDS: dict[str, Callable[[list[str]], None]] = {"train": train_main, "encode": encode_main}
+def export_main(argv: list[str]) -> None:
+    from bertpretrain.export import main as export
+
+    export(argv)
+
+
+def plan_main(argv: list[str]) -> None:
+    from bertpretrain.plan import main as plan
+
+    plan(argv)
+
+
+def runs_main(argv: list[str]) -> None:
+    from bertpretrain.runs import main as runs
+
+    runs(argv)
+
+
+COMMANDS: dict[str, Callable[[list[str]], None]] = {
+    "train": train_main,
+    "encode": encode_main,
+    "runs": runs_main,
+    "export": export_main,
+    "plan": plan_main,
+}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -7,6 +7,7 @@ dir, so tests and notebooks call it directly.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
@@ -35,6 +36,8 @@ from bertpretrain.model import (
 )
 
 log = logging.getLogger(__name__)
+
+SUMMARY = "summary.json"  # written into the run dir when a run completes
 
 
 def make_model(cfg: Config, vocab_size: int) -> BertForPretraining:
@@ -150,12 +153,13 @@ def _resume_state(cfg: Config, run_dir: Path) -> dict | None:
         path = checkpoint.resolve(resume)
     state = checkpoint.load(path)
     saved = state["config"]
-    for group in ("model",):
-        if saved[group] != to_dict(cfg)[group]:
-            raise UserError(
-                f"checkpoint {path} was trained with {group}={saved[group]}, not {to_dict(cfg)[group]}; "
-                f"resume with the same {group} settings"
-            )
+    architecture = {k: v for k, v in to_dict(cfg)["model"].items() if k != "gradient_checkpointing"}
+    trained = {k: v for k, v in saved["model"].items() if k != "gradient_checkpointing"}
+    if trained != architecture:
+        raise UserError(
+            f"checkpoint {path} was trained with model={trained}, not {architecture}; "
+            "resume with the same model settings"
+        )
     if saved["data"]["max_len"] != cfg.data.max_len:
         raise UserError(
             f"checkpoint {path} was trained with data.max_len={saved['data']['max_len']}; "
@@ -342,11 +346,10 @@ def _train(cfg: Config, run_dir: Path, stop: list[int]) -> dict:
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
 
     stream = BatchStream(train_tensors, t.batch_size, t.seed)
-    # Steps up to `start` were logged by the interrupted run; drop anything it logged later.
+    # Steps up to `start` were logged by the interrupted run; drop anything it logged later
+    # (everything, when a killed run left no checkpoint and we start again from 0).
     writer = (
-        SummaryWriter(str(run_dir / "tensorboard"), purge_step=start + 1 if start else None)
-        if ranks.main
-        else None
+        SummaryWriter(str(run_dir / "tensorboard"), purge_step=start + 1) if ranks.main else None
     )
     flops = flops_per_sequence(
         model.config, cfg.data.max_len, float(dataset.train.pred_weights.sum(1).mean())
@@ -355,6 +358,7 @@ def _train(cfg: Config, run_dir: Path, stop: list[int]) -> dict:
     saved: list[Path] = checkpoint.list_checkpoints(run_dir)[-1:]
 
     def save(step: int) -> Path:
+        writer.flush()  # the curve on disk reaches at least the checkpoint's step
         if not all(torch.isfinite(p).all() for p in model.parameters()):
             raise UserError(
                 f"the weights became non-finite by step {step}; not saving them. The last good "
@@ -497,6 +501,8 @@ def _train(cfg: Config, run_dir: Path, stop: list[int]) -> dict:
         "checkpoint": str(path),
         "tensorboard": str(run_dir / "tensorboard"),
     }
+    # For `bertpretrain runs` and scripts: the run's outcome without reading event files.
+    (run_dir / SUMMARY).write_text(json.dumps(summary, indent=1) + "\n")
     val = (
         f", val mlm {metrics['mlm_loss']:.3f} (acc {metrics['mlm_acc']:.3f}) "
         f"nsp {metrics['nsp_loss']:.3f} (acc {metrics['nsp_acc']:.3f})"

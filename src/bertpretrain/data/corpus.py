@@ -68,6 +68,10 @@ def corpus_dir(data_dir: str | None, root: str, urls: list[str], sha1: str) -> P
 
 def split_path(folder: Path, split: str) -> Path:
     path = folder / f"wiki.{split}.tokens"
+    if path.is_dir():
+        raise UserError(
+            f"{path} is a folder, not a corpus file; put the file wiki.{split}.tokens there"
+        )
     if not path.is_file():
         present = sorted(p.name for p in folder.glob("wiki.*.tokens")) or ["none"]
         raise UserError(

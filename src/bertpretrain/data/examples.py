@@ -150,9 +150,14 @@ class Dataset:
 
 def _file_digest(path: Path) -> str:
     h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+    try:
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    except OSError as e:
+        raise UserError(
+            f"cannot read corpus file {path}: {e.strerror}; check its permissions"
+        ) from None
     return h.hexdigest()
 
 

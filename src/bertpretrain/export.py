@@ -1,0 +1,349 @@
+"""A checkpoint -> a transformers model folder: `bertpretrain export RUN_OR_CHECKPOINT OUT_DIR`.
+
+The folder loads with `transformers.BertForPreTraining.from_pretrained(OUT_DIR)`,
+`BertModel.from_pretrained(OUT_DIR)` and `AutoTokenizer.from_pretrained(OUT_DIR)`:
+
+    config.json              model_type bert, architectures ["BertForPreTraining"]
+    model.safetensors        float32 weights under transformers' names
+    vocab.txt                one token per line, line n = id n
+    tokenizer_config.json    BertTokenizer, lower-casing, the settings below
+    special_tokens_map.json  [UNK] [PAD] [MASK] [CLS] [SEP]
+
+The weights are a rename (model.py uses transformers' names) except the fused `qkv`
+projection, split into query, key and value (its 3H outputs are q, k, v in that order).
+The tied MLM decoder is written out as `cls.predictions.decoder.weight` (the word
+embeddings) and `cls.predictions.decoder.bias` (= `cls.predictions.bias`).
+`BertModel.from_pretrained` on this folder loads every encoder weight and reports the
+pretraining heads (`cls.*`) as unexpected, as it does for Google's `bert-base-uncased`;
+`--encoder-only` writes the encoder and pooler alone (architectures ["BertModel"]), which
+`BertModel` loads without any report.
+
+The tokenizer. Our reserved tokens keep their ids under BERT's names: `<unk>` 0 -> [UNK],
+`<pad>` 1 -> [PAD], `<mask>` 2 -> [MASK], `<cls>` 3 -> [CLS], `<sep>` 4 -> [SEP]. We
+tokenise by lower-casing and splitting on whitespace; BertTokenizer lower-cases, splits on
+whitespace *and punctuation*, then WordPiece-splits each word. The settings here keep
+what can be kept: accents are not stripped (`strip_accents: false`, so "māori" stays one
+word), CJK characters are not split apart (`tokenize_chinese_chars: false`), and as our
+vocabulary has no `##` pieces, a word outside it becomes one [UNK], as ours does. So the
+ids are ours, `[CLS] a [SEP] b [SEP]` with token_type_ids equal to our segments, for text
+whose tokens are space-separated words of letters and digits, or single punctuation marks:
+WikiText-style text. They differ for
+  - a token with punctuation inside or at its edge ("@-@", "'s", "h.", "<unk>"): BERT
+    splits it ("@", "-", "@"), ours looks it up whole. WikiText's literal `<unk>` is the
+    common case: replace it with `[UNK]` before tokenising (`text.replace("<unk>", "[UNK]")`)
+    and BERT gives id 0 as we do;
+  - a vocabulary word starting with "##" (BERT reads it as a word continuation), a word of
+    over 100 characters (BERT: [UNK]) and control characters (BERT drops them; we split on
+    the few that Python counts as whitespace);
+  - the texts "[CLS]", "[MASK]", ...: special tokens to BertTokenizer, unknown words to us.
+`model_max_length` is the training `data.max_len`: positions past it were never trained.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import os
+import secrets
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import NoReturn
+
+import torch
+
+from bertpretrain import checkpoint
+from bertpretrain.data.vocab import PAD_ID, RESERVED, check_vocab
+from bertpretrain.errors import UserError
+from bertpretrain.model import BertConfig, BertForPretraining
+
+# Our reserved tokens (ids 0..4) under BERT's names, in the same order.
+HF_SPECIAL = ["[UNK]", "[PAD]", "[MASK]", "[CLS]", "[SEP]"]
+SPECIAL_TOKENS_MAP = {
+    "unk_token": "[UNK]",
+    "pad_token": "[PAD]",
+    "mask_token": "[MASK]",
+    "cls_token": "[CLS]",
+    "sep_token": "[SEP]",
+}
+FILES = [
+    "config.json",
+    "model.safetensors",
+    "vocab.txt",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+]
+
+# Inside `bert.layer.N` (ours) / `bert.encoder.layer.N` (transformers'); `qkv` is split.
+_LAYER = {
+    "attention_output": "attention.output.dense",
+    "attention_LayerNorm": "attention.output.LayerNorm",
+    "intermediate": "intermediate.dense",
+    "output": "output.dense",
+    "output_LayerNorm": "output.LayerNorm",
+}
+_TOP = {
+    "bert.pooler": "bert.pooler.dense",
+    "mlm_dense": "cls.predictions.transform.dense",
+    "mlm_LayerNorm": "cls.predictions.transform.LayerNorm",
+    "nsp": "cls.seq_relationship",
+}
+
+
+def export(
+    source: str | Path, out_dir: str | Path, *, force: bool = False, encoder_only: bool = False
+) -> Path:
+    """Write the checkpoint (a file, or a run dir's newest) as a transformers folder.
+
+    `out_dir` must be new or empty; `force=True` replaces a previous export there. The
+    folder appears whole or not at all: it is written next to `out_dir`, then renamed.
+    """
+    path = checkpoint.resolve(source)
+    out = Path(out_dir).expanduser().absolute()
+    _check_target(out, path, force)
+    save_file = _safetensors_writer()
+    config, vocab, max_len, weights = _unpack(checkpoint.load(path), path)
+    tensors = hf_weights(weights)
+    if encoder_only:  # keys without the `bert.` prefix, as BertModel.save_pretrained writes
+        tensors = {k[5:]: t for k, t in tensors.items() if k.startswith("bert.")}
+    texts = {
+        "config.json": _json(hf_config(config, encoder_only)),
+        "vocab.txt": "".join(f"{t}\n" for t in HF_SPECIAL + vocab[len(RESERVED) :]),
+        "tokenizer_config.json": _json(tokenizer_config(max_len)),
+        "special_tokens_map.json": _json(SPECIAL_TOKENS_MAP),
+    }
+
+    def write(folder: Path) -> None:
+        weights_file = folder / "model.safetensors"
+        save_file(tensors, str(weights_file), metadata={"format": "pt"})
+        os.chmod(weights_file, folder.stat().st_mode & 0o666)  # safetensors writes it 0600
+        for name, text in texts.items():
+            (folder / name).write_text(text, encoding="utf-8")
+        for name in FILES:
+            _fsync(folder / name)
+
+    _publish(out, write)
+    return out
+
+
+def hf_config(c: BertConfig, encoder_only: bool = False) -> dict:
+    """transformers' BertConfig fields for our config."""
+    return {
+        "architectures": ["BertModel" if encoder_only else "BertForPreTraining"],
+        "model_type": "bert",
+        "vocab_size": c.vocab_size,
+        "hidden_size": c.hidden_size,
+        "num_hidden_layers": c.num_layers,
+        "num_attention_heads": c.num_heads,
+        "intermediate_size": c.ffn_size,
+        "hidden_act": "gelu",  # the exact erf GELU, as F.gelu
+        "hidden_dropout_prob": c.dropout,
+        "attention_probs_dropout_prob": c.dropout,
+        "max_position_embeddings": c.max_position,
+        "type_vocab_size": c.type_vocab_size,
+        "layer_norm_eps": c.layer_norm_eps,
+        "initializer_range": 0.02,
+        "pad_token_id": PAD_ID,
+        "tie_word_embeddings": True,
+    }
+
+
+def tokenizer_config(max_len: int) -> dict:
+    """BertTokenizer settings that give our ids on WikiText-style text (module docstring)."""
+    return {
+        "tokenizer_class": "BertTokenizer",
+        "do_lower_case": True,
+        "strip_accents": False,
+        "tokenize_chinese_chars": False,
+        "model_max_length": max_len,
+        **SPECIAL_TOKENS_MAP,
+    }
+
+
+def hf_weights(ours: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Our BertForPretraining state dict under transformers' BertForPreTraining names.
+
+    Every tensor is a float32 copy of its own (safetensors refuses shared storage).
+    """
+    out: dict[str, torch.Tensor] = {}
+    for name, tensor in ours.items():
+        t = tensor.detach().to("cpu", torch.float32)
+        module, _, kind = name.rpartition(".")  # kind: weight or bias
+        parts = module.split(".")
+        if module.startswith("bert.embeddings."):
+            out[name] = t.clone()
+        elif module.startswith("bert.layer.") and len(parts) == 4:
+            prefix = f"bert.encoder.layer.{parts[2]}."
+            if parts[3] == "qkv":  # (3H, ...) -> query, key, value: (H, ...) each
+                for piece, x in zip(("query", "key", "value"), t.chunk(3)):
+                    out[f"{prefix}attention.self.{piece}.{kind}"] = x.clone()
+            else:
+                out[f"{prefix}{_LAYER[parts[3]]}.{kind}"] = t.clone()
+        elif name == "mlm_bias":
+            out["cls.predictions.bias"] = t.clone()
+            out["cls.predictions.decoder.bias"] = t.clone()
+        else:
+            out[f"{_TOP[module]}.{kind}"] = t.clone()
+    out["cls.predictions.decoder.weight"] = out["bert.embeddings.word_embeddings.weight"].clone()
+    return out
+
+
+def _unpack(state: dict, path: Path) -> tuple[BertConfig, list[str], int, dict]:
+    """Config, vocabulary, training max_len and the weights, loaded into our model to check them."""
+    try:
+        vocab = check_vocab(state["vocab"])
+        config = BertConfig(**state["model_config"])
+        if len(vocab) != config.vocab_size:
+            raise ValueError(f"{len(vocab)} words but {config.vocab_size} embeddings")
+        model = BertForPretraining(config)
+        model.load_state_dict(state["model"])  # strict: every weight there, of the right shape
+        max_len = int(state["config"]["data"]["max_len"])
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as e:
+        detail = " ".join(str(e).split())[:160]
+        raise UserError(
+            f"{path} has no usable model, vocabulary or config ({type(e).__name__}: {detail}); "
+            "give a checkpoint written by `bertpretrain train`"
+        ) from None
+    return config, vocab, max_len, model.state_dict()
+
+
+def _safetensors_writer():
+    try:
+        from safetensors.torch import save_file
+    except ImportError:
+        raise UserError(
+            "export writes model.safetensors and needs the safetensors package; "
+            "install it with `pip install safetensors` (or the export extra, bertpretrain[export])"
+        ) from None
+    return save_file
+
+
+def _check_target(out: Path, source: Path, force: bool) -> None:
+    """Refuse anything that could lose a file, before any work is done."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"OUT_DIR {out} is a file; give a folder that is new or empty")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not force:
+        raise UserError(
+            f"OUT_DIR {out} is not empty; give a new or empty folder, or pass --force to "
+            "replace a previous export there"
+        )
+    if not (out / "config.json").is_file():
+        raise UserError(
+            f"--force replaces only a previous export, and {out} holds no config.json; "
+            "give another OUT_DIR or empty this one yourself"
+        )
+    if out.resolve() in source.resolve().parents:
+        raise UserError(
+            f"the checkpoint {source} lies inside OUT_DIR {out}, which --force would replace; "
+            "give another OUT_DIR"
+        )
+
+
+def _publish(out: Path, write: Callable[[Path], None]) -> None:
+    """Write into a fresh folder next to `out`, then rename it into place; a previous export
+    (checked by `_check_target`) is moved aside first and removed only once the new one is in."""
+    tmp: Path | None = None
+    old: Path | None = None
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        stem = out.parent / f".{out.name}.{os.getpid()}-{secrets.token_hex(4)}"
+        tmp = stem.with_name(stem.name + ".tmp")
+        tmp.mkdir()  # not mkdtemp: the folder gets the umask's permissions, like any other
+        write(tmp)
+        checkpoint.fsync_dir(tmp)
+        if out.is_dir():
+            if any(out.iterdir()):
+                old = stem.with_name(stem.name + ".old")
+                os.rename(out, old)
+            else:
+                out.rmdir()
+        try:
+            os.rename(tmp, out)
+        except OSError:
+            if old is not None:
+                os.rename(old, out)
+                old = None
+            raise
+        tmp = None
+        checkpoint.fsync_dir(out.parent)
+    except OSError as e:
+        reason = "the disk is full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+        raise UserError(
+            f"could not write the export to {out}: {reason}; free space or give a writable "
+            "OUT_DIR (nothing there was changed)"
+        ) from None
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _json(obj: dict) -> str:
+    return json.dumps(obj, indent=2, ensure_ascii=False) + "\n"
+
+
+# ---------------------------------------------------------------------------------------
+# The command line: `bertpretrain export ...`
+
+EPILOG = """\
+examples:
+  bertpretrain export outputs/latest exported/tiny-bert        # a run dir's newest checkpoint
+  bertpretrain export outputs/run/checkpoints/step_00001000.pt exported/step1000
+  bertpretrain export outputs/latest exported/tiny-bert --force  # replace a previous export
+
+then, in Python:
+  from transformers import AutoTokenizer, BertForPreTraining
+  tokenizer = AutoTokenizer.from_pretrained("exported/tiny-bert")
+  model = BertForPreTraining.from_pretrained("exported/tiny-bert")
+
+The tokenizer gives our ids for space-separated words and punctuation marks (WikiText
+style); it splits tokens with punctuation inside ("@-@", "<unk>"): see
+`python -c "import bertpretrain.export as e; help(e)"`.
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UserError(f"{message}; see `bertpretrain export --help`")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="bertpretrain export",
+        description="Write a checkpoint as a transformers model folder (BertForPreTraining, "
+        "safetensors weights, BertTokenizer files).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "checkpoint",
+        metavar="RUN_OR_CHECKPOINT",
+        help="a checkpoint file, or a run dir (its newest)",
+    )
+    p.add_argument("out_dir", metavar="OUT_DIR", help="the folder to write; new or empty")
+    p.add_argument(
+        "--force", action="store_true", help="replace a previous export in OUT_DIR (its files go)"
+    )
+    p.add_argument(
+        "--encoder-only",
+        action="store_true",
+        help="write the encoder and pooler only (BertModel), without the MLM and NSP heads",
+    )
+    return p
+
+
+def main(argv: list[str]) -> None:
+    args = _parser().parse_args(argv)
+    out = export(args.checkpoint, args.out_dir, force=args.force, encoder_only=args.encoder_only)
+    cls = "BertModel" if args.encoder_only else "BertForPreTraining"
+    print(f"wrote {out}: {', '.join(FILES)}")
+    print(f'load it with transformers.{cls}.from_pretrained("{out}") and AutoTokenizer likewise')

@@ -1,0 +1,742 @@
+"""Reliability: kill -9, signals, resume, NaN, full disks, sweeps, locks, crafted files, bad input.
+
+Every process runs with OMP_NUM_THREADS=1. On a small machine shared by several processes,
+OpenMP's spinning threads make a tiny-BERT step about twenty times slower; the results
+stay bit-identical because every run that a test compares uses the same setting.
+"""
+
+from __future__ import annotations
+
+import errno
+import http.server
+import os
+import pickle
+import random
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import SHARED_WIKITEXT, run_cli
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from bertpretrain import checkpoint
+from bertpretrain.errors import UserError
+
+STEPS = 8
+RUN = {
+    "model": "tiny",
+    "data.dir": str(SHARED_WIKITEXT),
+    "data.train_split": "valid",
+    "data.valid_split": "test",
+    "trainer.batch_size": "32",
+    "trainer.max_steps": str(STEPS),
+    "trainer.log_every": "1",
+    "trainer.eval_batches": "1",
+    "trainer.save_every": "1",  # kills often land inside a checkpoint write
+}
+
+
+def train_args(changes: dict[str, str] | None = None) -> list[str]:
+    return [f"{k}={v}" for k, v in (RUN | (changes or {})).items()]
+
+
+@pytest.fixture(scope="module")
+def env(cli_env) -> dict[str, str]:
+    return cli_env | {
+        "OMP_NUM_THREADS": "1",
+        "no_proxy": "127.0.0.1,localhost",
+        "NO_PROXY": "127.0.0.1,localhost",
+    }
+
+
+def losses(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """(step, value) of train/mlm_loss and train/nsp_loss over all event files of the run."""
+    acc = EventAccumulator(str(run_dir / "tensorboard"))
+    acc.Reload()
+    return {
+        tag: [(e.step, e.value) for e in acc.Scalars(f"train/{tag}")]
+        for tag in ("mlm_loss", "nsp_loss")
+    }
+
+
+def one_error_line(result: subprocess.CompletedProcess) -> str:
+    assert "Traceback" not in result.stdout + result.stderr, result.stderr[-3000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr[-3000:]
+    assert lines[0].startswith("bertpretrain: error:"), lines[0]
+    return lines[0]
+
+
+def start_train(args: list[str], cwd: Path, env: dict[str, str], stderr) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "bertpretrain", "train", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=stderr,
+    )
+
+
+def wait_until(ready: Callable[[], bool], proc: subprocess.Popen, what: str, timeout=180) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if proc.poll() is not None:
+            raise AssertionError(f"the run exited with {proc.returncode} before {what}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.002)
+
+
+def logged(run_dir: Path, step: int, steps: int = STEPS) -> bool:
+    log = run_dir / "train.log"
+    return log.is_file() and f"step {step}/{steps} " in log.read_text()
+
+
+def reap(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, env, wikitext_dir) -> Path:
+    """The uninterrupted run every interrupted-and-resumed run must match, bit for bit."""
+    cwd = tmp_path_factory.mktemp("reference")
+    result = run_cli(["train", *train_args(), "hydra.run.dir=run"], cwd, env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    curves = losses(cwd / "run")
+    assert [s for s, _ in curves["mlm_loss"]] == list(range(1, STEPS + 1))
+    return cwd / "run"
+
+
+def assert_same_weights(run_dir: Path, reference: Path) -> None:
+    ours = checkpoint.load(checkpoint.list_checkpoints(run_dir)[-1])
+    theirs = checkpoint.load(checkpoint.list_checkpoints(reference)[-1])
+    assert ours["step"] == theirs["step"] == STEPS
+    assert ours["model"].keys() == theirs["model"].keys()
+    for name, tensor in theirs["model"].items():
+        assert torch.equal(ours["model"][name], tensor), name
+
+
+# ---------------------------------------------------------------------------------------
+# kill -9 at any moment, then resume (taking over the dead run's stale lock)
+
+
+@pytest.mark.parametrize("moment", ["random-0", "random-1", "mid-checkpoint-write"])
+def test_kill_9_leaves_loadable_checkpoints_and_resume_matches_uninterrupted_run(
+    moment, tmp_path, env, reference
+):
+    run = tmp_path / "run"
+    ckpts = run / checkpoint.SUBDIR
+    proc = start_train([*train_args(), f"hydra.run.dir={run}"], tmp_path, env, subprocess.DEVNULL)
+    try:
+        wait_until(lambda: bool(checkpoint.list_checkpoints(run)), proc, "the first checkpoint")
+        if moment == "mid-checkpoint-write":
+            wait_until(lambda: any(p.suffix == ".tmp" for p in ckpts.iterdir()), proc, "a write")
+        else:
+            time.sleep(random.Random(moment).uniform(0.0, 1.2))
+        proc.kill()
+    finally:
+        reap(proc)
+
+    names = sorted(p.name for p in ckpts.iterdir())
+    found = checkpoint.list_checkpoints(run)
+    for path in found:
+        assert checkpoint.load(path)["step"] == int(path.stem.removeprefix("step_")), path
+    leftovers = [n for n in names if n not in {p.name for p in found}]
+    assert all(n.startswith(".step_") and n.endswith(".tmp") for n in leftovers), names
+    if proc.returncode == -signal.SIGKILL:
+        assert (run / ".lock").read_text().strip() == str(proc.pid)  # stale: its owner is dead
+
+    resumed = run_cli(
+        ["train", *train_args(), f"hydra.run.dir={run}", "trainer.resume=true"], tmp_path, env
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming from {found[-1]} " in resumed.stdout
+    assert losses(run) == losses(reference)  # one value per step 1..N, equal bit for bit
+    assert_same_weights(run, reference)
+    assert not (run / ".lock").exists()
+
+
+def test_kill_9_before_the_first_checkpoint_then_resume_logs_each_step_once(tmp_path, env):
+    run, steps = tmp_path / "run", STEPS
+    args = train_args({"trainer.save_every": "0", "trainer.max_steps": str(steps)})
+    proc = start_train([*args, f"hydra.run.dir={run}"], tmp_path, env, subprocess.DEVNULL)
+    try:
+        wait_until(lambda: logged(run, 3, steps), proc, "step 3")
+        time.sleep(0.05)  # let TensorBoard's writer thread put step 3 on disk
+        proc.kill()
+    finally:
+        reap(proc)
+    if proc.returncode != -signal.SIGKILL or checkpoint.list_checkpoints(run):
+        pytest.fail("the kill did not land before the first checkpoint")
+
+    resumed = run_cli(
+        ["train", *args, f"hydra.run.dir={run}", "trainer.resume=true"], tmp_path, env
+    )
+    if resumed.returncode != 0:
+        pytest.fail(f"the resume failed: {resumed.stderr[-3000:]}")
+    for curve in losses(run).values():
+        assert [s for s, _ in curve] == list(range(1, steps + 1))
+
+
+# ---------------------------------------------------------------------------------------
+# SIGINT / SIGTERM finish the step, save, and say how to resume
+
+
+@pytest.mark.parametrize(
+    ("sig", "code", "resume"),
+    [(signal.SIGINT, 130, "path"), (signal.SIGTERM, 143, "true")],
+    ids=["SIGINT", "SIGTERM"],
+)
+def test_signal_saves_says_how_to_resume_and_resume_matches_uninterrupted_run(
+    sig, code, resume, tmp_path, env, reference
+):
+    run = tmp_path / "run"
+    args = train_args({"trainer.save_every": "0"})  # the only checkpoint is the one the stop saves
+    with (tmp_path / "stderr.txt").open("w") as err:
+        proc = start_train([*args, f"hydra.run.dir={run}"], tmp_path, env, err)
+        try:
+            wait_until(lambda: logged(run, 2), proc, "step 2")
+            proc.send_signal(sig)
+            proc.wait(timeout=120)
+        finally:
+            reap(proc)
+    stderr = (tmp_path / "stderr.txt").read_text()
+    assert proc.returncode == code, stderr[-3000:]
+    assert "Traceback" not in stderr
+    (line,) = stderr.strip().splitlines()
+    step = int(re.search(r"after step (\d+)", line).group(1))
+    saved = Path(re.search(r"(/\S+\.pt)", line).group(1))
+    run_dir = re.search(r"hydra\.run\.dir=(\S+) trainer\.resume=true", line).group(1)
+    assert 2 <= step < STEPS and Path(run_dir) == run.resolve()
+    assert checkpoint.list_checkpoints(run) == [saved]
+    assert checkpoint.load(saved)["step"] == step
+    assert not (run / ".lock").exists()
+
+    how = "trainer.resume=true" if resume == "true" else f"trainer.resume={saved}"
+    resumed = run_cli(["train", *args, f"hydra.run.dir={run_dir}", how], tmp_path, env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert losses(run) == losses(reference)
+    assert_same_weights(run, reference)
+
+
+# ---------------------------------------------------------------------------------------
+# a non-finite loss stops the run, or is skipped up to trainer.skip_nonfinite times
+
+EXPLODE = {"optim.lr": "1e30"}  # step 1 is finite, then the weights are ~1e30 and the loss NaN
+
+
+def test_nonfinite_loss_stops_naming_the_step_and_a_loadable_last_good_checkpoint(tmp_path, env):
+    result = run_cli(["train", *train_args(EXPLODE), "hydra.run.dir=run"], tmp_path, env)
+    assert result.returncode == 2
+    line = one_error_line(result)
+    step = int(re.search(r"non-finite loss at step (\d+)", line).group(1))
+    good = Path(re.search(r"last good checkpoint is (/\S+\.pt)", line).group(1))
+    assert step == 2
+    assert good == checkpoint.path_for(tmp_path / "run", step - 1).resolve()
+    state = checkpoint.load(good)
+    assert state["step"] == step - 1
+    assert all(torch.isfinite(t).all() for t in state["model"].values())
+
+
+def test_skip_nonfinite_skips_up_to_n_steps_logging_each_then_stops(tmp_path, env):
+    args = [*train_args(EXPLODE | {"trainer.skip_nonfinite": "2"}), "hydra.run.dir=run"]
+    result = run_cli(["train", *args], tmp_path, env)
+    assert result.returncode == 2
+    assert "non-finite loss at step 4" in one_error_line(result)
+    skipped = re.findall(r"step (\d+): non-finite loss, skipped", result.stdout)
+    assert skipped == ["2", "3"]
+
+
+def test_skip_nonfinite_lets_the_run_finish(tmp_path, env):
+    changes = EXPLODE | {"trainer.skip_nonfinite": "3", "trainer.max_steps": "4"}
+    result = run_cli(["train", *train_args(changes), "hydra.run.dir=run"], tmp_path, env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert re.findall(r"step (\d+): non-finite loss, skipped", result.stdout) == ["2", "3", "4"]
+    assert checkpoint.load(checkpoint.list_checkpoints(tmp_path / "run")[-1])["step"] == 4
+
+
+# ---------------------------------------------------------------------------------------
+# atomic checkpoint writes, and a full disk while saving
+
+
+def _state(step: int, n: int = 1000) -> dict:
+    return {"step": step, "model": {"w": torch.full((n,), float(step))}}
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc/self/fd")
+def test_checkpoint_save_fsyncs_a_temp_file_in_the_same_folder_then_renames_it(
+    tmp_path, monkeypatch
+):
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", str(src), str(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    path = checkpoint.path_for(tmp_path, 3)
+    checkpoint.save(_state(3), path)
+
+    (_, synced), (_, src, dst) = events[:2]
+    assert synced == src and dst == str(path)
+    assert Path(src).parent == path.parent and Path(src).name.endswith(".tmp")
+    assert events[2] == ("fsync", str(path.parent))  # the rename itself is made durable
+    assert checkpoint.load(path)["step"] == 3
+
+
+def test_checkpoint_save_on_a_full_disk_is_one_user_error_and_keeps_earlier_files(
+    tmp_path, monkeypatch
+):
+    older, path = checkpoint.path_for(tmp_path, 1), checkpoint.path_for(tmp_path, 2)
+    checkpoint.save(_state(1), older)
+    checkpoint.save(_state(2), path)
+    before = {p: p.read_bytes() for p in (older, path)}
+
+    def full_disk(obj, f, *args, **kwargs):
+        f.write(b"\0" * 4096)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(UserError) as info:
+        checkpoint.save(_state(3), path)
+    monkeypatch.undo()
+
+    message = str(info.value)
+    assert "disk is full" in message and str(path) in message and "\n" not in message
+    assert sorted(p.name for p in path.parent.iterdir()) == [older.name, path.name]  # no .tmp
+    assert {p: p.read_bytes() for p in (older, path)} == before
+    assert checkpoint.load(path)["step"] == 2
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 1 MiB tmpfs, for a real ENOSPC (root with CAP_SYS_ADMIN only)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_checkpoint_save_on_a_really_full_disk_is_one_user_error(tiny_disk):
+    older, path = checkpoint.path_for(tiny_disk, 1), checkpoint.path_for(tiny_disk, 2)
+    checkpoint.save(_state(1), older)
+    with pytest.raises(UserError, match="disk is full"):
+        checkpoint.save(_state(2, n=1_000_000), path)  # 4 MB into 1 MiB
+    assert [p.name for p in path.parent.iterdir()] == [older.name]
+    assert checkpoint.load(older)["step"] == 1
+
+
+# ---------------------------------------------------------------------------------------
+# a sweep survives a failing job
+
+
+def test_sweep_with_a_failing_job_runs_the_others_and_reports_the_failure(tmp_path, env):
+    args = train_args({"data.train_split": "nosuchsplit,valid", "trainer.max_steps": "2"})
+    result = run_cli(["train", "-m", *args, "hydra.sweep.dir=sweep"], tmp_path, env)
+    assert result.returncode != 0
+    line = one_error_line(result)
+    assert "1 sweep job(s) failed" in line
+    assert "data.train_split=nosuchsplit" in line and "wiki.nosuchsplit.tokens" in line
+    failed, passed = tmp_path / "sweep" / "0", tmp_path / "sweep" / "1"
+    assert checkpoint.list_checkpoints(failed) == []
+    assert checkpoint.load(checkpoint.list_checkpoints(passed)[-1])["step"] == 2
+    assert not (failed / ".lock").exists() and not (passed / ".lock").exists()
+
+
+# ---------------------------------------------------------------------------------------
+# two processes never write one run dir
+
+
+@dataclass
+class Intrusion:
+    holder: subprocess.Popen
+    holder_alive_after: bool
+    intruder: subprocess.CompletedProcess
+    hydra_before: dict[str, bytes]
+    hydra_after: dict[str, bytes]
+    lock_left: bool
+
+
+@pytest.fixture(scope="module")
+def intrusion(tmp_path_factory, env, wikitext_dir) -> Intrusion:
+    """A live run, and a second `train` (other settings) into its run dir."""
+    cwd = tmp_path_factory.mktemp("locked")
+    run = cwd / "live"
+    args = train_args({"trainer.max_steps": "400", "trainer.save_every": "0"})
+    holder = start_train([*args, f"hydra.run.dir={run}"], cwd, env, subprocess.DEVNULL)
+    try:
+        wait_until(lambda: logged(run, 1, 400), holder, "step 1")
+        hydra_before = {p.name: p.read_bytes() for p in (run / ".hydra").iterdir()}
+        intruder = run_cli(["train", *args, "trainer.seed=7", f"hydra.run.dir={run}"], cwd, env)
+        hydra_after = {p.name: p.read_bytes() for p in (run / ".hydra").iterdir()}
+        alive = holder.poll() is None
+        holder.send_signal(signal.SIGTERM)
+        holder.wait(timeout=120)
+    finally:
+        reap(holder)
+    return Intrusion(holder, alive, intruder, hydra_before, hydra_after, (run / ".lock").exists())
+
+
+def test_second_train_into_a_live_run_dir_stops_with_one_clear_line(intrusion):
+    assert intrusion.intruder.returncode == 2
+    line = one_error_line(intrusion.intruder)
+    assert f"in use by process {intrusion.holder.pid}" in line
+    assert intrusion.holder_alive_after
+    assert intrusion.holder.returncode == 143  # stopped by our SIGTERM, not by the intruder
+    assert not intrusion.lock_left
+
+
+def test_refused_second_train_leaves_the_live_runs_config_record_alone(intrusion):
+    if intrusion.intruder.returncode != 2:
+        pytest.fail("the second train was not refused")
+    assert intrusion.hydra_after == intrusion.hydra_before
+
+
+# ---------------------------------------------------------------------------------------
+# checkpoints that run code when unpickled
+
+
+class RunsCode:
+    """Unpickling this runs `touch MARKER`."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {shlex.quote(str(self.marker))}",))
+
+
+def crafted_checkpoint(path: Path, marker: Path) -> Path:
+    torch.save({"format": checkpoint.FORMAT, "step": 1, "model": RunsCode(marker)}, path)
+    return path
+
+
+def crafted_pickle(path: Path, marker: Path) -> Path:
+    path.write_bytes(pickle.dumps({"format": checkpoint.FORMAT, "model": RunsCode(marker)}))
+    return path
+
+
+def test_crafted_files_really_run_code_when_loaded_unsafely(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    torch.load(crafted_checkpoint(tmp_path / "x.pt", a), weights_only=False)
+    pickle.loads(crafted_pickle(tmp_path / "x.pkl", b).read_bytes())
+    assert a.exists() and b.exists()  # so the refusals below are refusals of real exploits
+
+
+def test_checkpoint_load_refuses_a_crafted_checkpoint_without_running_it(tmp_path):
+    marker = tmp_path / "PWNED"
+    for path in (
+        crafted_checkpoint(tmp_path / "x.pt", marker),
+        crafted_pickle(tmp_path / "x.pkl", marker),
+    ):
+        with pytest.raises(UserError, match="checkpoint"):
+            checkpoint.load(path)
+    assert not marker.exists()
+
+
+# ---------------------------------------------------------------------------------------
+# bad input: one line, exit 2, no traceback, no file lost or overwritten
+
+
+@dataclass(frozen=True)
+class Bad:
+    id: str
+    argv: tuple[str, ...]  # {name} is replaced by an input that MAKERS[name] builds
+    needle: str  # a regex the error line must match
+
+
+def _corpus(text: bytes) -> Callable:
+    def make(case: Path, ctx: dict) -> Path:
+        folder = case / "corpus"
+        folder.mkdir()
+        (folder / "wiki.train.tokens").write_bytes(text)
+        return folder
+
+    return make
+
+
+def _linked_checkpoint(case: Path, ctx: dict) -> Path:
+    dst = case / "ckpt" / "step_00000008.pt"
+    dst.parent.mkdir()
+    os.link(ctx["checkpoint"], dst)  # the same inode: a change shows up here too
+    return dst
+
+
+def _run_with_checkpoint(case: Path, ctx: dict) -> Path:
+    run = case / "old-run"
+    (run / checkpoint.SUBDIR).mkdir(parents=True)
+    os.link(ctx["checkpoint"], run / checkpoint.SUBDIR / "step_00000008.pt")
+    return run
+
+
+def _truncated(case: Path, ctx: dict) -> Path:
+    data = Path(ctx["checkpoint"]).read_bytes()
+    (case / "truncated.pt").write_bytes(data[: len(data) // 2])
+    return case / "truncated.pt"
+
+
+def _notes(case: Path, ctx: dict) -> Path:
+    (case / "notes.pt").write_text("hello world\n")  # a text file passed as a checkpoint
+    return case / "notes.pt"
+
+
+def _folder_corpus(case: Path, ctx: dict) -> Path:
+    (case / "corpus" / "wiki.train.tokens").mkdir(parents=True)
+    return case / "corpus"
+
+
+def _unreadable_corpus(case: Path, ctx: dict) -> Path:
+    # Root reads any file chmod forbids; reading /proc/self/mem at offset 0 fails with EIO.
+    (case / "corpus").mkdir()
+    (case / "corpus" / "wiki.train.tokens").symlink_to("/proc/self/mem")
+    return case / "corpus"
+
+
+def _regular_file(case: Path, ctx: dict) -> Path:
+    (case / "afile").write_text("not a folder\n")
+    return case / "afile"
+
+
+def _checkpoints_is_a_file(case: Path, ctx: dict) -> Path:
+    (case / "blocked").mkdir()
+    (case / "blocked" / checkpoint.SUBDIR).write_text("not a folder\n")
+    return case / "blocked"
+
+
+def _download_root(case: Path, ctx: dict) -> Path:
+    (case / "cache").mkdir()
+    (case / "cache" / "keep.txt").write_text("someone else's file\n")
+    return case / "cache"
+
+
+WORDS = " ".join(["word"] * 40)
+MAKERS: dict[str, Callable[[Path, dict], Path | str]] = {
+    "ckpt": _linked_checkpoint,
+    "old_run": _run_with_checkpoint,
+    "truncated": _truncated,
+    "notes": _notes,
+    "crafted": lambda case, ctx: crafted_checkpoint(case / "crafted.pt", case / "PWNED"),
+    "crafted_pickle": lambda case, ctx: crafted_pickle(case / "crafted.pkl", case / "PWNED"),
+    "empty_corpus": _corpus(b""),
+    "corpus_without_pairs": _corpus(b"one sentence only\nanother line without a split\n"),
+    "corpus_of_long_pairs": _corpus(f"{WORDS} . {WORDS}\n".encode() * 10),
+    "latin1_corpus": _corpus("café au lait . le café est bon\n".encode("latin-1") * 10),
+    "folder_corpus": _folder_corpus,
+    "unreadable_corpus": _unreadable_corpus,
+    "afile": _regular_file,
+    "blocked_run": _checkpoints_is_a_file,
+    "download_root": _download_root,
+    "missing": lambda case, ctx: case / "missing",
+    "url_junk": lambda case, ctx: f"{ctx['server']}/junk.zip",
+}
+
+CORPUS = ("data.valid_split=null", "hydra.run.dir=run")
+TRAIN_1 = (*train_args({"trainer.max_steps": "1"}), "hydra.run.dir={blocked_run}")
+DOWNLOAD = ("data.dir=null", "data.root={download_root}", "hydra.run.dir=run")
+ENCODE = ("encode", "a crane is flying")
+LONG_TEXT = " ".join(["word"] * 100)
+
+BAD_INPUTS = [
+    # the command line and the config
+    Bad("unknown-command", ("trian",), r"unknown command 'trian'"),
+    Bad("unknown-group-option", ("train", "optim=sgd"), r"optim/sgd"),
+    Bad("unknown-key", ("train", "trainer.max_step=5"), r"max_step"),
+    Bad("int-expected", ("train", "trainer.batch_size=abc"), r"trainer\.batch_size=abc"),
+    Bad("dropout-out-of-range", ("train", "model.dropout=1.5"), r"model\.dropout=1\.5"),
+    Bad("max-len-above-position-table", ("train", "data.max_len=600"), r"position table"),
+    Bad("run-dir-parent-is-a-file", ("train", "hydra.run.dir={afile}/run"), r"run dir"),
+    # the corpus
+    Bad("missing-data-dir", ("train", "data.dir={missing}", *CORPUS), r"not a folder"),
+    Bad("empty-corpus", ("train", "data.dir={empty_corpus}", *CORPUS), r"no paragraph"),
+    Bad(
+        "corpus-without-sentence-pairs",
+        ("train", "data.dir={corpus_without_pairs}", *CORPUS),
+        r"no paragraph with two sentences",
+    ),
+    Bad(
+        "corpus-pairs-longer-than-max-len",
+        ("train", "data.dir={corpus_of_long_pairs}", *CORPUS),
+        r"no sentence pair .* fits data\.max_len",
+    ),
+    Bad("corpus-not-utf8", ("train", "data.dir={latin1_corpus}", *CORPUS), r"not UTF-8"),
+    pytest.param(
+        Bad(
+            "corpus-file-is-a-folder",
+            ("train", "data.dir={folder_corpus}", *CORPUS),
+            r"wiki\.train\.tokens is (a folder|a directory|not a (regular )?file)",
+        ),
+    ),
+    pytest.param(
+        Bad(
+            "corpus-unreadable",
+            ("train", "data.dir={unreadable_corpus}", *CORPUS),
+            r"cannot read corpus file",
+        ),
+        marks=pytest.mark.skipif(sys.platform != "linux", reason="needs /proc/self/mem"),
+    ),
+    Bad("download-wrong-bytes", ("train", "data.urls=[{url_junk}]", *DOWNLOAD), r"sha1"),
+    # checkpoints given to resume, and saving
+    Bad("resume-missing-file", ("train", "trainer.resume={missing}.pt"), r"does not exist"),
+    Bad(
+        "resume-other-model-size",
+        ("train", "trainer.resume={ckpt}", "model.num_layers=1", "hydra.run.dir=run"),
+        r"trained with model=",
+    ),
+    Bad(
+        "resume-other-max-len",
+        ("train", "trainer.resume=true", "data.max_len=32", "hydra.run.dir={old_run}"),
+        r"data\.max_len",
+    ),
+    Bad(
+        "resume-truncated-checkpoint",
+        ("train", "trainer.resume={truncated}", "hydra.run.dir=run"),
+        r"truncated\.pt is not a .*checkpoint",
+    ),
+    Bad(
+        "resume-text-file",
+        ("train", "trainer.resume={notes}", "hydra.run.dir=run"),
+        r"notes\.pt is not a .*checkpoint",
+    ),
+    Bad(
+        "resume-crafted-checkpoint",
+        ("train", "trainer.resume={crafted}", "hydra.run.dir=run"),
+        r"crafted\.pt is not a safe",
+    ),
+    Bad("checkpoints-path-is-a-file", ("train", *TRAIN_1), r"could not write checkpoint"),
+    # encode
+    Bad("encode-no-text", ("encode", "--checkpoint", "{ckpt}"), r"no text"),
+    Bad("encode-empty-text", ("encode", "", "--checkpoint", "{ckpt}"), r"sentence 1 is empty"),
+    Bad("encode-too-long", ("encode", LONG_TEXT, "--checkpoint", "{ckpt}"), r"limit is 64"),
+    Bad("encode-three-sentences", ("encode", "a", "b", "c", "--checkpoint", "{ckpt}"), r"3 sent"),
+    Bad(
+        "encode-token-not-in-input",
+        (*ENCODE, "--token", "dog", "--checkpoint", "{ckpt}"),
+        r"'dog' is not in the input",
+    ),
+    Bad("encode-crafted-checkpoint", (*ENCODE, "--checkpoint", "{crafted}"), r"not a safe"),
+]
+
+
+def _bad(param) -> Bad:
+    return param.values[0] if hasattr(param, "values") else param
+
+
+class _Inputs(dict):
+    """Builds each {name} of a case's argv on first use, inside the case's folder."""
+
+    def __init__(self, case: Path, ctx: dict):
+        super().__init__()
+        self.case, self.ctx = case, ctx
+
+    def __missing__(self, name: str) -> str:
+        self[name] = str(MAKERS[name](self.case, self.ctx))
+        return self[name]
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    """Every file under root: its size and modification time (symlinks not followed)."""
+    out = {}
+    for folder, _, files in os.walk(root):
+        for name in files:
+            st = os.lstat(os.path.join(folder, name))
+            out[os.path.relpath(os.path.join(folder, name), root)] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+@dataclass
+class Outcome:
+    result: subprocess.CompletedProcess
+    before: dict[str, tuple[int, int]]
+    after: dict[str, tuple[int, int]]
+    marker: Path
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    """/junk.zip: 200 with bytes that are not the archive; anything else: 404."""
+
+    def do_GET(self):
+        if self.path == "/junk.zip":
+            body = b"this is not the WikiText-2 archive\n"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        else:
+            self.send_error(404)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def server():
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture(scope="module")
+def bad_outcomes(request, tmp_path_factory, env, reference, server) -> dict[str, Outcome]:
+    """Run the selected cases of the table, three at a time (each process is mostly startup)."""
+    selected = {
+        item.callspec.params["case"].id
+        for item in request.session.items
+        if getattr(item, "originalname", "") == "test_bad_input_fails_with_one_clear_line"
+    }
+    ctx = {"checkpoint": checkpoint.list_checkpoints(reference)[-1], "server": server}
+    prepared = []
+    for case in map(_bad, BAD_INPUTS):
+        if case.id not in selected:
+            continue
+        folder = tmp_path_factory.mktemp(f"bad-{case.id}")
+        inputs = _Inputs(folder, ctx)
+        argv = [arg.format_map(inputs) for arg in case.argv]
+        prepared.append((case.id, folder, argv, snapshot(folder)))
+
+    def run(item) -> tuple[str, Outcome]:
+        name, folder, argv, before = item
+        result = run_cli(argv, folder, env, timeout=300)
+        return name, Outcome(result, before, snapshot(folder), folder / "PWNED")
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        return dict(pool.map(run, prepared))
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS, ids=lambda c: c.id)
+def test_bad_input_fails_with_one_clear_line(case, bad_outcomes):
+    outcome = bad_outcomes[case.id]
+    result = outcome.result
+    assert result.returncode == 2, result.stderr[-3000:]
+    line = one_error_line(result)
+    assert re.search(case.needle, line), line
+    lost = {name: stat for name, stat in outcome.before.items() if outcome.after.get(name) != stat}
+    assert not lost, f"changed or removed: {lost}"
+    assert not outcome.marker.exists(), "a crafted checkpoint ran code"

@@ -1,0 +1,32 @@
+"""The tools in scripts/ run on real run dirs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO
+
+
+def test_plot_losses_draws_a_png_from_tensorboard_events(tiny_run, tmp_path):
+    pytest.importorskip("matplotlib", reason="pip install -e '.[plot]'")
+    out = tmp_path / "losses.png"
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "plot_losses.py"), str(tiny_run), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+
+
+def test_plot_losses_refuses_a_folder_without_events(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "plot_losses.py"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0 and "no tensorboard/ folder" in result.stderr
