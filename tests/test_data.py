@@ -535,3 +535,35 @@ def test_eval_batches_cover_the_split_in_order(dataset):
     assert len(batches) == -(-len(dataset.valid) // 100)
     assert torch.equal(torch.cat([b["tokens"] for b in batches]), data["tokens"])
     assert len(list(eval_batches(data, batch_size=100, max_batches=3))) == 3
+
+
+def test_dynamic_masking_draws_new_masks_with_the_same_rules(dataset):
+    import torch
+
+    from bertpretrain.data.batches import to_tensors
+    from bertpretrain.data.masking import candidates, remask
+
+    batch = {k: v[:2000] for k, v in to_tensors(dataset.train).items()}
+    first = remask(batch, len(dataset.vocab), torch.Generator().manual_seed(1))
+    again = remask(batch, len(dataset.vocab), torch.Generator().manual_seed(1))
+    other = remask(first, len(dataset.vocab), torch.Generator().manual_seed(2))
+    assert all(torch.equal(first[k], again[k]) for k in first)  # deterministic in the seed
+    assert not torch.equal(first["pred_positions"], other["pred_positions"])  # fresh masks
+    real = first["pred_weights"] > 0
+    n = batch["valid_lens"]
+    assert torch.equal(real.sum(1), torch.round(0.15 * n).clamp(min=1).long())
+    rows = torch.arange(len(n))[:, None].expand_as(real)
+    assert candidates(batch["segments"], n)[rows[real], first["pred_positions"][real]].all()
+
+    # Restoring the labels gives back the original words, whichever masks were drawn.
+    def original(b):
+        r = b["pred_weights"] > 0
+        t = b["tokens"].clone()
+        t[rows[r], b["pred_positions"][r]] = b["pred_labels"][r]
+        return t
+
+    assert torch.equal(original(first), original(other)) and torch.equal(
+        original(first), original(batch)
+    )
+    corrupted = first["tokens"][rows[real], first["pred_positions"][real]]
+    assert 0.75 < (corrupted == 2).float().mean().item() < 0.85  # <mask> about 80%

@@ -35,7 +35,7 @@ the traceback as well.
 """
 
 
-def _full_errors() -> bool:
+def full_errors() -> bool:
     return os.environ.get("HYDRA_FULL_ERROR") == "1"
 
 
@@ -48,7 +48,7 @@ def fail(message: str) -> None:
 _NOISE = ("full_key:", "object_type=", "reference_type=", "Set the environment", "To append")
 
 
-def _one_line(e: BaseException) -> str:
+def one_line(e: BaseException) -> str:
     """Hydra/OmegaConf errors span several lines; keep what names the problem."""
     parts = []
     while e is not None and len(parts) < 3:
@@ -113,9 +113,9 @@ def _precheck(argv: list[str]):
     except UserError as e:
         fail(str(e))
     except (HydraException, OmegaConfBaseException, ValueError) as e:
-        if _full_errors():
+        if full_errors():
             raise
-        fail(f"bad config: {_one_line(e)}; see `bertpretrain train --help` for the groups and keys")
+        fail(f"bad config: {one_line(e)}; see `bertpretrain train --help` for the groups and keys")
 
 
 def _check_writable(run_dir: Path) -> None:
@@ -179,7 +179,7 @@ def train_main(argv: list[str]) -> None:
             print(f"bertpretrain: {e}", file=sys.stderr)
             sys.exit(e.exit_code)  # a stopped sweep stops: the user asked for it
         except UserError as e:
-            if _full_errors():
+            if full_errors():
                 raise
             if not multirun:
                 fail(str(e))
@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         command(argv[1:])
     except UserError as e:
-        if _full_errors():
+        if full_errors():
             raise
         fail(str(e))
     except KeyboardInterrupt:

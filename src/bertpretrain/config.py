@@ -40,6 +40,7 @@ class DataConfig:
     urls: list[str] = field(default_factory=list)
     sha1: str = MISSING
     cache: bool = MISSING
+    masking: str = MISSING
 
 
 @dataclass
@@ -143,6 +144,10 @@ def check(cfg: Config) -> None:
         d.max_len <= m.max_position,
         f"data.max_len={d.max_len} exceeds the model's position table ({m.max_position}); "
         f"use data.max_len<={m.max_position} or raise model.max_position",
+    )
+    _require(
+        d.masking in ("static", "dynamic"),
+        f"data.masking={d.masking!r} is unknown; use static or dynamic",
     )
     _require(o.name in ("adam", "adamw"), f"optim.name={o.name!r} is unknown; use adam or adamw")
     _require(o.lr > 0, f"optim.lr={o.lr} must be positive, e.g. optim.lr=1e-3")

@@ -25,6 +25,7 @@ from tqdm import tqdm
 from bertpretrain import checkpoint, data, distributed
 from bertpretrain.config import Config, OptimConfig, to_dict
 from bertpretrain.data.batches import BatchStream, eval_batches, to_tensors
+from bertpretrain.data.masking import remask
 from bertpretrain.device import bf16_is_native, pick_device
 from bertpretrain.errors import Interrupted, UserError
 from bertpretrain.model import (
@@ -411,6 +412,10 @@ def _train(cfg: Config, run_dir: Path, stop: list[int]) -> dict:
     for step in range(start, t.max_steps):
         done = step + 1
         batch = stream.batch(step)
+        if cfg.data.masking == "dynamic":  # a pure function of (seed, step): resumes exactly
+            batch = remask(
+                batch, len(dataset.vocab), torch.Generator().manual_seed(t.seed * 1_000_003 + step)
+            )
         counts = ((batch["pred_weights"] > 0).sum().to(device), len(batch["nsp_labels"]))
         micro = [
             {k: v.to(device, non_blocking=True) for k, v in mb.items()}

@@ -20,11 +20,12 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from bertpretrain.data.corpus import Paragraph, read_split
+from bertpretrain.data.masking import MASK_RATE, mask_tokens
 from bertpretrain.data.vocab import (
     CLS_ID,
-    MASK_ID,
     PAD_ID,
     RESERVED,
     SEP_ID,
@@ -35,8 +36,7 @@ from bertpretrain.errors import UserError
 
 log = logging.getLogger(__name__)
 
-MASK_RATE = 0.15
-CACHE_VERSION = 1  # bump when the building rules change, so stale caches are not reused
+CACHE_VERSION = 2  # bump when the building rules change, so stale caches are not reused
 
 
 @dataclass
@@ -94,25 +94,6 @@ def _nsp_pairs(starts, lens, par_of, max_len: int, rng: np.random.Generator):
     return a[keep], b[keep], is_random[keep].astype(np.int8)
 
 
-def _mask(tokens, valid_lens, candidate, vocab_size: int, max_len: int, rng):
-    """Choose and corrupt the masked-LM positions in place; returns positions, labels, weights."""
-    n = len(tokens)
-    p = max_predictions(max_len)
-    n_pred = np.minimum(np.maximum(1, np.round(MASK_RATE * valid_lens)), candidate.sum(1))
-    keys = np.where(candidate, rng.random(tokens.shape), 2.0)
-    chosen = np.argsort(keys, axis=1, kind="stable")[:, :p]
-    real = np.arange(p)[None, :] < n_pred[:, None]
-    positions = np.sort(np.where(real, chosen, max_len), axis=1)  # real ones first, in order
-    positions = np.where(real, positions, 0).astype(np.int32)
-    rows = np.repeat(np.arange(n)[:, None], p, axis=1)
-    labels = np.where(real, tokens[rows, positions], 0).astype(np.int32)
-    u = rng.random((n, p))
-    random_words = rng.integers(len(RESERVED), vocab_size, (n, p), dtype=np.int32)
-    corrupted = np.where(u < 0.8, MASK_ID, np.where(u < 0.9, random_words, labels))
-    tokens[rows[real], positions[real]] = corrupted[real]
-    return positions, labels, real.astype(np.float32)
-
-
 def build_examples(
     paragraphs: list[Paragraph], index: dict[str, int], max_len: int, rng: np.random.Generator
 ) -> Examples:
@@ -135,10 +116,23 @@ def build_examples(
     valid_lens = (la + lb + 3).astype(np.int32)
     cols = np.arange(max_len)[None, :]
     segments[(cols >= la[:, None] + 2) & (cols < valid_lens[:, None])] = 1
-    # By position, not by id: a corpus may contain the literal text "<cls>".
-    candidate = (cols >= 1) & (cols < valid_lens[:, None] - 1) & (cols != la[:, None] + 1)
-    positions, labels, weights = _mask(tokens, valid_lens, candidate, len(index), max_len, rng)
-    return Examples(tokens, segments, valid_lens, positions, labels, weights, nsp)
+    generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
+    masked = mask_tokens(
+        *(torch.from_numpy(a).long() for a in (tokens, segments, valid_lens)),
+        len(index),
+        max_predictions(max_len),
+        generator,
+    )
+    tokens, positions, labels, weights = (t.numpy() for t in masked)
+    return Examples(
+        tokens.astype(np.int32),
+        segments,
+        valid_lens,
+        positions.astype(np.int32),
+        labels.astype(np.int32),
+        weights.astype(np.float32),
+        nsp,
+    )
 
 
 @dataclass
