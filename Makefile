@@ -27,7 +27,7 @@ format:
 	$(PYTHON) -m ruff check --fix src tests scripts
 
 bench:
-	$(PYTHON) scripts/bench.py $(ARGS)
+	$(PYTHON) scripts/bench.py $(ARGS)  # transformers comes with the dev/bench extra
 
 clean:
 	rm -rf build dist .pytest_cache .ruff_cache

@@ -29,7 +29,6 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
 
 import numpy as np
 import torch
@@ -37,7 +36,7 @@ import torch
 from bertpretrain import checkpoint
 from bertpretrain.data.vocab import CLS, PAD_ID, SEP, UNK_ID, check_vocab, token_index
 from bertpretrain.device import pick_device
-from bertpretrain.errors import UserError
+from bertpretrain.errors import ArgumentParser, UserError
 from bertpretrain.model import BertConfig, BertModel
 
 TRAIN_HINT = "train one with `bertpretrain train model=tiny`"
@@ -268,13 +267,8 @@ vectors holds that token's rows and positions says where they are. --output writ
 """
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise UserError(f"{message}; see `bertpretrain encode --help`")
-
-
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = ArgumentParser(
         prog="bertpretrain encode",
         description="Contextual vectors of a sentence or a sentence pair from a checkpoint.",
         epilog=EPILOG,

@@ -49,13 +49,12 @@ import secrets
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
 
 import torch
 
 from bertpretrain import checkpoint
 from bertpretrain.data.vocab import PAD_ID, RESERVED, check_vocab
-from bertpretrain.errors import UserError
+from bertpretrain.errors import ArgumentParser, UserError
 from bertpretrain.model import BertConfig, BertForPretraining
 
 # Our reserved tokens (ids 0..4) under BERT's names, in the same order.
@@ -311,13 +310,8 @@ style); it splits tokens with punctuation inside ("@-@", "<unk>"): see
 """
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise UserError(f"{message}; see `bertpretrain export --help`")
-
-
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = ArgumentParser(
         prog="bertpretrain export",
         description="Write a checkpoint as a transformers model folder (BertForPreTraining, "
         "safetensors weights, BertTokenizer files).",

@@ -29,13 +29,12 @@ import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NoReturn
 
 import torch
 
 from bertpretrain.config import Config
 from bertpretrain.data.examples import MASK_RATE
-from bertpretrain.errors import UserError
+from bertpretrain.errors import ArgumentParser, UserError
 
 DEFAULT_VOCAB = 30522  # BERT's WordPiece vocabulary
 LARGEST_SEARCHED = 1 << 20  # micro-batches beyond this are reported as "at least"
@@ -368,13 +367,8 @@ def _size(n: float) -> str:
     return f"{int(n)} B"
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise UserError(f"{message}; see `bertpretrain plan --help`")
-
-
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = ArgumentParser(
         prog="bertpretrain plan",
         description="The memory a training config needs on one device, without training: "
         "parameters, weights, gradients, Adam's state, activations per micro-batch, whether "

@@ -6,12 +6,11 @@ A run dir is recognised by Hydra's `.hydra/` folder; what is shown comes from it
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
 
-from bertpretrain.errors import UserError
+from bertpretrain.errors import ArgumentParser, UserError
 
 
 def find_runs(root: Path) -> list[Path]:
@@ -55,7 +54,7 @@ def _loss(value) -> str:
 
 
 def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="bertpretrain runs",
         description="List the training runs under an outputs folder, newest last.",
     )

@@ -10,6 +10,7 @@ example, max(1, round(0.15 * len(tokens))) non-special positions are masked: 80%
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import itertools
 import logging
@@ -66,8 +67,8 @@ def _flatten(paragraphs: list[Paragraph], index: dict[str, int]):
     sentences = [s for p in paragraphs for s in p]
     lens = np.fromiter(map(len, sentences), dtype=np.int64, count=len(sentences))
     tokens = list(itertools.chain.from_iterable(sentences))
-    # Every corpus token -> its id; the ones outside the vocabulary -> <unk>.
-    lookup = dict.fromkeys(tokens, index[RESERVED[0]]) | index
+    # Words outside the vocabulary -> int() == 0 == <unk> (RESERVED[0]), with no Python call.
+    lookup = collections.defaultdict(int, index)
     ids = np.fromiter(map(lookup.__getitem__, tokens), dtype=np.int32, count=len(tokens))
     starts = np.concatenate([[0], np.cumsum(lens)[:-1]])
     par_of = np.repeat(np.arange(len(paragraphs)), [len(p) for p in paragraphs])
