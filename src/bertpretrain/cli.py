@@ -45,44 +45,18 @@ def fail(message: str) -> None:
     sys.exit(2)
 
 
-_NOISE = ("full_key:", "object_type=", "reference_type=", "Set the environment", "To append")
-
-
-def one_line(e: BaseException) -> str:
-    """Hydra/OmegaConf errors span several lines; keep what names the problem."""
-    parts = []
-    while e is not None and len(parts) < 3:
-        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-        for ln in lines:
-            if ln.startswith("Config search path"):
-                break  # what follows lists Hydra's internals, not the user's mistake
-            if ln.startswith(_NOISE) or "$VALUE" in ln:
-                continue
-            if ln not in parts:
-                parts.append(ln)
-        e = e.__cause__ or e.__context__
-    return " ".join(parts) or "invalid configuration"
-
-
 def _precheck(argv: list[str]):
     """Compose and check the config of a single run before Hydra starts it.
 
     Hydra reports a bad override over several lines; composing it here first turns that
     into one line and exit code 2, before any run dir or data is touched.
     """
-    from hydra import compose, initialize_config_dir
     from hydra._internal.utils import get_args_parser
-    from hydra.errors import HydraException
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
 
     from bertpretrain import checkpoint
-    from bertpretrain.config import conf_dir, to_config
+    from bertpretrain.config import compose
 
-    try:
-        args = get_args_parser().parse_args(argv)
-    except SystemExit:
-        raise
+    args = get_args_parser().parse_args(argv)
     if (
         args.multirun
         or args.help
@@ -100,22 +74,14 @@ def _precheck(argv: list[str]):
             fail(f"--config-dir {args.config_dir} is not a folder")
         overrides.append(f"hydra.searchpath=[file://{path}]")
     try:
-        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-            cfg = compose(
-                config_name=args.config_name or "config",
-                overrides=overrides,
-                return_hydra_config=True,
-            )
-        to_config(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]))
+        _, cfg = compose(overrides, args.config_name or "config")
         _check_writable(Path(cfg.hydra.run.dir))
         checkpoint.check_not_in_use(Path(cfg.hydra.run.dir))
         return cfg
     except UserError as e:
-        fail(str(e))
-    except (HydraException, OmegaConfBaseException, ValueError) as e:
         if full_errors():
             raise
-        fail(f"bad config: {one_line(e)}; see `bertpretrain train --help` for the groups and keys")
+        fail(str(e))
 
 
 def _check_writable(run_dir: Path) -> None:
@@ -154,10 +120,10 @@ def train_main(argv: list[str]) -> None:
     import hydra
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
-    from omegaconf import DictConfig, OmegaConf
+    from omegaconf import DictConfig
 
     from bertpretrain import distributed
-    from bertpretrain.config import conf_dir, register_configs, to_config
+    from bertpretrain.config import conf_dir, register_configs, to_config, without_hydra
 
     register_configs()
     cfg = _precheck(argv)
@@ -173,7 +139,7 @@ def train_main(argv: list[str]) -> None:
         multirun = hc.mode == RunMode.MULTIRUN
         overrides = " ".join(hc.overrides.task) or "(defaults)"
         try:
-            config = to_config(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]))
+            config = to_config(without_hydra(cfg))
             train(config, Path(hc.runtime.output_dir))
         except Interrupted as e:
             print(f"bertpretrain: {e}", file=sys.stderr)

@@ -7,6 +7,7 @@ rules a type cannot express (positive sizes, hidden divisible by heads, ...).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -183,6 +184,53 @@ def to_config(cfg: DictConfig) -> Config:
         obj = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), cfg))
     check(obj)
     return obj
+
+
+def without_hydra(cfg: DictConfig) -> DictConfig:
+    return OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+
+
+_NOISE = ("full_key:", "object_type=", "reference_type=", "Set the environment", "To append")
+
+
+def _one_line(e: BaseException) -> str:
+    """Hydra/OmegaConf errors span several lines; keep what names the problem."""
+    parts = []
+    while e is not None and len(parts) < 3:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        for ln in lines:
+            if ln.startswith("Config search path"):
+                break  # what follows lists Hydra's internals, not the user's mistake
+            if ln.startswith(_NOISE) or "$VALUE" in ln:
+                continue
+            if ln not in parts:
+                parts.append(ln)
+        e = e.__cause__ or e.__context__
+    return " ".join(parts) or "invalid configuration"
+
+
+def compose(overrides: list[str], config_name: str = "config") -> tuple[Config, DictConfig]:
+    """conf/ composed with `overrides` as `train` would (the hydra node included), and its
+    typed, checked Config. Hydra's multi-line composition errors become one UserError line
+    (HYDRA_FULL_ERROR=1 keeps the original exception)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    register_configs()
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+            cfg = hydra_compose(
+                config_name=config_name, overrides=overrides, return_hydra_config=True
+            )
+        return to_config(without_hydra(cfg)), cfg
+    except (HydraException, OmegaConfBaseException, ValueError) as e:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        raise UserError(
+            f"bad config: {_one_line(e)}; see `bertpretrain train --help` for the groups and keys"
+        ) from None
 
 
 def to_dict(cfg: Config) -> dict:

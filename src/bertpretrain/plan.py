@@ -413,23 +413,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def compose_config(overrides: list[str]) -> Config:
     """The typed config `bertpretrain train OVERRIDES` would run, composed without a run dir."""
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
+    from bertpretrain.config import compose
 
-    from bertpretrain.cli import full_errors, one_line
-    from bertpretrain.config import conf_dir, register_configs, to_config
-
-    register_configs()
-    try:
-        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-            return to_config(compose(config_name="config", overrides=overrides))
-    except (HydraException, OmegaConfBaseException, ValueError) as e:
-        if full_errors():
-            raise
-        raise UserError(
-            f"bad config: {one_line(e)}; see `bertpretrain train --help` for the groups and keys"
-        ) from None
+    return compose(overrides)[0]
 
 
 def main(argv: list[str]) -> None:
