@@ -33,8 +33,10 @@ from pathlib import Path
 import torch
 
 from bertpretrain import checkpoint
+from bertpretrain.config import TokenizerConfig
 from bertpretrain.data.batches import BatchStream, to_tensors
-from bertpretrain.data.examples import build_dataset, load_dataset
+from bertpretrain.data.corpus import wikitext
+from bertpretrain.data.examples import Dataset, continuation_table, load_dataset
 from bertpretrain.data.masking import remask
 from bertpretrain.model import BertConfig, BertForPretraining, flops_per_sequence
 from bertpretrain.train import PretrainingLosses, training_step
@@ -65,10 +67,20 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+WORD = TokenizerConfig(name="word", lowercase=True, min_freq=5, vocab_size=None)
+WORDPIECE = TokenizerConfig(name="wordpiece", lowercase=True, min_freq=2, vocab_size=8000)
+
+
+def wikitext_dataset(
+    train: Path, max_len: int, tokenizer: TokenizerConfig = WORD, cache: Path | None = None
+) -> Dataset:
+    return load_dataset(wikitext(train, None), tokenizer, max_len, 0, cache)
+
+
 def real_batches(max_len: int, batch_size: int, count: int) -> tuple[list[dict], int, float]:
     """`count` training batches from the real validation split, the vocabulary size, and
     the mean number of masked positions per example."""
-    data = build_dataset(SHARED / "wiki.valid.tokens", None, max_len, 5, 0)
+    data = wikitext_dataset(SHARED / "wiki.valid.tokens", max_len)
     stream = BatchStream(to_tensors(data.train), batch_size, seed=0)
     preds = float(data.train.pred_weights.sum(1).mean())
     return [stream.batch(i) for i in range(count)], len(data.vocab), preds
@@ -222,13 +234,29 @@ def bench_dynamic_masking(reps: int) -> list[dict]:
         t0 = time.perf_counter()
         remask(batches[0], vocab, torch.Generator().manual_seed(rep))
         times.append(time.perf_counter() - t0)
-    return [
+    rows = [
         {
             "what": "dynamic masking, tiny batch",
             "contender": "remask 512 x 64 per step",
             "seconds": statistics.median(times),
         }
     ]
+    data = wikitext_dataset(SHARED / "wiki.valid.tokens", 64, WORDPIECE)
+    batch = BatchStream(to_tensors(data.train), 512, seed=0).batch(0)
+    table = continuation_table(data.tokenizer, True)
+    times = []
+    for rep in range(max(reps, 5)):
+        t0 = time.perf_counter()
+        remask(batch, len(data.vocab), torch.Generator().manual_seed(rep), table)
+        times.append(time.perf_counter() - t0)
+    rows.append(
+        {
+            "what": "dynamic masking, tiny batch",
+            "contender": "remask 512 x 64, WordPiece 8000, whole words",
+            "seconds": statistics.median(times),
+        }
+    )
+    return rows
 
 
 def corpus_like_train(folder: Path) -> Path:
@@ -248,19 +276,27 @@ def bench_examples(reps: int) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         corpus = corpus_like_train(Path(tmp))
         tokens = len(corpus.read_text(encoding="utf-8").split())
-        cold, cached = [], []
+        cold, cached, wordpiece = [], [], []
         for rep in range(reps):
             cache = Path(tmp) / f"cache{rep}"
             t0 = time.perf_counter()
-            load_dataset(corpus, None, 64, 5, 0, cache)  # builds, then writes the cache
+            wikitext_dataset(corpus, 64, cache=cache)  # builds, then writes the cache
             cold.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
-            load_dataset(corpus, None, 64, 5, 0, cache)
+            wikitext_dataset(corpus, 64, cache=cache)
             cached.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            wikitext_dataset(corpus, 64, WORDPIECE)  # trains the vocabulary too
+            wordpiece.append(time.perf_counter() - t0)
     what = f"build examples ({tokens / 1e6:.2f}M tokens, max_len 64)"
     return [
         {"what": what, "contender": "cold (incl. cache write)", "seconds": statistics.median(cold)},
         {"what": what, "contender": "from cache", "seconds": statistics.median(cached)},
+        {
+            "what": what,
+            "contender": "cold, WordPiece 8000 trained",
+            "seconds": statistics.median(wordpiece),
+        },
     ]
 
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from bertpretrain.config import TokenizerConfig
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_WIKITEXT = REPO.parent / "shared" / "data" / "wikitext-2"
 
@@ -23,6 +25,25 @@ TINY_ARGS = [
     "trainer.log_every=2",
     "trainer.eval_batches=2",
 ]
+
+
+def build_wikitext(
+    train: Path,
+    valid: Path | None,
+    max_len: int = 64,
+    min_freq: int = 5,
+    seed: int = 0,
+    cache_dir: Path | None = None,
+    tokenizer: TokenizerConfig | None = None,
+):
+    """Examples of WikiText-style files with the word-level vocabulary (or `tokenizer`)."""
+    from bertpretrain.data.corpus import wikitext
+    from bertpretrain.data.examples import load_dataset
+
+    cfg = tokenizer or TokenizerConfig(
+        name="word", lowercase=True, min_freq=min_freq, vocab_size=None
+    )
+    return load_dataset(wikitext(train, valid), cfg, max_len, seed, cache_dir)
 
 
 @pytest.fixture(scope="session")

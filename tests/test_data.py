@@ -13,19 +13,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import build_wikitext
 
+from bertpretrain.config import TokenizerConfig
 from bertpretrain.data import examples as examples_module
 from bertpretrain.data.batches import BatchStream, eval_batches, to_tensors
-from bertpretrain.data.corpus import read_split, split_paragraphs
+from bertpretrain.data.corpus import read_split, split_paragraphs, wikitext
 from bertpretrain.data.examples import (
     Dataset,
     Examples,
-    build_dataset,
     build_examples,
-    cache_key,
-    load_dataset,
+    examples_key,
     max_predictions,
+    tokenizer_key,
 )
+from bertpretrain.data.tokenizer import Tokenizer
 from bertpretrain.data.vocab import (
     CLS_ID,
     MASK_ID,
@@ -59,7 +61,7 @@ def test_path(wikitext_dir: Path) -> Path:
 @pytest.fixture(scope="module")
 def dataset(valid_path: Path, test_path: Path) -> Dataset:
     """The real valid split as training data, the test split as validation, built once."""
-    return build_dataset(valid_path, test_path, MAX_LEN, MIN_FREQ, SEED)
+    return build_wikitext(valid_path, test_path, MAX_LEN, MIN_FREQ, SEED)
 
 
 @pytest.fixture(scope="module")
@@ -117,57 +119,59 @@ def test_a_line_is_kept_only_if_it_has_at_least_two_sentences():
         "a . b . c",
     ]
     paragraphs = split_paragraphs(lines)
-    assert paragraphs == [
-        [["first", "sentence"], ["second", "sentence", "."]],
-        [["a"], ["b"], ["c"]],
-    ]
+    assert paragraphs == [["first sentence", "second sentence ."], ["a", "b", "c"]]
 
 
-def test_text_is_lower_cased_and_split_on_whitespace():
+def test_word_tokenizer_lower_cases_and_splits_on_whitespace():
+    tok = Tokenizer("word", RESERVED + ["the", "game", "began"])
     (paragraph,) = split_paragraphs(["  The  Game\tBegan . In 2010 , SEGA  "])
-    assert paragraph == [["the", "game", "began"], ["in", "2010", ",", "sega"]]
+    assert [tok.split(s) for s in paragraph] == [
+        [("the", 5), ("game", 6), ("began", 7)],
+        [("in", UNK_ID), ("2010", UNK_ID), (",", UNK_ID), ("sega", UNK_ID)],
+    ]
+    ids, lens = tok.encode_sentences(paragraph)
+    assert ids.tolist() == [5, 6, 7, 0, 0, 0, 0] and lens.tolist() == [3, 4]
 
 
-def test_real_split_keeps_the_multi_sentence_lines_lower_cased(valid_path):
+def test_real_split_keeps_the_multi_sentence_lines(valid_path):
     paragraphs = read_split(valid_path)
     lines = valid_path.read_text(encoding="utf-8").split("\n")
-    expected = [line for line in lines if len(line.strip().lower().split(" . ")) >= 2]
+    expected = [line for line in lines if len(line.strip().split(" . ")) >= 2]
     assert len(paragraphs) == len(expected)
     assert all(len(p) >= 2 for p in paragraphs)
-    assert all(t == t.lower() for p in paragraphs for s in p for t in s)
     # Headings (" = Title = ") have no ' . ' and never become paragraphs.
-    assert not any(p[0][:1] == ["="] for p in paragraphs)
+    assert not any(p[0].startswith("=") for p in paragraphs)
 
 
 def test_corpus_without_a_usable_paragraph_raises_user_error(tmp_path):
     path = write(tmp_path / "wiki.train.tokens", " = Title = \n\n one sentence only . \n")
     with pytest.raises(UserError, match="no paragraph"):
-        build_dataset(path, None, MAX_LEN, 1, SEED)
+        build_wikitext(path, None, MAX_LEN, 1, SEED)
 
 
 def test_non_utf8_corpus_raises_user_error(tmp_path):
     path = tmp_path / "wiki.train.tokens"
     path.write_bytes("caf\u00e9 au lait . le caf\u00e9 est chaud\n".encode("latin-1"))
     with pytest.raises(UserError, match="UTF-8"):
-        build_dataset(path, None, MAX_LEN, 1, SEED)
+        build_wikitext(path, None, MAX_LEN, 1, SEED)
 
 
 def test_missing_corpus_file_raises_user_error(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
-        build_dataset(tmp_path / "wiki.train.tokens", None, MAX_LEN, 1, SEED)
+        build_wikitext(tmp_path / "wiki.train.tokens", None, MAX_LEN, 1, SEED)
 
 
 def test_corpus_whose_pairs_all_exceed_max_len_raises_user_error(tmp_path):
     long = " ".join(["w"] * 20)
     path = write(tmp_path / "wiki.train.tokens", f"{long} . {long}\n")
     with pytest.raises(UserError, match="max_len"):
-        build_dataset(path, None, 16, 1, SEED)
+        build_wikitext(path, None, 16, 1, SEED)
 
 
 def test_min_freq_above_every_count_raises_user_error(tmp_path):
     path = write(tmp_path / "wiki.train.tokens", "a b . c d\n")
     with pytest.raises(UserError, match="min_freq"):
-        build_dataset(path, None, MAX_LEN, 2, SEED)
+        build_wikitext(path, None, MAX_LEN, 2, SEED)
 
 
 # --- vocabulary -----------------------------------------------------------------------
@@ -185,7 +189,7 @@ def test_vocab_is_reserved_tokens_then_words_seen_min_freq_times_most_frequent_f
 
 
 def test_vocab_of_real_split_holds_exactly_the_words_seen_min_freq_times(dataset, valid_path):
-    counts = Counter(t for p in read_split(valid_path) for s in p for t in s)
+    counts = Counter(t for p in read_split(valid_path) for s in p for t in s.lower().split())
     frequent = {t for t, c in counts.items() if c >= MIN_FREQ} - set(RESERVED)
     assert dataset.vocab[:5] == RESERVED
     assert set(dataset.vocab[5:]) == frequent
@@ -195,8 +199,8 @@ def test_vocab_of_real_split_holds_exactly_the_words_seen_min_freq_times(dataset
 def test_unknown_words_map_to_unk():
     vocab = build_vocab(["a", "b", "a", "b"], min_freq=2)  # <reserved>, a, b
     index = token_index(vocab)
-    paragraphs = [[["a", "zebra", "b"], ["b", "a"]]]  # "zebra" is not in the vocabulary
-    ex = build_examples(paragraphs, index, 16, np.random.default_rng(0))
+    paragraphs = [["a zebra b", "b a"]]  # "zebra" is not in the vocabulary
+    ex = build_examples(paragraphs, Tokenizer("word", vocab), 16, np.random.default_rng(0))
     a, _ = sentences_of(ex, 0, originals(ex))
     assert a == (index["a"], UNK_ID, index["b"])
 
@@ -205,7 +209,7 @@ def test_validation_words_outside_the_training_vocab_map_to_unk(dataset, test_pa
     valid_tokens = originals(dataset.valid)
     assert valid_tokens.max() < len(dataset.vocab)
     train_words = set(dataset.vocab)
-    oov = {t for p in read_split(test_path) for s in p for t in s} - train_words
+    oov = {t for p in read_split(test_path) for s in p for t in s.lower().split()} - train_words
     assert oov, "the test split should have words the valid split's vocabulary lacks"
     assert (valid_tokens == UNK_ID).any()
 
@@ -226,7 +230,8 @@ def test_is_next_pairs_are_consecutive_sentences_and_random_ones_come_from_the_c
 ):
     index = token_index(dataset.vocab)
     paragraphs = [
-        [tuple(index.get(t, UNK_ID) for t in s) for s in p] for p in read_split(valid_path)
+        [tuple(index.get(t, UNK_ID) for t in s.lower().split()) for s in p]
+        for p in read_split(valid_path)
     ]
     consecutive = {(p[i], p[i + 1]) for p in paragraphs for i in range(len(p) - 1)}
     firsts = {p[i] for p in paragraphs for i in range(len(p) - 1)}
@@ -278,20 +283,19 @@ def test_every_example_fits_max_len(dataset):
 
 
 def test_pair_one_token_too_long_is_dropped_and_one_that_fits_exactly_is_kept():
-    vocab = build_vocab(list("abcdefghijklm"), min_freq=1)
-    index = token_index(vocab)
-    short, long = list("abcde"), list("fghijklm")  # 5 and 8 words
+    tok = Tokenizer("word", build_vocab(list("abcdefghijklm"), min_freq=1))
+    short, long = " ".join("abcde"), " ".join("fghijklm")  # 5 and 8 words
     paragraphs = [[short, long]]
     for seed in range(20):
         rng = np.random.default_rng(seed)
         # 5 + 8 + 3 = 16: the is-next pair fits exactly; a random b is 5 or 8 words: fits.
-        ex = build_examples(paragraphs, index, 16, rng)
+        ex = build_examples(paragraphs, tok, 16, rng)
         assert len(ex) == 1
         a, b = sentences_of(ex, 0, originals(ex))
         assert ex.valid_lens[0] == len(a) + len(b) + 3
         # At 15 the is-next pair (16 tokens) is dropped, never truncated; only a random
         # b of 5 words can make a pair.
-        ex = build_examples(paragraphs, index, 15, np.random.default_rng(seed))
+        ex = build_examples(paragraphs, tok, 15, np.random.default_rng(seed))
         assert len(ex) <= 1
         if len(ex):
             assert ex.nsp_labels.tolist() == [1]
@@ -367,12 +371,12 @@ def test_random_replacements_are_vocabulary_words(train, dataset):
 
 
 def test_same_seed_builds_identical_examples(valid_path, train):
-    again = build_dataset(valid_path, None, MAX_LEN, MIN_FREQ, SEED)
+    again = build_wikitext(valid_path, None, MAX_LEN, MIN_FREQ, SEED)
     assert_same_examples(again.train, train)
 
 
 def test_another_seed_shuffles_and_masks_differently(valid_path, train):
-    other = build_dataset(valid_path, None, MAX_LEN, MIN_FREQ, SEED + 1).train
+    other = build_wikitext(valid_path, None, MAX_LEN, MIN_FREQ, SEED + 1).train
     assert other.tokens.shape[1] == train.tokens.shape[1]
     n = min(len(other), len(train))
     assert not np.array_equal(other.tokens[:n], train.tokens[:n])
@@ -381,7 +385,7 @@ def test_another_seed_shuffles_and_masks_differently(valid_path, train):
 
 def test_training_and_validation_splits_use_separate_random_streams(valid_path):
     # The same file as both splits: the two must not be copies of each other.
-    data = build_dataset(valid_path, valid_path, MAX_LEN, MIN_FREQ, SEED)
+    data = build_wikitext(valid_path, valid_path, MAX_LEN, MIN_FREQ, SEED)
     n = min(len(data.train), len(data.valid))
     assert not np.array_equal(data.train.tokens[:n], data.valid.tokens[:n])
 
@@ -390,16 +394,18 @@ def test_training_and_validation_splits_use_separate_random_streams(valid_path):
 
 
 def test_cache_round_trip_gives_back_the_same_dataset(valid_path, tmp_path, monkeypatch):
-    first = load_dataset(valid_path, None, MAX_LEN, MIN_FREQ, SEED, tmp_path)
+    first = build_wikitext(valid_path, None, MAX_LEN, MIN_FREQ, SEED, tmp_path)
     files = list(tmp_path.glob("*.npz"))
     assert len(files) == 1
-    assert files[0].name == f"examples-{cache_key(valid_path, None, MAX_LEN, MIN_FREQ, SEED)}.npz"
+    key = examples_key(wikitext(valid_path, None), first.tokenizer, MAX_LEN, False, SEED)
+    assert files[0].name == f"examples-{key}.npz"
 
     def no_build(*args, **kwargs):
         raise AssertionError("the second call must read the cache, not build")
 
-    monkeypatch.setattr(examples_module, "build_dataset", no_build)
-    second = load_dataset(valid_path, None, MAX_LEN, MIN_FREQ, SEED, tmp_path)
+    monkeypatch.setattr(examples_module, "build_examples", no_build)
+    monkeypatch.setattr(examples_module, "train_tokenizer", no_build)
+    second = build_wikitext(valid_path, None, MAX_LEN, MIN_FREQ, SEED, tmp_path)
     assert second.vocab == first.vocab
     assert all(isinstance(t, str) for t in second.vocab)
     assert second.valid is None
@@ -407,49 +413,72 @@ def test_cache_round_trip_gives_back_the_same_dataset(valid_path, tmp_path, monk
 
 
 def test_cache_round_trip_keeps_the_validation_split(valid_path, test_path, tmp_path, dataset):
-    load_dataset(valid_path, test_path, MAX_LEN, MIN_FREQ, SEED, tmp_path)
-    cached = load_dataset(valid_path, test_path, MAX_LEN, MIN_FREQ, SEED, tmp_path)
+    build_wikitext(valid_path, test_path, MAX_LEN, MIN_FREQ, SEED, tmp_path)
+    cached = build_wikitext(valid_path, test_path, MAX_LEN, MIN_FREQ, SEED, tmp_path)
     assert cached.vocab == dataset.vocab
     assert_same_examples(cached.train, dataset.train)
     assert_same_examples(cached.valid, dataset.valid)
 
 
-def test_cache_key_changes_with_max_len_min_freq_seed_and_corpus_bytes(valid_path, tmp_path):
-    corpus = tmp_path / "wiki.train.tokens"
-    corpus.write_bytes(valid_path.read_bytes())
-    base = cache_key(corpus, None, MAX_LEN, MIN_FREQ, SEED)
-    assert cache_key(corpus, None, MAX_LEN, MIN_FREQ, SEED) == base
+def test_cache_key_changes_with_every_setting_and_the_corpus_bytes(valid_path, tmp_path):
+    path = tmp_path / "wiki.train.tokens"
+    path.write_bytes(valid_path.read_bytes())
+    corpus = wikitext(path, None)
+    tok = Tokenizer("word", RESERVED + ["a", "b"])
+    base = examples_key(corpus, tok, MAX_LEN, False, SEED)
+    assert examples_key(wikitext(path, None), tok, MAX_LEN, False, SEED) == base
     variants = {
-        cache_key(corpus, None, MAX_LEN + 1, MIN_FREQ, SEED),
-        cache_key(corpus, None, MAX_LEN, MIN_FREQ + 1, SEED),
-        cache_key(corpus, None, MAX_LEN, MIN_FREQ, SEED + 1),
-        cache_key(corpus, valid_path, MAX_LEN, MIN_FREQ, SEED),
+        examples_key(corpus, tok, MAX_LEN + 1, False, SEED),
+        examples_key(corpus, tok, MAX_LEN, False, SEED + 1),
+        examples_key(wikitext(path, valid_path), tok, MAX_LEN, False, SEED),
+        examples_key(corpus, Tokenizer("word", RESERVED + ["a", "c"]), MAX_LEN, False, SEED),
+        examples_key(corpus, Tokenizer("word", RESERVED + ["a", "b"], False), MAX_LEN, False, SEED),
     }
-    with corpus.open("ab") as f:
+    # Whole-word masking changes nothing for a word-level vocabulary, so nor does its key.
+    assert examples_key(corpus, tok, MAX_LEN, True, SEED) == base
+    with path.open("ab") as f:
         f.write(b" one more . paragraph here \n")
-    variants.add(cache_key(corpus, None, MAX_LEN, MIN_FREQ, SEED))
+    variants.add(examples_key(wikitext(path, None), tok, MAX_LEN, False, SEED))
     assert base not in variants
-    assert len(variants) == 5
+    assert len(variants) == 6
+
+
+def test_vocabulary_cache_key_changes_with_the_tokenizer_settings(valid_path):
+    corpus = wikitext(valid_path, None)
+    word = TokenizerConfig(name="word", lowercase=True, min_freq=5, vocab_size=None)
+    keys = {
+        tokenizer_key(corpus, c)
+        for c in (
+            word,
+            TokenizerConfig(name="word", lowercase=False, min_freq=5, vocab_size=None),
+            TokenizerConfig(name="word", lowercase=True, min_freq=4, vocab_size=None),
+            TokenizerConfig(name="wordpiece", lowercase=True, min_freq=5, vocab_size=900),
+            TokenizerConfig(name="wordpiece", lowercase=True, min_freq=5, vocab_size=901),
+        )
+    }
+    assert len(keys) == 5
+    assert tokenizer_key(wikitext(valid_path, valid_path), word) in keys  # train split only
 
 
 def test_changed_seed_writes_a_second_cache_file(valid_path, tmp_path):
-    load_dataset(valid_path, None, MAX_LEN, MIN_FREQ, SEED, tmp_path)
-    load_dataset(valid_path, None, MAX_LEN, MIN_FREQ, SEED + 1, tmp_path)
+    build_wikitext(valid_path, None, MAX_LEN, MIN_FREQ, SEED, tmp_path)
+    build_wikitext(valid_path, None, MAX_LEN, MIN_FREQ, SEED + 1, tmp_path)
     assert len(list(tmp_path.glob("*.npz"))) == 2
 
 
 def test_unreadable_cache_file_is_rebuilt(valid_path, tmp_path, train):
-    key = cache_key(valid_path, None, MAX_LEN, MIN_FREQ, SEED)
+    tok = build_wikitext(valid_path, None, MAX_LEN, MIN_FREQ, SEED).tokenizer
+    key = examples_key(wikitext(valid_path, None), tok, MAX_LEN, False, SEED)
     (tmp_path / f"examples-{key}.npz").write_bytes(b"not a numpy archive")
-    data = load_dataset(valid_path, None, MAX_LEN, MIN_FREQ, SEED, tmp_path)
+    data = build_wikitext(valid_path, None, MAX_LEN, MIN_FREQ, SEED, tmp_path)
     assert_same_examples(data.train, train)
 
 
 def test_truncated_cache_file_is_rebuilt(valid_path, tmp_path, train):
-    load_dataset(valid_path, None, MAX_LEN, MIN_FREQ, SEED, tmp_path)
+    build_wikitext(valid_path, None, MAX_LEN, MIN_FREQ, SEED, tmp_path)
     (path,) = tmp_path.glob("*.npz")
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    data = load_dataset(valid_path, None, MAX_LEN, MIN_FREQ, SEED, tmp_path)
+    data = build_wikitext(valid_path, None, MAX_LEN, MIN_FREQ, SEED, tmp_path)
     assert_same_examples(data.train, train)
 
 

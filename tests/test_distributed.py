@@ -94,6 +94,23 @@ def test_distributed_run_resumes_from_its_checkpoint(tmp_path, cli_env, single):
     assert ours["mlm_loss"] == pytest.approx(losses(single)["mlm_loss"], rel=TOLERANCE)
 
 
+def test_every_rank_trains_on_rank_zeros_wordpiece_vocabulary(tmp_path, cli_env):
+    """WordPiece training is not reproducible, so each rank training its own would give
+    each its own ids; rank 0 shares its vocabulary instead. A single process reading rank
+    0's vocabulary from the cache must then see the same losses."""
+    pytest.importorskip("tokenizers", reason="pip install -e '.[wordpiece]'")
+    env = cli_env | {"BERTPRETRAIN_DATA": str(tmp_path / "data")}
+    args = [*ARGS, "tokenizer=wordpiece", "tokenizer.vocab_size=2000", "trainer.max_steps=2"]
+    ranks = torchrun([*args, "hydra.run.dir=ranks"], tmp_path, env)
+    assert ranks.returncode == 0, ranks.stderr[-3000:]
+    one = run_cli(["train", *args, "hydra.run.dir=one"], tmp_path, env)
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert "vocabulary from cache" in one.stdout
+    ours, reference = losses(tmp_path / "ranks"), losses(tmp_path / "one")
+    for key in ("mlm_loss", "nsp_loss"):
+        assert ours[key] == pytest.approx(reference[key], rel=TOLERANCE), key
+
+
 def test_batch_that_does_not_split_across_ranks_is_refused(tmp_path, cli_env):
     result = torchrun([*ARGS, "trainer.batch_size=63", "trainer.max_steps=1"], tmp_path, cli_env)
     assert result.returncode != 0

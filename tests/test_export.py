@@ -15,10 +15,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_cli
+from conftest import build_wikitext, run_cli
 
 from bertpretrain import checkpoint
-from bertpretrain.data.examples import build_dataset
 from bertpretrain.data.vocab import PAD_ID, UNK_ID, token_index
 from bertpretrain.encode import Encoder
 from bertpretrain.errors import UserError
@@ -42,7 +41,7 @@ def hf():
 
 @pytest.fixture(scope="module")
 def dataset(wikitext_dir):
-    return build_dataset(wikitext_dir / "wiki.valid.tokens", None, MAX_LEN, 5, 0)
+    return build_wikitext(wikitext_dir / "wiki.valid.tokens", None, MAX_LEN, 5, 0)
 
 
 @pytest.fixture(scope="module")

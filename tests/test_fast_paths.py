@@ -12,9 +12,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import build_wikitext
 
 from bertpretrain.data.batches import BatchStream, to_tensors
-from bertpretrain.data.examples import build_dataset
 from bertpretrain.model import BertConfig, BertForPretraining, dropout
 
 
@@ -52,7 +52,7 @@ def plain_losses(model: BertForPretraining, batch: dict) -> tuple[torch.Tensor, 
 
 @pytest.fixture(scope="module")
 def batch(wikitext_dir):
-    data = build_dataset(wikitext_dir / "wiki.valid.tokens", None, 64, 5, 0)
+    data = build_wikitext(wikitext_dir / "wiki.valid.tokens", None, 64, 5, 0)
     return BatchStream(to_tensors(data.train), 128, seed=0).batch(0), len(data.vocab)
 
 

@@ -7,12 +7,12 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import build_wikitext
 from omegaconf import OmegaConf
 from torch import nn
 
 from bertpretrain.config import conf_dir
 from bertpretrain.data.batches import BatchStream, to_tensors
-from bertpretrain.data.examples import build_dataset
 from bertpretrain.model import BertConfig, BertForPretraining, count_parameters
 
 BERT_VOCAB = 30522  # the WordPiece vocabulary of the original BERT
@@ -258,7 +258,7 @@ def test_losses_are_cross_entropy_averaged_over_real_predictions():
 @pytest.fixture(scope="module")
 def real_batch(wikitext_dir) -> tuple[dict[str, torch.Tensor], int]:
     """A batch of 32 real examples (valid split, max_len 64) and the vocabulary size."""
-    data = build_dataset(wikitext_dir / "wiki.valid.tokens", None, 64, 5, seed=0)
+    data = build_wikitext(wikitext_dir / "wiki.valid.tokens", None, 64, 5, seed=0)
     batch = BatchStream(to_tensors(data.train), batch_size=32, seed=0).batch(0)
     return batch, len(data.vocab)
 

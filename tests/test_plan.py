@@ -10,11 +10,10 @@ import sys
 
 import pytest
 import torch
-from conftest import run_cli
+from conftest import build_wikitext, run_cli
 
 from bertpretrain import plan
 from bertpretrain.data.batches import BatchStream, to_tensors
-from bertpretrain.data.examples import build_dataset
 from bertpretrain.errors import UserError
 from bertpretrain.model import BertConfig, BertForPretraining, BertModel, count_parameters
 
@@ -186,7 +185,7 @@ def measurements(tmp_path_factory, wikitext_dir):
         cfg = plan.compose_config([*overrides, "trainer.device=cpu"])
         max_len = cfg.data.max_len
         if max_len not in datasets:
-            data = build_dataset(wikitext_dir / "wiki.valid.tokens", None, max_len, 5, 0)
+            data = build_wikitext(wikitext_dir / "wiki.valid.tokens", None, max_len, 5, 0)
             datasets[max_len] = (len(data.vocab), to_tensors(data.train))
         vocab, tensors = datasets[max_len]
         batch = BatchStream(tensors, cfg.trainer.batch_size, 0).batch(0)

@@ -13,7 +13,13 @@ def test_plot_losses_draws_a_png_from_tensorboard_events(tiny_run, tmp_path):
     pytest.importorskip("matplotlib", reason="pip install -e '.[plot]'")
     out = tmp_path / "losses.png"
     result = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "plot_losses.py"), str(tiny_run), "--out", str(out)],
+        [
+            sys.executable,
+            str(REPO / "scripts" / "plot_losses.py"),
+            str(tiny_run),
+            "--out",
+            str(out),
+        ],
         capture_output=True,
         text=True,
         timeout=120,

@@ -188,6 +188,14 @@ def test_installed_wheel_ships_and_composes_every_config(tmp_path, cli_env):
             )
             assert result.returncode == 0, result.stderr
             assert f"name: {model}" in result.stdout
+    for overrides, shown in [
+        (["data=text", "data.files=[a.txt]"], "source: text"),
+        (["data=hf", "data.name=Salesforce/wikitext"], "source: hf"),
+        (["tokenizer=wordpiece"], "name: wordpiece"),
+    ]:
+        result = run_cli(["train", "--cfg", "job", *overrides], tmp_path, env)
+        assert result.returncode == 0, result.stderr
+        assert shown in result.stdout
     where = subprocess.run(
         [sys.executable, "-c", "import bertpretrain.config as c; print(c.conf_dir())"],
         env=env,
@@ -199,10 +207,19 @@ def test_installed_wheel_ships_and_composes_every_config(tmp_path, cli_env):
 
 
 def test_parallel_launcher_runs_sweep_jobs_in_their_own_processes(tmp_path, cli_env, wikitext_dir):
-    pytest.importorskip("hydra_plugins.hydra_joblib_launcher", reason="pip install -e '.[launchers]'")
+    pytest.importorskip(
+        "hydra_plugins.hydra_joblib_launcher", reason="pip install -e '.[launchers]'"
+    )
     args = [a for a in TINY_ARGS if not a.startswith("trainer.max_steps")]
     result = run_cli(
-        ["train", "-m", "hydra/launcher=parallel", *args, "trainer.max_steps=1", "trainer.seed=1,2"],
+        [
+            "train",
+            "-m",
+            "hydra/launcher=parallel",
+            *args,
+            "trainer.max_steps=1",
+            "trainer.seed=1,2",
+        ],
         tmp_path,
         cli_env,
     )

@@ -31,17 +31,52 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    name: str = MISSING
-    dir: str | None = MISSING
+    """What every corpus shares; `source` picks one of the schemas below."""
+
+    source: str = MISSING
     root: str = MISSING
-    train_split: str = MISSING
-    valid_split: str | None = MISSING
     max_len: int = MISSING
-    min_freq: int = MISSING
-    urls: list[str] = field(default_factory=list)
-    sha1: str = MISSING
     cache: bool = MISSING
     masking: str = MISSING
+    whole_word_mask: bool = MISSING
+
+
+@dataclass
+class WikiText2Config(DataConfig):
+    name: str = MISSING
+    dir: str | None = MISSING
+    train_split: str = MISSING
+    valid_split: str | None = MISSING
+    urls: list[str] = field(default_factory=list)
+    sha1: str = MISSING
+
+
+@dataclass
+class TextConfig(DataConfig):
+    files: list[str] = field(default_factory=list)
+    valid_files: list[str] = field(default_factory=list)
+
+
+@dataclass
+class HFConfig(DataConfig):
+    name: str | None = MISSING  # a hub dataset, a builder (`text`, `json`) or a local folder
+    config: str | None = MISSING
+    revision: str | None = MISSING
+    train_split: str = MISSING
+    valid_split: str | None = MISSING
+    text_column: str = MISSING
+
+
+# conf/data/<option>.yaml names its schema in its defaults list.
+DATA_SCHEMAS = {"wikitext2": WikiText2Config, "text": TextConfig, "hf": HFConfig}
+
+
+@dataclass
+class TokenizerConfig:
+    name: str = MISSING  # word | wordpiece
+    lowercase: bool = MISSING
+    min_freq: int = MISSING
+    vocab_size: int | None = MISSING  # wordpiece: the vocabulary's size, reserved tokens included
 
 
 @dataclass
@@ -77,6 +112,7 @@ class TrainerConfig:
 class Config:
     model: ModelConfig = MISSING
     data: DataConfig = MISSING
+    tokenizer: TokenizerConfig = MISSING
     optim: OptimConfig = MISSING
     trainer: TrainerConfig = MISSING
 
@@ -85,7 +121,10 @@ def register_configs() -> None:
     """Make the schema available to config.yaml's defaults list as `base_config`."""
     from hydra.core.config_store import ConfigStore
 
-    ConfigStore.instance().store(name="base_config", node=Config)
+    store = ConfigStore.instance()
+    store.store(name="base_config", node=Config)
+    for source, schema in DATA_SCHEMAS.items():
+        store.store(group="data", name=f"{source}_schema", node=schema)
 
 
 def conf_dir() -> Path:
@@ -104,7 +143,7 @@ def _require(ok: bool, message: str) -> None:
 
 def check(cfg: Config) -> None:
     """Reject values that type-check but cannot work, before any data is read."""
-    m, d, o, t = cfg.model, cfg.data, cfg.optim, cfg.trainer
+    m, d, o, t, k = cfg.model, cfg.data, cfg.optim, cfg.trainer, cfg.tokenizer
     for key, value in [
         ("model.num_layers", m.num_layers),
         ("model.hidden_size", m.hidden_size),
@@ -116,7 +155,7 @@ def check(cfg: Config) -> None:
         ("trainer.grad_accum", t.grad_accum),
         ("trainer.log_every", t.log_every),
         ("trainer.keep_last", t.keep_last),
-        ("data.min_freq", d.min_freq),
+        ("tokenizer.min_freq", k.min_freq),
     ]:
         _require(value > 0, f"{key}={value} must be a positive integer")
     for key, value in [
@@ -150,6 +189,8 @@ def check(cfg: Config) -> None:
         d.masking in ("static", "dynamic"),
         f"data.masking={d.masking!r} is unknown; use static or dynamic",
     )
+    _check_data(d)
+    _check_tokenizer(k)
     _require(o.name in ("adam", "adamw"), f"optim.name={o.name!r} is unknown; use adam or adamw")
     _require(o.lr > 0, f"optim.lr={o.lr} must be positive, e.g. optim.lr=1e-3")
     _require(o.weight_decay >= 0, f"optim.weight_decay={o.weight_decay} must be >= 0")
@@ -175,6 +216,37 @@ def check(cfg: Config) -> None:
         isinstance(t.resume, (bool, str)),
         f"trainer.resume={t.resume!r} must be true, false or a checkpoint path",
     )
+
+
+def _check_data(d: DataConfig) -> None:
+    _require(
+        isinstance(d, tuple(DATA_SCHEMAS.values())),
+        f"data.source={d.source!r} has no schema; use data=wikitext2, data=text or data=hf",
+    )
+    if isinstance(d, TextConfig):
+        _require(
+            len(d.files) > 0,
+            "data=text needs its files: data.files=[a.txt,b.txt] (one paragraph per line)",
+        )
+    if isinstance(d, HFConfig):
+        _require(
+            bool(d.name),
+            "data=hf needs a dataset: data.name=Salesforce/wikitext "
+            "data.config=wikitext-103-raw-v1, or data.name=PATH for a folder of text files",
+        )
+
+
+def _check_tokenizer(k: TokenizerConfig) -> None:
+    _require(
+        k.name in ("word", "wordpiece"),
+        f"tokenizer.name={k.name!r} is unknown; use tokenizer=word or tokenizer=wordpiece",
+    )
+    if k.name == "wordpiece":
+        _require(
+            k.vocab_size is not None and k.vocab_size > 5,
+            f"tokenizer.vocab_size={k.vocab_size} is too small for WordPiece; "
+            "use e.g. tokenizer.vocab_size=30522 (BERT's) or 8000 for a small corpus",
+        )
 
 
 def to_config(cfg: DictConfig) -> Config:

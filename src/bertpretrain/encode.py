@@ -1,7 +1,8 @@
 """Text -> contextual vectors from a pretrained checkpoint: `bertpretrain encode` and its API.
 
-Text is processed exactly as in training: lower-cased, split on whitespace, looked up in the
-checkpoint's vocabulary (a word outside it becomes `<unk>`) and wrapped as `<cls> a <sep>`
+Text is processed exactly as in training, by the checkpoint's own tokenizer (a word-level
+vocabulary: lower-cased, split on whitespace, a word outside it is `<unk>`; or WordPiece:
+a word may become several pieces, `crane` -> `cr ##ane`) and wrapped as `<cls> a <sep>`
 or `<cls> a <sep> b <sep>`, with segment 0 for `<cls> a <sep>` and 1 for `b <sep>`. The
 model runs in eval mode without gradients, so the same input always gives the same vectors.
 
@@ -34,7 +35,8 @@ import numpy as np
 import torch
 
 from bertpretrain import checkpoint
-from bertpretrain.data.vocab import CLS, PAD_ID, SEP, UNK_ID, check_vocab, token_index
+from bertpretrain.data.tokenizer import Tokenizer, from_state
+from bertpretrain.data.vocab import CLS, CLS_ID, PAD_ID, SEP, SEP_ID, UNK
 from bertpretrain.device import pick_device
 from bertpretrain.errors import ArgumentParser, UserError
 from bertpretrain.model import BertConfig, BertModel
@@ -48,11 +50,11 @@ SHOWN = 6  # vector elements the text output shows per row
 class Encoding:
     """One input's contextual vectors: one row per token, `<cls>` and `<sep>` included."""
 
-    words: list[str]  # the input as split (lower-cased), with <cls>/<sep>
-    tokens: list[str]  # what the model saw: a word outside the vocabulary is <unk>
+    words: list[str]  # per token, the word it comes from (lower-cased), with <cls>/<sep>
+    tokens: list[str]  # what the model saw: a word piece, or <unk> outside the vocabulary
     segments: list[int]  # 0 for <cls> a <sep>, 1 for b <sep>
     vectors: torch.Tensor  # (L, H) float32 on the CPU
-    truncated: int = 0  # words cut to fit the length limit (truncate=True)
+    truncated: int = 0  # tokens cut to fit the length limit (truncate=True)
 
     @property
     def cls(self) -> torch.Tensor:
@@ -68,13 +70,13 @@ class _Prepared:
 
 
 class Encoder:
-    """A checkpoint's encoder (the pretraining heads dropped) and vocabulary: load once,
+    """A checkpoint's encoder (the pretraining heads dropped) and tokenizer: load once,
     encode many."""
 
     def __init__(
         self,
         model: BertModel,
-        vocab: list[str],
+        tokenizer: Tokenizer,
         max_len: int,
         device: torch.device,
         source: Path | None = None,
@@ -82,8 +84,8 @@ class Encoder:
         trained_len: int | None = None,
     ):
         self.model = model.to(device).eval()
-        self.vocab = vocab
-        self.index = token_index(vocab)
+        self.tokenizer = tokenizer
+        self.vocab = tokenizer.vocab
         self.max_len = max_len
         self.trained_len = trained_len or max_len
         self.device = device
@@ -104,9 +106,9 @@ class Encoder:
         source = checkpoint.resolve(path) if path is not None else default_checkpoint()
         target = pick_device(device, "--device")
         state = checkpoint.load(source)
-        model, vocab, trained_len = _unpack(state, source)
+        model, tokenizer, trained_len = _unpack(state, source)
         limit = _limit(max_len, trained_len)
-        return cls(model, vocab, limit, target, source, state.get("step"), trained_len)
+        return cls(model, tokenizer, limit, target, source, state.get("step"), trained_len)
 
     def encode(self, a: str, b: str | None = None, *, truncate: bool = False) -> Encoding:
         """Sentence `a`, or the pair (a, b)."""
@@ -129,13 +131,25 @@ class Encoder:
         return out
 
     def _prepare(self, sentences: list[str], truncate: bool, where: str) -> _Prepared:
-        split = _split(sentences, where)
+        split = self._split(sentences, where)
         cut = self._fit(split, truncate, where)
-        words, segments = _wrap(split)
-        return _Prepared(words, [self.index.get(w, UNK_ID) for w in words], segments, cut)
+        words, ids, segments = _wrap(split)
+        return _Prepared(words, ids, segments, cut)
 
-    def _fit(self, split: list[list[str]], truncate: bool, where: str) -> int:
-        """Cut words off the end of the longer sentence (b on a tie, as BERT does) until the
+    def _split(self, sentences: list[str], where: str) -> list[list[tuple[str, int]]]:
+        """Each sentence's (word, token id) pairs, as training tokenised the corpus."""
+        if not 1 <= len(sentences) <= 2:
+            raise UserError(
+                f"{where} has {len(sentences)} sentences; give one sentence or a pair of two"
+            )
+        split = [self.tokenizer.split(s) for s in sentences]
+        for i, tokens in enumerate(split):
+            if not tokens:
+                raise UserError(f"{where}: sentence {i + 1} is empty; give at least one word")
+        return split
+
+    def _fit(self, split: list[list[tuple[str, int]]], truncate: bool, where: str) -> int:
+        """Cut tokens off the end of the longer sentence (b on a tie, as BERT does) until the
         input fits; returns how many were cut."""
         length = sum(map(len, split)) + len(split) + 1  # <cls> and one <sep> per sentence
         over = length - self.max_len
@@ -180,26 +194,14 @@ class Encoder:
         ]
 
 
-def _split(sentences: list[str], where: str) -> list[list[str]]:
-    """Lower-cased whitespace tokens, as training reads the corpus."""
-    if not 1 <= len(sentences) <= 2:
-        raise UserError(
-            f"{where} has {len(sentences)} sentences; give one sentence or a pair of two"
-        )
-    split = [s.lower().split() for s in sentences]
-    for i, words in enumerate(split):
-        if not words:
-            raise UserError(f"{where}: sentence {i + 1} is empty; give at least one word")
-    return split
-
-
-def _wrap(split: list[list[str]]) -> tuple[list[str], list[int]]:
-    """`<cls> a <sep>` in segment 0, then `b <sep>` in segment 1."""
-    words, segments = [CLS], [0]
+def _wrap(split: list[list[tuple[str, int]]]) -> tuple[list[str], list[int], list[int]]:
+    """Words, ids and segments of `<cls> a <sep>` in segment 0, then `b <sep>` in segment 1."""
+    words, ids, segments = [CLS], [CLS_ID], [0]
     for segment, sentence in enumerate(split):
-        words += [*sentence, SEP]
+        words += [w for w, _ in sentence] + [SEP]
+        ids += [i for _, i in sentence] + [SEP_ID]
         segments += [segment] * (len(sentence) + 1)
-    return words, segments
+    return words, ids, segments
 
 
 def default_checkpoint(root: str | Path = ".") -> Path:
@@ -218,13 +220,15 @@ def default_checkpoint(root: str | Path = ".") -> Path:
     return max(found, key=lambda p: p.stat().st_mtime)
 
 
-def _unpack(state: dict, path: Path) -> tuple[BertModel, list[str], int]:
-    """The encoder's weights (the heads are dropped), vocabulary and training max_len."""
+def _unpack(state: dict, path: Path) -> tuple[BertModel, Tokenizer, int]:
+    """The encoder's weights (the heads are dropped), tokenizer and training max_len."""
     try:
-        vocab = check_vocab(state["vocab"])
+        tokenizer = from_state(state)
         model = BertModel(BertConfig(**state["model_config"]))
-        if len(vocab) != model.config.vocab_size:
-            raise ValueError(f"{len(vocab)} words but {model.config.vocab_size} embeddings")
+        if len(tokenizer.vocab) != model.config.vocab_size:
+            raise ValueError(
+                f"{len(tokenizer.vocab)} tokens but {model.config.vocab_size} embeddings"
+            )
         weights = {k[5:]: v for k, v in state["model"].items() if k.startswith("bert.")}
         model.load_state_dict(weights)
         max_len = int(state["config"]["data"]["max_len"])
@@ -234,7 +238,7 @@ def _unpack(state: dict, path: Path) -> tuple[BertModel, list[str], int]:
             f"{path} has no usable model, vocabulary or config ({type(e).__name__}: {detail}); "
             "give a checkpoint written by `bertpretrain train`"
         ) from None
-    return model, vocab, max_len
+    return model, tokenizer, max_len
 
 
 def _limit(max_len: int | None, trained: int) -> int:
@@ -321,7 +325,7 @@ def main(argv: list[str]) -> None:
     if args.output:
         _save(Path(args.output), encodings)
     elif args.token is not None:
-        _print_token(args.token, encodings[0], args.format)
+        _print_token(args.token, encodings[0], args.format, enc.tokenizer.lowercase)
     elif args.format == "json":
         for e in encodings:
             print(json.dumps(_document(e, enc)))
@@ -392,9 +396,10 @@ def read_inputs(path: str) -> list[list[str]]:
 
 
 def _shown(token: str, word: str) -> str:
-    """The word as the model saw it: an out-of-vocabulary one is marked `word→<unk>`."""
-    if token == word:
-        return word
+    """The token as the model saw it: a word piece as is (`##ane`), an out-of-vocabulary
+    word marked `word→<unk>`."""
+    if token != UNK or word == UNK:
+        return token
     arrow = "→" if "utf" in (sys.stdout.encoding or "").lower() else "->"
     return f"{word}{arrow}{token}"
 
@@ -411,7 +416,7 @@ def _shape(e: Encoding) -> tuple[int, int, int]:
 
 def _text_block(e: Encoding) -> list[str]:
     h = e.vectors.shape[1]
-    cut = f"  ({e.truncated} words cut by --truncate)" if e.truncated else ""
+    cut = f"  ({e.truncated} tokens cut by --truncate)" if e.truncated else ""
     lines = [
         "tokens     " + " ".join(_shown(t, w) for t, w in zip(e.tokens, e.words)) + cut,
         "segments   " + " ".join(map(str, e.segments)),
@@ -446,13 +451,12 @@ def _document(e: Encoding, enc: Encoder) -> dict:
     }
 
 
-def _print_token(token: str, e: Encoding, fmt: str) -> None:
-    word = token.lower()  # the text was lower-cased too
-    positions = [i for i, w in enumerate(e.words) if w == word]
+def _print_token(token: str, e: Encoding, fmt: str, lowercase: bool) -> None:
+    word = token.lower() if lowercase else token  # as the text was
+    positions = [i for i, w in enumerate(e.words) if w == word]  # all pieces of the word
     if not positions:
-        raise UserError(
-            f"--token {token!r} is not in the input; its tokens are: {' '.join(e.words)}"
-        )
+        words = " ".join(w for w in dict.fromkeys(e.words) if w not in (CLS, SEP))
+        raise UserError(f"--token {token!r} is not in the input; its words are: {words}")
     if fmt == "json":
         doc = {"token": word, "positions": positions, "tokens": e.tokens, "words": e.words}
         doc |= {"segments": e.segments, "shape": list(_shape(e))}

@@ -19,8 +19,8 @@ pretraining heads (`cls.*`) as unexpected, as it does for Google's `bert-base-un
 `BertModel` loads without any report.
 
 The tokenizer. Our reserved tokens keep their ids under BERT's names: `<unk>` 0 -> [UNK],
-`<pad>` 1 -> [PAD], `<mask>` 2 -> [MASK], `<cls>` 3 -> [CLS], `<sep>` 4 -> [SEP]. We
-tokenise by lower-casing and splitting on whitespace; BertTokenizer lower-cases, splits on
+`<pad>` 1 -> [PAD], `<mask>` 2 -> [MASK], `<cls>` 3 -> [CLS], `<sep>` 4 -> [SEP]. The
+word-level tokenizer (the default) lower-cases and splits on whitespace; BertTokenizer lower-cases, splits on
 whitespace *and punctuation*, then WordPiece-splits each word. The settings here keep
 what can be kept: accents are not stripped (`strip_accents: false`, so "māori" stays one
 word), CJK characters are not split apart (`tokenize_chinese_chars: false`), and as our
@@ -36,6 +36,11 @@ WikiText-style text. They differ for
     over 100 characters (BERT: [UNK]) and control characters (BERT drops them; we split on
     the few that Python counts as whitespace);
   - the texts "[CLS]", "[MASK]", ...: special tokens to BertTokenizer, unknown words to us.
+A WordPiece checkpoint (`tokenizer=wordpiece`) already tokenises as BERT does, so its
+folder keeps BertTokenizer's defaults (accents stripped when lower-casing, CJK characters
+split) and `vocab.txt` carries the `##` pieces: the ids are ours on any text, except the
+literal texts `<unk> <pad> <mask> <cls> <sep>` (special tokens to us, plain text to BERT)
+and `[UNK]`, `[CLS]`, ... (the other way round).
 `model_max_length` is the training `data.max_len`: positions past it were never trained.
 """
 
@@ -53,7 +58,8 @@ from pathlib import Path
 import torch
 
 from bertpretrain import checkpoint
-from bertpretrain.data.vocab import PAD_ID, RESERVED, check_vocab
+from bertpretrain.data.tokenizer import Tokenizer, from_state
+from bertpretrain.data.vocab import PAD_ID, RESERVED
 from bertpretrain.errors import ArgumentParser, UserError
 from bertpretrain.model import BertConfig, BertForPretraining
 
@@ -102,14 +108,14 @@ def export(
     out = Path(out_dir).expanduser().absolute()
     _check_target(out, path, force)
     save_file = _safetensors_writer()
-    config, vocab, max_len, weights = _unpack(checkpoint.load(path), path)
+    config, tokenizer, max_len, weights = _unpack(checkpoint.load(path), path)
     tensors = hf_weights(weights)
     if encoder_only:  # keys without the `bert.` prefix, as BertModel.save_pretrained writes
         tensors = {k[5:]: t for k, t in tensors.items() if k.startswith("bert.")}
     texts = {
         "config.json": _json(hf_config(config, encoder_only)),
-        "vocab.txt": "".join(f"{t}\n" for t in HF_SPECIAL + vocab[len(RESERVED) :]),
-        "tokenizer_config.json": _json(tokenizer_config(max_len)),
+        "vocab.txt": "".join(f"{t}\n" for t in HF_SPECIAL + tokenizer.vocab[len(RESERVED) :]),
+        "tokenizer_config.json": _json(tokenizer_config(max_len, tokenizer)),
         "special_tokens_map.json": _json(SPECIAL_TOKENS_MAP),
     }
 
@@ -148,13 +154,15 @@ def hf_config(c: BertConfig, encoder_only: bool = False) -> dict:
     }
 
 
-def tokenizer_config(max_len: int) -> dict:
-    """BertTokenizer settings that give our ids on WikiText-style text (module docstring)."""
+def tokenizer_config(max_len: int, tokenizer: Tokenizer) -> dict:
+    """BertTokenizer settings that give our ids (module docstring). A WordPiece tokenizer
+    is BERT's own pipeline, so BERT's defaults; a word-level one keeps what can be kept."""
+    wordpiece = tokenizer.kind == "wordpiece"
     return {
         "tokenizer_class": "BertTokenizer",
-        "do_lower_case": True,
-        "strip_accents": False,
-        "tokenize_chinese_chars": False,
+        "do_lower_case": tokenizer.lowercase,
+        "strip_accents": None if wordpiece else False,
+        "tokenize_chinese_chars": wordpiece,
         "model_max_length": max_len,
         **SPECIAL_TOKENS_MAP,
     }
@@ -188,13 +196,13 @@ def hf_weights(ours: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def _unpack(state: dict, path: Path) -> tuple[BertConfig, list[str], int, dict]:
-    """Config, vocabulary, training max_len and the weights, loaded into our model to check them."""
+def _unpack(state: dict, path: Path) -> tuple[BertConfig, Tokenizer, int, dict]:
+    """Config, tokenizer, training max_len and the weights, loaded into our model to check them."""
     try:
-        vocab = check_vocab(state["vocab"])
+        tokenizer = from_state(state)
         config = BertConfig(**state["model_config"])
-        if len(vocab) != config.vocab_size:
-            raise ValueError(f"{len(vocab)} words but {config.vocab_size} embeddings")
+        if len(tokenizer.vocab) != config.vocab_size:
+            raise ValueError(f"{len(tokenizer.vocab)} tokens but {config.vocab_size} embeddings")
         model = BertForPretraining(config)
         model.load_state_dict(state["model"])  # strict: every weight there, of the right shape
         max_len = int(state["config"]["data"]["max_len"])
@@ -204,7 +212,7 @@ def _unpack(state: dict, path: Path) -> tuple[BertConfig, list[str], int, dict]:
             f"{path} has no usable model, vocabulary or config ({type(e).__name__}: {detail}); "
             "give a checkpoint written by `bertpretrain train`"
         ) from None
-    return config, vocab, max_len, model.state_dict()
+    return config, tokenizer, max_len, model.state_dict()
 
 
 def _safetensors_writer():

@@ -244,12 +244,13 @@ def _largest(fits: Callable[[int], bool]) -> int:
     return lo
 
 
-def oom_advice(cfg: Config, device, vocab_size: int = DEFAULT_VOCAB) -> str:
+def oom_advice(cfg: Config, device, vocab_size: int | None = None) -> str:
     """One line for a caught torch.OutOfMemoryError on `device`: what the plan says fits.
 
-    The plan assumes every position a real token (fill 1.0) and, unless told, BERT's
-    vocabulary; the training loop can pass its real vocabulary size.
+    The plan assumes every position a real token (fill 1.0) and, unless told, the
+    configured WordPiece size or BERT's vocabulary.
     """
+    vocab_size = vocab_size or cfg.tokenizer.vocab_size or DEFAULT_VOCAB
     device = torch.device(device)
     ranks = int(os.environ.get("WORLD_SIZE", "1"))  # torchrun splits the batch over ranks too
     plan = make_plan(cfg, vocab_size, 1.0, device.type, device_memory(str(device)), ranks)
@@ -312,7 +313,9 @@ def format_plan(
     split = f"trainer.batch_size={t.batch_size} / trainer.grad_accum={accum}"
     split += f" / {ranks} ranks" if ranks > 1 else ""
     vocab = f"vocabulary {vocab_size}"
-    if vocab_size == DEFAULT_VOCAB:
+    if vocab_size == cfg.tokenizer.vocab_size:
+        vocab += " (tokenizer.vocab_size)"
+    elif vocab_size == DEFAULT_VOCAB:
         vocab += " (BERT's; WikiText-2's word vocabulary is known once the data is built: --vocab-size N)"
     attention = (
         "fused attention kernel (no (B, heads, L, L) scores)"
@@ -388,10 +391,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--vocab-size",
         type=int,
-        default=DEFAULT_VOCAB,
         metavar="N",
-        help=f"vocabulary size (default: {DEFAULT_VOCAB}, BERT's; the training log prints "
-        "WikiText-2's once the data is built)",
+        help="vocabulary size (default: tokenizer.vocab_size for tokenizer=wordpiece, else "
+        f"{DEFAULT_VOCAB}, BERT's; the training log prints a word vocabulary's once the data "
+        "is built)",
     )
     p.add_argument(
         "--fill",
@@ -422,9 +425,11 @@ def main(argv: list[str]) -> None:
     args = _parser().parse_args(argv)
     if not 0 < args.fill <= 1:
         raise UserError(f"--fill {args.fill} must be in (0, 1], e.g. --fill 0.72")
-    if args.vocab_size < 1 or args.ranks < 1:
+    if (args.vocab_size is not None and args.vocab_size < 1) or args.ranks < 1:
         raise UserError("--vocab-size and --ranks must be positive integers")
     cfg = compose_config(args.overrides)
+    if args.vocab_size is None:
+        args.vocab_size = cfg.tokenizer.vocab_size or DEFAULT_VOCAB
     memory = None if args.device_memory is None else parse_size(args.device_memory)
     plan = make_plan(cfg, args.vocab_size, args.fill, memory=memory, ranks=args.ranks)
     print(format_plan(cfg, plan, args.vocab_size, args.fill, args.ranks, args.device_memory))

@@ -25,7 +25,9 @@ from tqdm import tqdm
 from bertpretrain import checkpoint, data, distributed
 from bertpretrain.config import Config, OptimConfig, to_dict
 from bertpretrain.data.batches import BatchStream, eval_batches, to_tensors
+from bertpretrain.data.examples import Dataset, continuation_table
 from bertpretrain.data.masking import remask
+from bertpretrain.data.tokenizer import from_state as tokenizer_from_state
 from bertpretrain.device import bf16_is_native, pick_device
 from bertpretrain.errors import Interrupted, UserError
 from bertpretrain.model import (
@@ -170,6 +172,47 @@ def _resume_state(cfg: Config, run_dir: Path) -> dict | None:
     return state
 
 
+def load_data(cfg: Config, resume: dict | None) -> Dataset:
+    """The run's tokenizer and examples.
+
+    A resumed run keeps its checkpoint's tokenizer. Under torchrun rank 0 builds first and
+    the other ranks take its tokenizer: WordPiece training is not reproducible bit for
+    bit, and every rank must share one vocabulary.
+    """
+    ranks = distributed.ranks()
+    given = tokenizer_from_state(resume) if resume is not None else None
+    if cfg.data.whole_word_mask and cfg.tokenizer.name == "word":
+        log.warning(
+            "data.whole_word_mask=true changes nothing with tokenizer=word: every token is a word"
+        )
+    if ranks.world == 1 or given is not None:
+        dataset = data.load(cfg.data, cfg.tokenizer, cfg.trainer.seed, given)
+    elif ranks.main:
+        try:
+            dataset = data.load(cfg.data, cfg.tokenizer, cfg.trainer.seed)
+        except BaseException:
+            distributed.broadcast_str("")  # releases the other ranks, which stop too
+            raise
+        tok = dataset.tokenizer
+        distributed.broadcast_str(json.dumps(tok.settings() | {"vocab": tok.vocab}))
+    else:
+        shared = distributed.broadcast_str(None)
+        if not shared:
+            raise UserError("rank 0 could not build the data; its log says why")
+        dataset = data.load(
+            cfg.data, cfg.tokenizer, cfg.trainer.seed, tokenizer_from_state(json.loads(shared))
+        )
+    if (
+        resume is not None
+        and resume.get("corpus_digest", dataset.corpus_digest) != dataset.corpus_digest
+    ):
+        raise UserError(
+            "the checkpoint was trained on another corpus (its training split's bytes differ); "
+            "resume with the same data settings"
+        )
+    return dataset
+
+
 def update_latest(run_dir: Path) -> None:
     """Point `outputs/latest` at this run when it lives under ./outputs, for `encode`."""
     outputs = Path("outputs").resolve()
@@ -300,11 +343,7 @@ def _train(cfg: Config, run_dir: Path, stop: list[int]) -> dict:
         )
     resume = _resume_state(cfg, run_dir)
 
-    dataset = data.load(cfg.data, t.seed)
-    if resume is not None and resume["vocab"] != dataset.vocab:
-        raise UserError(
-            "the checkpoint's vocabulary differs from this corpus's; resume with the same data settings"
-        )
+    dataset = load_data(cfg, resume)
     train_tensors = to_tensors(dataset.train)
     valid_tensors = to_tensors(dataset.valid) if dataset.valid is not None else None
     log.info(
@@ -347,6 +386,7 @@ def _train(cfg: Config, run_dir: Path, stop: list[int]) -> dict:
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
 
     stream = BatchStream(train_tensors, t.batch_size, t.seed)
+    continuation = continuation_table(dataset.tokenizer, cfg.data.whole_word_mask)
     # Steps up to `start` were logged by the interrupted run; drop anything it logged later
     # (everything, when a killed run left no checkpoint and we start again from 0).
     writer = (
@@ -374,6 +414,8 @@ def _train(cfg: Config, run_dir: Path, stop: list[int]) -> dict:
                 "scheduler": scheduler.state_dict(),
                 "rng": rng_state(),
                 "vocab": dataset.vocab,
+                "tokenizer": dataset.tokenizer.settings(),
+                "corpus_digest": dataset.corpus_digest,
                 "config": config_dict,
                 "model_config": model.config.to_dict(),
             },
@@ -413,9 +455,8 @@ def _train(cfg: Config, run_dir: Path, stop: list[int]) -> dict:
         done = step + 1
         batch = stream.batch(step)
         if cfg.data.masking == "dynamic":  # a pure function of (seed, step): resumes exactly
-            batch = remask(
-                batch, len(dataset.vocab), torch.Generator().manual_seed(t.seed * 1_000_003 + step)
-            )
+            generator = torch.Generator().manual_seed(t.seed * 1_000_003 + step)
+            batch = remask(batch, len(dataset.vocab), generator, continuation)
         counts = ((batch["pred_weights"] > 0).sum().to(device), len(batch["nsp_labels"]))
         micro = [
             {k: v.to(device, non_blocking=True) for k, v in mb.items()}

@@ -1,4 +1,9 @@
-"""Data pipeline: corpus -> vocabulary -> NSP + MLM examples -> batches."""
+"""Data pipeline: corpus -> tokenizer -> NSP + MLM examples -> batches.
+
+Three corpora (`data=` in conf/data/): WikiText-2 (`corpus.py`, downloaded when needed),
+a user's text files and a `datasets` dataset (`text.py`). Each gives paragraphs of
+sentences; `examples.py` turns them into examples with the run's tokenizer.
+"""
 
 from __future__ import annotations
 
@@ -6,18 +11,78 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from bertpretrain.config import DataConfig
+    from bertpretrain.config import DataConfig, TokenizerConfig
+    from bertpretrain.data.corpus import Corpus
     from bertpretrain.data.examples import Dataset
+    from bertpretrain.data.tokenizer import Tokenizer
 
 
-def load(cfg: DataConfig, seed: int) -> Dataset:
-    """The run's vocabulary and examples: corpus located (or downloaded), built or cached."""
-    # Imported here so `encode`, which needs only data.vocab, starts without them.
-    from bertpretrain.data.corpus import corpus_dir, split_path
+def load(
+    cfg: DataConfig, tokenizer_cfg: TokenizerConfig, seed: int, tokenizer: Tokenizer | None = None
+) -> Dataset:
+    """The run's tokenizer and examples: corpus located (or downloaded), built or cached.
+
+    `tokenizer` (a resumed checkpoint's, or rank 0's) replaces training one.
+    """
+    # Imported here so `encode`, which needs only the tokenizer, starts without them.
     from bertpretrain.data.examples import load_dataset
+
+    cache = Path(cfg.root).expanduser() / "cache" if cfg.cache else None
+    return load_dataset(
+        make_corpus(cfg), tokenizer_cfg, cfg.max_len, seed, cache, cfg.whole_word_mask, tokenizer
+    )
+
+
+def make_corpus(cfg: DataConfig) -> Corpus:
+    """The configured corpus: its splits' readers and digests."""
+    from bertpretrain.config import HFConfig, TextConfig
+
+    if isinstance(cfg, TextConfig):
+        return _text_files(cfg)
+    if isinstance(cfg, HFConfig):
+        return _hf(cfg)
+    return _wikitext2(cfg)
+
+
+def _wikitext2(cfg) -> Corpus:
+    from bertpretrain.data.corpus import corpus_dir, split_path, wikitext
 
     folder = corpus_dir(cfg.dir, cfg.root, list(cfg.urls), cfg.sha1)
     train = split_path(folder, cfg.train_split)
     valid = split_path(folder, cfg.valid_split) if cfg.valid_split else None
-    cache = Path(cfg.root).expanduser() / "cache" if cfg.cache else None
-    return load_dataset(train, valid, cfg.max_len, cfg.min_freq, seed, cache)
+    return wikitext(train, valid)
+
+
+def _text_files(cfg) -> Corpus:
+    from bertpretrain.data.corpus import Corpus, file_digest
+    from bertpretrain.data.text import read_text_files, text_file
+
+    train = [text_file(f) for f in cfg.files]
+    valid = [text_file(f) for f in cfg.valid_files]
+    return Corpus(
+        ", ".join(map(str, train)),
+        lambda: read_text_files(cfg.files),
+        file_digest(*train),
+        (lambda: read_text_files(cfg.valid_files)) if valid else None,
+        file_digest(*valid) if valid else "-",
+    )
+
+
+def _hf(cfg) -> Corpus:
+    """A `datasets` dataset has no file of its own to hash, so it is read up front."""
+    from bertpretrain.data.corpus import Corpus, text_digest
+    from bertpretrain.data.text import read_hf
+
+    def read(split: str) -> list:
+        return read_hf(cfg.name, cfg.config, split, cfg.text_column, cfg.revision)
+
+    name = cfg.name + (f" ({cfg.config})" if cfg.config else "")
+    train = read(cfg.train_split)
+    valid = read(cfg.valid_split) if cfg.valid_split else None
+    return Corpus(
+        f"{name} {cfg.train_split}",
+        lambda: train,
+        text_digest(train),
+        (lambda: valid) if valid is not None else None,
+        text_digest(valid) if valid is not None else "-",
+    )

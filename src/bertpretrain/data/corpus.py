@@ -1,13 +1,18 @@
-"""Reading WikiText-style corpora into paragraphs of tokenised sentences.
+"""Corpora as the example builder sees them, and reading WikiText-style files.
 
-The rules are the reference's (d2l.ai, "Pretraining BERT"): a line is a paragraph, kept
-only if splitting it on ' . ' gives at least two sentences; text is lower-cased and
-sentences are split into tokens on whitespace.
+A `Corpus` is a training split and an optional validation split, each read on demand as
+paragraphs of sentences, plus a digest of what defines each (the cache keys). WikiText's
+rules are the reference's (d2l.ai, "Pretraining BERT"): a line is a paragraph, kept only
+if splitting it on ' . ' gives at least two sentences. Sentences stay text: the tokenizer
+(data/tokenizer.py) lower-cases and splits them. Other corpora are read by data/text.py.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from bertpretrain.data.download import fetch_wikitext2
@@ -15,16 +20,66 @@ from bertpretrain.errors import UserError
 
 log = logging.getLogger(__name__)
 
-Paragraph = list[list[str]]  # sentences, each a list of tokens
+Paragraph = list[str]  # its sentences, as text
+
+
+@dataclass
+class Corpus:
+    """A corpus as the builder sees it: each split's paragraphs, read when needed, and a
+    digest of what defines each split (the cache keys)."""
+
+    name: str  # for messages: a file, a folder or a dataset
+    read_train: Callable[[], list[Paragraph]]
+    train_digest: str
+    read_valid: Callable[[], list[Paragraph]] | None = None
+    valid_digest: str = "-"
+
+
+def wikitext(train: Path, valid: Path | None) -> Corpus:
+    """WikiText-style files (`wiki.{split}.tokens`) as a corpus."""
+    return Corpus(
+        str(train),
+        lambda: read_split(train),
+        file_digest(train),
+        (lambda: read_split(valid)) if valid else None,
+        file_digest(valid) if valid else "-",
+    )
+
+
+def file_digest(*paths: Path) -> str:
+    """sha256 of the files' bytes, in order."""
+    h = hashlib.sha256()
+    for path in paths:
+        try:
+            with path.open("rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+        except FileNotFoundError:
+            raise UserError(f"corpus file {path} does not exist; check the path") from None
+        except OSError as e:
+            raise UserError(
+                f"cannot read corpus file {path}: {e.strerror}; check its permissions"
+            ) from None
+        h.update(b"\0")  # a file boundary: [ab, c] and [a, bc] differ
+    return h.hexdigest()
+
+
+def text_digest(paragraphs: list[Paragraph]) -> str:
+    """sha256 of paragraphs already in memory (a `datasets` corpus has no file of its own)."""
+    h = hashlib.sha256()
+    for p in paragraphs:
+        h.update("\t".join(p).encode())
+        h.update(b"\n")
+    return h.hexdigest()
 
 
 def split_paragraphs(lines: list[str]) -> list[Paragraph]:
-    """Paragraphs with at least two sentences, lower-cased and tokenised on whitespace."""
+    """Paragraphs with at least two sentences split by ' . '."""
     paragraphs = []
     for line in lines:
-        sentences = line.strip().lower().split(" . ")
+        sentences = line.strip().split(" . ")
         if len(sentences) >= 2:
-            paragraphs.append([s.split() for s in sentences])
+            paragraphs.append(sentences)
     return paragraphs
 
 

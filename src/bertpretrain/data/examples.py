@@ -10,34 +10,35 @@ example, max(1, round(0.15 * len(tokens))) non-special positions are masked: 80%
 
 from __future__ import annotations
 
-import collections
+import functools
 import hashlib
-import itertools
+import json
 import logging
 import os
 import tempfile
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from bertpretrain.data.corpus import Paragraph, read_split
+from bertpretrain.data.corpus import Corpus, Paragraph
 from bertpretrain.data.masking import MASK_RATE, mask_tokens
-from bertpretrain.data.vocab import (
-    CLS_ID,
-    PAD_ID,
-    RESERVED,
-    SEP_ID,
-    build_vocab,
-    token_index,
-)
+from bertpretrain.data.tokenizer import Tokenizer, train_tokenizer
+from bertpretrain.data.tokenizer import load as load_tokenizer
+from bertpretrain.data.tokenizer import save as save_tokenizer
+from bertpretrain.data.vocab import CLS_ID, PAD_ID, RESERVED, SEP_ID
 from bertpretrain.errors import UserError
+
+if TYPE_CHECKING:
+    from bertpretrain.config import TokenizerConfig
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 2  # bump when the building rules change, so stale caches are not reused
+CACHE_VERSION = 3  # bump when the building rules change, so stale caches are not reused
 
 
 @dataclass
@@ -58,19 +59,10 @@ def max_predictions(max_len: int) -> int:
     return max(1, round(MASK_RATE * max_len))
 
 
-def _flatten(paragraphs: list[Paragraph], index: dict[str, int]):
-    """Concatenated token ids plus each sentence's start, length and paragraph.
-
-    Per-token work stays in C (chain, map over a dict method): a Python-level loop over
-    the 2.1M tokens of WikiText-2 would cost a second by itself.
-    """
-    sentences = [s for p in paragraphs for s in p]
-    lens = np.fromiter(map(len, sentences), dtype=np.int64, count=len(sentences))
-    tokens = list(itertools.chain.from_iterable(sentences))
-    # Words outside the vocabulary -> int() == 0 == <unk> (RESERVED[0]), with no Python call.
-    lookup = collections.defaultdict(int, index)
-    ids = np.fromiter(map(lookup.__getitem__, tokens), dtype=np.int32, count=len(tokens))
-    starts = np.concatenate([[0], np.cumsum(lens)[:-1]])
+def _flatten(paragraphs: list[Paragraph], tokenizer: Tokenizer):
+    """Concatenated token ids plus each sentence's start, length and paragraph."""
+    ids, lens = tokenizer.encode_sentences([s for p in paragraphs for s in p])
+    starts = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64)
     par_of = np.repeat(np.arange(len(paragraphs)), [len(p) for p in paragraphs])
     return ids, starts, lens, par_of
 
@@ -96,11 +88,15 @@ def _nsp_pairs(starts, lens, par_of, max_len: int, rng: np.random.Generator):
 
 
 def build_examples(
-    paragraphs: list[Paragraph], index: dict[str, int], max_len: int, rng: np.random.Generator
+    paragraphs: list[Paragraph],
+    tokenizer: Tokenizer,
+    max_len: int,
+    rng: np.random.Generator,
+    whole_word_mask: bool = False,
 ) -> Examples:
     """NSP pairs and MLM targets of one corpus split, all vectorised over examples."""
     order = rng.permutation(len(paragraphs))  # the reference shuffles paragraphs first
-    ids, starts, lens, par_of = _flatten([paragraphs[i] for i in order], index)
+    ids, starts, lens, par_of = _flatten([paragraphs[i] for i in order], tokenizer)
     a, b, nsp = _nsp_pairs(starts, lens, par_of, max_len, rng)
     la, lb = lens[a], lens[b]
     n = len(a)
@@ -120,9 +116,10 @@ def build_examples(
     generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
     masked = mask_tokens(
         *(torch.from_numpy(a).long() for a in (tokens, segments, valid_lens)),
-        len(index),
+        len(tokenizer.vocab),
         max_predictions(max_len),
         generator,
+        continuation_table(tokenizer, whole_word_mask),
     )
     tokens, positions, labels, weights = (t.numpy() for t in masked)
     return Examples(
@@ -136,43 +133,51 @@ def build_examples(
     )
 
 
+def continuation_table(tokenizer: Tokenizer, whole_word_mask: bool) -> torch.Tensor | None:
+    """What masking needs for whole-word masking: (V,) bool, True for word-continuing ids."""
+    table = tokenizer.continuation() if whole_word_mask else None
+    return None if table is None else torch.from_numpy(table)
+
+
 @dataclass
 class Dataset:
-    vocab: list[str]
+    tokenizer: Tokenizer
     train: Examples
     valid: Examples | None
+    corpus_digest: str  # the training split's, so a resume can tell the corpus changed
+
+    @property
+    def vocab(self) -> list[str]:
+        return self.tokenizer.vocab
 
 
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    try:
-        with path.open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-    except OSError as e:
-        raise UserError(
-            f"cannot read corpus file {path}: {e.strerror}; check its permissions"
-        ) from None
-    return h.hexdigest()
-
-
-def cache_key(
-    train_path: Path, valid_path: Path | None, max_len: int, min_freq: int, seed: int
-) -> str:
-    """Everything that changes the built examples: the corpus bytes and the building knobs."""
-    parts = [
-        f"v{CACHE_VERSION}",
-        _file_digest(train_path),
-        _file_digest(valid_path) if valid_path else "-",
-        str(max_len),
-        str(min_freq),
-        str(seed),
+def _key(*parts: object) -> str:
+    return hashlib.sha256("|".join(map(str, (f"v{CACHE_VERSION}", *parts))).encode()).hexdigest()[
+        :24
     ]
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:24]
 
 
-def _save(path: Path, data: Dataset) -> None:
-    arrays = {"vocab": np.array(data.vocab)}
+def tokenizer_key(corpus: Corpus, cfg: TokenizerConfig) -> str:
+    """Everything that changes a trained vocabulary: the training split and the settings."""
+    return _key(corpus.train_digest, cfg.name, cfg.lowercase, cfg.min_freq, cfg.vocab_size)
+
+
+def examples_key(
+    corpus: Corpus, tokenizer: Tokenizer, max_len: int, whole_word_mask: bool, seed: int
+) -> str:
+    """Everything that changes the built examples: both splits, the exact vocabulary (a
+    resumed run brings its own) and the building knobs."""
+    vocab = hashlib.sha256("\n".join(tokenizer.vocab).encode()).hexdigest()
+    settings = sorted(tokenizer.settings().items())
+    wwm = whole_word_mask and tokenizer.continuation() is not None
+    return _key(corpus.train_digest, corpus.valid_digest, vocab, settings, max_len, wwm, seed)
+
+
+def _save(data: Dataset, path: Path) -> None:
+    arrays = {
+        "vocab": np.array(data.vocab),
+        "tokenizer": np.array(json.dumps(data.tokenizer.settings())),
+    }
     for name, ex in (("train", data.train), ("valid", data.valid)):
         if ex is not None:
             for f in fields(Examples):
@@ -188,62 +193,101 @@ def _save(path: Path, data: Dataset) -> None:
         raise
 
 
-def _load(path: Path) -> Dataset:
+def _load(path: Path, tokenizer: Tokenizer, digest: str) -> Dataset:
     with np.load(path, allow_pickle=False) as z:
+        if [str(t) for t in z["vocab"]] != tokenizer.vocab:
+            raise ValueError("its vocabulary is not this run's")
         split = {
             name: Examples(**{f.name: z[f"{name}.{f.name}"] for f in fields(Examples)})
             if f"{name}.tokens" in z
             else None
             for name in ("train", "valid")
         }
-        return Dataset([str(t) for t in z["vocab"]], split["train"], split["valid"])
+        return Dataset(tokenizer, split["train"], split["valid"], digest)
 
 
-def build_dataset(
-    train_path: Path, valid_path: Path | None, max_len: int, min_freq: int, seed: int
-) -> Dataset:
-    train_pars = read_split(train_path)
-    vocab = build_vocab(itertools.chain.from_iterable(s for p in train_pars for s in p), min_freq)
-    if len(vocab) == len(RESERVED):
+def _cached(path: Path | None, what: str, load: Callable, build: Callable, save: Callable):
+    """`load(path)` when the cache holds a readable copy, else `build()`, then `save` it."""
+    if path is not None and path.is_file():
+        try:
+            value = load(path)
+            log.info("%s from cache %s", what, path)
+            return value
+        except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as e:
+            log.warning("ignoring unreadable %s cache %s (%s); rebuilding", what, path, e)
+    value = build()
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save(value, path)
+        except OSError as e:  # a read-only cache must not stop training
+            log.warning("could not write %s cache %s: %s", what, path, e)
+    return value
+
+
+def make_tokenizer(corpus: Corpus, paragraphs: list[Paragraph], cfg: TokenizerConfig) -> Tokenizer:
+    sentences = [s for p in paragraphs for s in p]
+    log.info(
+        "training a %s vocabulary on %d sentences of %s", cfg.name, len(sentences), corpus.name
+    )
+    tokenizer = train_tokenizer(cfg.name, sentences, cfg.min_freq, cfg.vocab_size, cfg.lowercase)
+    if len(tokenizer.vocab) == len(RESERVED):
         raise UserError(
-            f"no word of {train_path} appears {min_freq} times; lower data.min_freq or use a larger corpus"
+            f"no word of {corpus.name} appears {cfg.min_freq} times; lower tokenizer.min_freq "
+            "or use a larger corpus"
         )
-    index = token_index(vocab)
-    train = build_examples(train_pars, index, max_len, np.random.default_rng([seed, 0]))
-    valid = None
-    if valid_path is not None:
-        valid = build_examples(
-            read_split(valid_path), index, max_len, np.random.default_rng([seed, 1])
-        )
-    if len(train) == 0:
-        raise UserError(
-            f"no sentence pair of {train_path} fits data.max_len={max_len}; raise data.max_len"
-        )
-    return Dataset(vocab, train, valid)
+    return tokenizer
 
 
 def load_dataset(
-    train_path: Path,
-    valid_path: Path | None,
+    corpus: Corpus,
+    tokenizer_cfg: TokenizerConfig,
     max_len: int,
-    min_freq: int,
     seed: int,
-    cache_dir: Path | None,
+    cache_dir: Path | None = None,
+    whole_word_mask: bool = False,
+    tokenizer: Tokenizer | None = None,
 ) -> Dataset:
-    """Built examples from the cache when they are there, else built (and cached)."""
-    if cache_dir is None:
-        return build_dataset(train_path, valid_path, max_len, min_freq, seed)
-    path = cache_dir / f"examples-{cache_key(train_path, valid_path, max_len, min_freq, seed)}.npz"
-    if path.is_file():
-        try:
-            data = _load(path)
-            log.info("examples from cache %s", path)
-            return data
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
-            log.warning("ignoring unreadable example cache %s (%s); rebuilding", path, e)
-    data = build_dataset(train_path, valid_path, max_len, min_freq, seed)
-    try:
-        _save(path, data)
-    except OSError as e:  # a read-only cache must not stop training
-        log.warning("could not write example cache %s: %s", path, e)
-    return data
+    """The tokenizer (given, cached or trained) and the examples (cached or built).
+
+    `tokenizer` is a resumed run's or another rank's: the run keeps its vocabulary.
+    """
+    read = functools.cache(corpus.read_train)
+    if tokenizer is None:
+        tok_path = (
+            cache_dir / f"tokenizer-{tokenizer_key(corpus, tokenizer_cfg)}.json"
+            if cache_dir
+            else None
+        )
+        tokenizer = _cached(
+            tok_path,
+            "vocabulary",
+            load_tokenizer,
+            lambda: make_tokenizer(corpus, read(), tokenizer_cfg),
+            save_tokenizer,
+        )
+
+    def build() -> Dataset:
+        train = build_examples(
+            read(), tokenizer, max_len, np.random.default_rng([seed, 0]), whole_word_mask
+        )
+        if len(train) == 0:
+            raise UserError(
+                f"no sentence pair of {corpus.name} fits data.max_len={max_len}; raise data.max_len"
+            )
+        valid = None
+        if corpus.read_valid is not None:
+            valid = build_examples(
+                corpus.read_valid(),
+                tokenizer,
+                max_len,
+                np.random.default_rng([seed, 1]),
+                whole_word_mask,
+            )
+        return Dataset(tokenizer, train, valid, corpus.train_digest)
+
+    key = examples_key(corpus, tokenizer, max_len, whole_word_mask, seed)
+    path = cache_dir / f"examples-{key}.npz" if cache_dir else None
+    return _cached(
+        path, "examples", lambda p: _load(p, tokenizer, corpus.train_digest), build, _save
+    )

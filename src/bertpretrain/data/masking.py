@@ -3,6 +3,13 @@
 The same function serves both recipes: `static` masks (the reference's, BERT's) are drawn
 once when the examples are built; `dynamic` masks (RoBERTa's) are drawn again on every
 batch from the original tokens, so an example is masked differently each time it is used.
+
+Whole-word masking (BERT's later WWM release): with a `continuation` table marking the
+vocabulary's "##" pieces, a word split into pieces is masked all at once or not at all.
+Masking one piece of "phil ##har ##monic" leaves the rest to give it away; masking the
+whole word makes the model predict the word from its context. The 80/10/10 corruption is
+still drawn per piece, as in Google's release. Without a table every word position is its
+own word and the draws are exactly those of plain token masking.
 """
 
 from __future__ import annotations
@@ -25,16 +32,62 @@ def candidates(segments: torch.Tensor, valid_lens: torch.Tensor) -> torch.Tensor
     return (cols >= 1) & (cols < valid - 1) & (cols != first_sep)
 
 
-def mask_tokens(tokens, segments, valid_lens, vocab_size: int, max_preds: int, generator):
-    """Corrupt max(1, round(0.15 * len)) word positions per row: 80% <mask>, 10% a random
-    word, 10% unchanged. Returns new tokens and (B, max_preds) positions, labels, weights."""
-    n = len(tokens)
+def word_starts(
+    tokens: torch.Tensor, candidate: torch.Tensor, continuation: torch.Tensor | None
+) -> torch.Tensor:
+    """(B, L) True where a word begins: a candidate that is not a "##" piece, or whose left
+    neighbour is not a candidate (a piece right after <cls> or <sep> starts its own word)."""
+    if continuation is None:
+        return candidate
+    after_candidate = torch.zeros_like(candidate)
+    after_candidate[:, 1:] = candidate[:, :-1]
+    return candidate & ~(continuation[tokens.long()] & after_candidate)
+
+
+def mask_tokens(
+    tokens: torch.Tensor,
+    segments: torch.Tensor,
+    valid_lens: torch.Tensor,
+    vocab_size: int,
+    max_preds: int,
+    generator: torch.Generator,
+    continuation: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Corrupt whole words, about 15% of each row's tokens: 80% <mask>, 10% a random word,
+    10% unchanged, per piece. Returns new tokens and (B, max_preds) positions (ascending),
+    labels (the original pieces) and weights; unused slots hold position 0, label 0, weight 0.
+
+    `continuation` is an optional (V,) bool table, True for ids that continue the previous
+    token's word; without it every word position is a word of one piece.
+
+    Budget: n_pred = min(max(1, round(0.15 * len)), word positions, max_preds) pieces. Words
+    are taken in a random order while they fit in it; taking stops at the first word that
+    does not fit. The first word is always taken (cut to max_preds pieces if longer), so every
+    row with a word position has a prediction.
+    """
+    n, length = tokens.shape
+    cols = torch.arange(length)
     candidate = candidates(segments, valid_lens)
     n_pred = torch.minimum(torch.round(MASK_RATE * valid_lens).clamp(min=1), candidate.sum(1))
-    keys = torch.rand(tokens.shape, generator=generator).masked_fill(~candidate, 2.0)
-    chosen = keys.argsort(dim=1, stable=True)[:, :max_preds]
-    real = torch.arange(max_preds) < n_pred[:, None]
-    positions = torch.where(real, chosen, tokens.shape[1]).sort(dim=1).values  # real ones first
+    budget = n_pred.clamp(max=max_preds)[:, None]
+    keys = torch.rand(tokens.shape, generator=generator)
+    start = word_starts(tokens, candidate, continuation)
+    if continuation is not None:  # every piece takes its word's key
+        start_pos = torch.where(start, cols.int(), 0).cummax(dim=1).values  # (B, L)
+        keys = keys.gather(1, start_pos.long())
+    # The stable sort keeps a word's pieces together, in order, even where two keys tie.
+    order = keys.masked_fill(~candidate, 2.0).argsort(dim=1, stable=True)[:, : max_preds + 1]
+    # Slot j ends a word where slot j + 1 starts another or holds no word position.
+    boundary = start | ~candidate
+    ends = torch.cat([boundary.gather(1, order[:, 1:]), torch.ones((n, 1), dtype=torch.bool)], 1)
+    ends = ends[:, :max_preds]  # (B, P)
+    slot = torch.arange(1, max_preds + 1)  # pieces taken up to and including each slot
+    fits = torch.where(ends & (slot <= budget), slot, 0).amax(1)  # the words that fit
+    first = torch.where(ends, slot, max_preds).amin(1)  # the first word, cut to max_preds
+    taken = torch.where(n_pred > 0, torch.maximum(fits, first), 0)
+    real = torch.arange(max_preds) < taken[:, None]
+    order = order[:, :max_preds]
+    positions = torch.where(real, order, length).sort(dim=1).values  # real ones first
     positions = torch.where(real, positions, 0)
     labels = torch.where(real, tokens.gather(1, positions), 0)
     u = torch.rand((n, max_preds), generator=generator)
@@ -46,8 +99,14 @@ def mask_tokens(tokens, segments, valid_lens, vocab_size: int, max_preds: int, g
     return out, positions, labels, real.float()
 
 
-def remask(batch: dict[str, torch.Tensor], vocab_size: int, generator) -> dict[str, torch.Tensor]:
-    """Dynamic masking: restore the batch's original words, then draw fresh masks."""
+def remask(
+    batch: dict[str, torch.Tensor],
+    vocab_size: int,
+    generator: torch.Generator,
+    continuation: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """Dynamic masking: restore the batch's original words, then draw fresh masks (whole
+    words where a `continuation` table is given, as in `mask_tokens`)."""
     real = batch["pred_weights"] > 0
     rows = torch.arange(len(real))[:, None].expand_as(real)
     original = batch["tokens"].clone()
@@ -59,6 +118,7 @@ def remask(batch: dict[str, torch.Tensor], vocab_size: int, generator) -> dict[s
         vocab_size,
         real.shape[1],
         generator,
+        continuation,
     )
     return batch | {
         "tokens": tokens,
