@@ -2,9 +2,10 @@
 
 Text is processed exactly as in training, by the checkpoint's own tokenizer (a word-level
 vocabulary: lower-cased, split on whitespace, a word outside it is `<unk>`; or WordPiece:
-a word may become several pieces, `crane` -> `cr ##ane`) and wrapped as `<cls> a <sep>`
-or `<cls> a <sep> b <sep>`, with segment 0 for `<cls> a <sep>` and 1 for `b <sep>`. The
-model runs in eval mode without gradients, so the same input always gives the same vectors.
+a word may become several pieces, `unbelievably` -> `unb ##el ##iev ##ably`) and wrapped
+as `<cls> a <sep>` or `<cls> a <sep> b <sep>`, with segment 0 for `<cls> a <sep>` and 1
+for `b <sep>`. The model runs in eval mode without gradients, so the same input always
+gives the same vectors.
 
     from bertpretrain.encode import Encoder
 
@@ -396,7 +397,7 @@ def read_inputs(path: str) -> list[list[str]]:
 
 
 def _shown(token: str, word: str) -> str:
-    """The token as the model saw it: a word piece as is (`##ane`), an out-of-vocabulary
+    """The token as the model saw it: a word piece as is (`##ably`), an out-of-vocabulary
     word marked `word→<unk>`."""
     if token != UNK or word == UNK:
         return token
