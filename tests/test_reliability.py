@@ -584,6 +584,24 @@ BAD_INPUTS = [
         r"no sentence pair .* fits data\.max_len",
     ),
     Bad("corpus-not-utf8", ("train", "data.dir={latin1_corpus}", *CORPUS), r"not UTF-8"),
+    Bad("text-without-files", ("train", "data=text"), r"data\.files=\[a\.txt,b\.txt\]"),
+    Bad(
+        "text-missing-file",
+        ("train", "data=text", "data.files=[{missing}.txt]", "hydra.run.dir=run"),
+        r"missing\.txt does not exist",
+    ),
+    Bad(
+        "text-key-of-another-source",
+        ("train", "data=text", "data.files=[a.txt]", "data.dir=x"),
+        r"Key 'dir' not in 'TextConfig'",
+    ),
+    Bad("hf-without-dataset", ("train", "data=hf"), r"data=hf needs a dataset: data\.name="),
+    Bad("min-freq-under-data", ("train", "data.min_freq=3"), r"min_freq"),
+    Bad(
+        "wordpiece-vocabulary-too-small",
+        ("train", "tokenizer=wordpiece", "tokenizer.vocab_size=3"),
+        r"tokenizer\.vocab_size=3 is too small",
+    ),
     pytest.param(
         Bad(
             "corpus-file-is-a-folder",
