@@ -396,3 +396,28 @@ def test_without_the_datasets_library_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", None)  # `import datasets` raises ImportError
     message = one_line_error(lambda: read_hf("Salesforce/wikitext", None, "train", "text"))
     assert "pip install 'bertpretrain[hf]'" in message
+
+
+def test_a_cached_hf_corpus_is_not_read_again(folder, offline, monkeypatch, tmp_path, caplog):
+    """The split's Arrow files define its text: a rerun hashes them instead of splitting
+    every row into sentences again, and reads nothing when the examples are cached."""
+    import datasets
+
+    from bertpretrain import data
+    from bertpretrain.config import compose
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", offline)
+    cfg, _ = compose(
+        ["data=hf", f"data.name={folder}", f"data.root={tmp_path / 'ours'}", "data.max_len=32"]
+        + ["tokenizer.min_freq=1"]
+    )
+    caplog.set_level(logging.INFO)
+    first = data.load(cfg.data, cfg.tokenizer, 0)
+    assert "kept" in caplog.text
+    caplog.clear()
+    again = data.load(cfg.data, cfg.tokenizer, 0)
+    assert "examples from cache" in caplog.text and "kept" not in caplog.text
+    assert again.corpus_digest == first.corpus_digest and again.vocab == first.vocab
+    (folder / "train.txt").write_text("A changed corpus. It has new words.\n" * 3)
+    changed = data.load(cfg.data, cfg.tokenizer, 0)
+    assert changed.corpus_digest != first.corpus_digest

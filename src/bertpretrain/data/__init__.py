@@ -69,20 +69,25 @@ def _text_files(cfg) -> Corpus:
 
 
 def _hf(cfg) -> Corpus:
-    """A `datasets` dataset has no file of its own to hash, so it is read up front."""
-    from bertpretrain.data.corpus import Corpus, text_digest
-    from bertpretrain.data.text import read_hf
+    """The splits are loaded (memory-mapped) up front to check them, but read into
+    paragraphs only when the cache lacks their examples."""
+    from bertpretrain.data.corpus import Corpus
 
-    def read(split: str) -> list:
-        return read_hf(cfg.name, cfg.config, split, cfg.text_column, cfg.revision)
-
+    train, train_digest = _hf_split(cfg, cfg.train_split)
+    valid, valid_digest = _hf_split(cfg, cfg.valid_split) if cfg.valid_split else (None, "-")
     name = cfg.name + (f" ({cfg.config})" if cfg.config else "")
-    train = read(cfg.train_split)
-    valid = read(cfg.valid_split) if cfg.valid_split else None
-    return Corpus(
-        f"{name} {cfg.train_split}",
-        lambda: train,
-        text_digest(train),
-        (lambda: valid) if valid is not None else None,
-        text_digest(valid) if valid is not None else "-",
-    )
+    return Corpus(f"{name} {cfg.train_split}", train, train_digest, valid, valid_digest)
+
+
+def _hf_split(cfg, split: str):
+    """A reader of one split's paragraphs and the split's digest."""
+    import functools
+
+    from bertpretrain.data.corpus import text_digest
+    from bertpretrain.data.text import hf_description, hf_digest, hf_paragraphs, load_hf
+
+    ds = load_hf(cfg.name, cfg.config, split, cfg.text_column, cfg.revision)
+    what = hf_description(cfg.name, cfg.config, split, cfg.text_column)
+    read = functools.cache(lambda: hf_paragraphs(ds, cfg.text_column, what))
+    digest = hf_digest(ds, split, cfg.text_column)
+    return read, digest or text_digest(read())  # held in memory only: hash its text

@@ -44,6 +44,7 @@ Known limits, all from the rule being local:
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import logging
 import os
@@ -210,8 +211,23 @@ def read_hf(
     cache_dir: str | None = None,
 ) -> list[Paragraph]:
     """The paragraphs of one split of a dataset loaded by the Hugging Face `datasets` library:
-    a Hub name (`Salesforce/wikitext` with config `wikitext-103-raw-v1`) or a local folder of
-    data files named by split (train.txt, validation.txt; .json, .csv, .parquet work too).
+    `load_hf` then `hf_paragraphs`."""
+    ds = load_hf(name, config, split, text_column, revision, cache_dir)
+    return hf_paragraphs(ds, text_column, hf_description(name, config, split, text_column))
+
+
+def load_hf(
+    name: str,
+    config: str | None,
+    split: str,
+    text_column: str,
+    revision: str | None = None,
+    cache_dir: str | None = None,
+) -> Any:
+    """One split of a dataset (a `datasets.Dataset`, memory-mapped, nothing read yet), checked
+    to have `text_column` as text: a Hub name (`Salesforce/wikitext` with config
+    `wikitext-103-raw-v1`) or a local folder of data files named by split (train.txt,
+    validation.txt; .json, .csv, .parquet work too).
 
     Does what `datasets.load_dataset(name, config, split=split, revision=revision)` does,
     in its three steps, so that a wrong split or column is reported before a download.
@@ -232,18 +248,41 @@ def read_hf(
         builder.download_and_prepare()
         ds = builder.as_dataset(split=split)
     _check_column(ds.features, text_column, what)
+    return ds
+
+
+def hf_description(name: str, config: str | None, split: str, text_column: str) -> str:
+    """How messages name a split: `data.name=X (data.config=Y), split S, column C`."""
+    what = f"data.name={name}" + (f" (data.config={config})" if config else "")
+    return f"{what}, split {split}, column {text_column}"
+
+
+def hf_paragraphs(ds: Any, text_column: str, what: str) -> list[Paragraph]:
+    """The paragraphs of a `load_hf` split: one per line of each row of the column; `what`
+    names the split in the log and the error."""
     paragraphs, seen = paragraphs_from_lines(_column_rows(ds, text_column))
-    log.info(
-        "read %d lines of %s, split %s, column %s: kept %d paragraphs of 2+ sentences",
-        seen, name, split, text_column, len(paragraphs),
-    )  # fmt: skip
+    log.info("read %d lines of %s: kept %d paragraphs of 2+ sentences", seen, what, len(paragraphs))
     if not paragraphs:
         raise UserError(
-            f"no row of {what}, split {split}, column {text_column} is a paragraph of two "
-            "sentences; each row must hold sentences ending in . ! or ? followed by a "
-            "capitalised word (or pick another data.text_column)"
+            f"no row of {what} is a paragraph of two sentences; each row must hold sentences "
+            "ending in . ! or ? followed by a capitalised word (or pick another "
+            "data.text_column)"
         )
     return paragraphs
+
+
+def hf_digest(ds: Any, split: str, text_column: str) -> str | None:
+    """sha256 of what defines a `load_hf` split's text without reading it: its Arrow cache
+    files, the split expression and the column. None for a dataset held only in memory."""
+    files = [f["filename"] for f in ds.cache_files]
+    if not files:
+        return None
+    h = hashlib.sha256(f"{split}|{text_column}|{len(ds)}".encode())
+    for name in files:
+        with open(name, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
 
 
 def _import_datasets() -> Any:
