@@ -89,6 +89,40 @@ def test_tokenizer_rebuilt_from_its_vocabulary_gives_the_same_ids(trained, wikit
     assert rebuilt == trained
 
 
+def exact_ids(tokenizer: Tokenizer, sentences: list[str]) -> tuple[list[int], list[int]]:
+    """`tokenizers` on each whole sentence: what encode does, the reference for the batch."""
+    pieces = [tokenizer.split(s) for s in sentences]
+    return [i for p in pieces for _, i in p], [len(p) for p in pieces]
+
+
+ODD = [
+    "a\x0bb c",  # Python splits at \v; BERT deletes it: one word "ab"
+    "a\x1fb\x85c d\x0ce",
+    "x\u2028y",
+    "Café naïve 東京タワー",
+    "a<unk>b <cls> [CLS]",
+    "don't U.S. 3.5 @-@",
+    "",
+    "   ",
+    "zero\u200bwidth nul\x00x \ufffd",
+    "emoji 🙂 ok Ⅻ ﬁne ß",
+    "x" * 150,  # over max_input_chars_per_word: one <unk>
+]
+
+
+def test_batch_tokenisation_equals_tokenising_each_sentence_whole(trained, wikitext_dir):
+    """Training examples tokenise each distinct word once; that must give exactly what
+    `tokenizers` gives a whole sentence (as encode and export do), odd characters included."""
+    sentences = [s for p in read_split(wikitext_dir / "wiki.test.tokens") for s in p] + ODD
+    ids, lens = trained.encode_sentences(sentences)
+    expected_ids, expected_lens = exact_ids(trained, sentences)
+    assert lens.tolist() == expected_lens
+    assert ids.tolist() == expected_ids
+    # Word by word would be wrong there: the fallback to whole sentences is needed.
+    naive = [i for word in ODD[0].split() for _, i in trained.split(word)]
+    assert naive != exact_ids(trained, ODD[:1])[0]
+
+
 def test_literal_unk_in_wikitext_is_the_unknown_token(trained):
     assert [i for _, i in trained.split("the <unk> river")][1] == UNK_ID
 
