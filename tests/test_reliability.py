@@ -593,7 +593,7 @@ BAD_INPUTS = [
     Bad(
         "text-key-of-another-source",
         ("train", "data=text", "data.files=[a.txt]", "data.dir=x"),
-        r"Key 'dir' not in 'TextConfig'",
+        r"data\.dir.*Key 'dir' is not in struct",
     ),
     Bad("hf-without-dataset", ("train", "data=hf"), r"data=hf needs a dataset: data\.name="),
     Bad("min-freq-under-data", ("train", "data.min_freq=3"), r"min_freq"),

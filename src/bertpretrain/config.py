@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from bertpretrain.errors import UserError
 
@@ -67,7 +68,7 @@ class HFConfig(DataConfig):
     text_column: str = MISSING
 
 
-# conf/data/<option>.yaml names its schema in its defaults list.
+# Each corpus has its own keys: `data.source` picks the schema that types them (`to_config`).
 DATA_SCHEMAS = {"wikitext2": WikiText2Config, "text": TextConfig, "hf": HFConfig}
 
 
@@ -111,7 +112,7 @@ class TrainerConfig:
 @dataclass
 class Config:
     model: ModelConfig = MISSING
-    data: DataConfig = MISSING
+    data: Any = MISSING  # one of DATA_SCHEMAS, chosen by data.source
     tokenizer: TokenizerConfig = MISSING
     optim: OptimConfig = MISSING
     trainer: TrainerConfig = MISSING
@@ -121,10 +122,7 @@ def register_configs() -> None:
     """Make the schema available to config.yaml's defaults list as `base_config`."""
     from hydra.core.config_store import ConfigStore
 
-    store = ConfigStore.instance()
-    store.store(name="base_config", node=Config)
-    for source, schema in DATA_SCHEMAS.items():
-        store.store(group="data", name=f"{source}_schema", node=schema)
+    ConfigStore.instance().store(name="base_config", node=Config)
 
 
 def conf_dir() -> Path:
@@ -254,8 +252,29 @@ def to_config(cfg: DictConfig) -> Config:
     obj = OmegaConf.to_object(cfg)
     if not isinstance(obj, Config):  # composed without the schema (e.g. a user's own config)
         obj = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), cfg))
+    obj.data = _typed_data(cfg.data)
     check(obj)
     return obj
+
+
+def _typed_data(data: DictConfig) -> DataConfig:
+    """The data node typed by its source's schema. The schemas are not options of the
+    `data` group (Hydra's --help would list them as corpora), so they apply here: a key of
+    another corpus or a wrong type fails as it would at composition."""
+    source = data.get("source")
+    schema = DATA_SCHEMAS.get(source)
+    if schema is None:
+        raise UserError(
+            f"data.source={source!r} is unknown; use data=wikitext2, data=text or data=hf"
+        )
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), data))
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or getattr(e, "key", None) or "?"
+        problem = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(
+            f"bad config: data.{key}: {problem} (data={source}, {schema.__name__})"
+        ) from None
 
 
 def without_hydra(cfg: DictConfig) -> DictConfig:
@@ -288,7 +307,6 @@ def compose(overrides: list[str], config_name: str = "config") -> tuple[Config, 
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
 
     register_configs()
     try:
