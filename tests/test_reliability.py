@@ -8,6 +8,7 @@ stay bit-identical because every run that a test compares uses the same setting.
 from __future__ import annotations
 
 import errno
+import fcntl
 import http.server
 import os
 import pickle
@@ -409,6 +410,26 @@ def test_second_train_into_a_live_run_dir_stops_with_one_clear_line(intrusion):
     assert intrusion.holder_alive_after
     assert intrusion.holder.returncode == 143  # stopped by our SIGTERM, not by the intruder
     assert not intrusion.lock_left
+
+
+def test_a_lock_held_before_its_pid_is_written_still_keeps_a_second_run_out(tmp_path, env):
+    """The moment between taking the lock and writing the pid into it: the file is empty,
+    which a pid-file lock would take for stale. The lock is the kernel's flock, not the pid."""
+    run = tmp_path / "run"
+    run.mkdir()
+    with open(run / ".lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        result = run_cli(
+            ["train", *train_args({"trainer.max_steps": "1"}), "hydra.run.dir=run"], tmp_path, env
+        )
+        assert (run / ".lock").read_text() == ""  # untouched
+    assert result.returncode == 2
+    assert "is in use by another process" in one_error_line(result)
+    assert not (run / checkpoint.SUBDIR).exists()
+    with checkpoint.run_lock(run):  # released: a later run takes it and writes its pid
+        assert (run / ".lock").read_text().strip() == str(os.getpid())
+        assert checkpoint.lock_owner(run) is None  # held by this very process: not "someone"
+    assert not (run / ".lock").exists()
 
 
 def test_refused_second_train_leaves_the_live_runs_config_record_alone(intrusion):

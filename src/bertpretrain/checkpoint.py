@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import logging
 import os
 import pickle
@@ -136,28 +137,38 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict:
 LOCK = ".lock"
 
 
-def _alive(pid: int) -> bool:
+def _pid_in(path: Path) -> int | None:
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's live process
-    return True
-
-
-def lock_owner(run_dir: Path) -> int | None:
-    """The pid of a live process holding run_dir's lock, if any."""
-    try:
-        owner = int((run_dir / LOCK).read_text().strip() or 0)
+        return int(path.read_text().strip() or 0) or None
     except (OSError, ValueError):
         return None
-    return owner if owner and owner != os.getpid() and _alive(owner) else None
 
 
-def _in_use(run_dir: Path, owner: int) -> UserError:
+def lock_owner(run_dir: Path) -> int | str | None:
+    """Who else holds run_dir's lock: its pid (or "another process" while it has not
+    written it yet), None when nobody or this process does. The kernel drops a dead
+    process's lock, so a lock file left by kill -9 holds nobody."""
+    lock = run_dir / LOCK
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pid = _pid_in(lock)
+        return None if pid == os.getpid() else pid or "another process"
+    except OSError:  # a filesystem without flock: nothing to learn from the file
+        return None
+    finally:
+        os.close(fd)  # releases the shared lock taken to look
+    return None
+
+
+def _in_use(run_dir: Path, owner: int | str) -> UserError:
+    who = f"process {owner}" if isinstance(owner, int) else owner
     return UserError(
-        f"run dir {run_dir} is in use by process {owner}; wait for it to finish or "
+        f"run dir {run_dir} is in use by {who}; wait for it to finish or "
         "choose another hydra.run.dir"
     )
 
@@ -171,27 +182,47 @@ def check_not_in_use(run_dir: Path) -> None:
 
 @contextlib.contextmanager
 def run_lock(run_dir: Path) -> Iterator[None]:
-    """Hold `run_dir/.lock` (our pid) while training, so two processes never write one run.
+    """Hold an exclusive flock on `run_dir/.lock` (our pid inside) while training, so two
+    processes never write one run.
 
-    A lock whose process is gone (a killed run) is stale and taken over, so a resume after
-    kill -9 is never blocked.
+    The kernel releases the lock when its process dies, kill -9 included, so a resume is
+    never blocked by a dead run and two resumes racing for a dead run's lock cannot both
+    win (a pid file with a staleness check could not promise that). A filesystem without
+    flock (some Lustre mounts) gets a warning and no lock.
     """
     lock = run_dir / LOCK
     run_dir.mkdir(parents=True, exist_ok=True)
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            owner = lock_owner(run_dir)
-            if owner:
-                raise _in_use(run_dir, owner) from None
-            log.warning("taking over a stale lock in %s", run_dir)
-            lock.unlink(missing_ok=True)
-            continue
-        with os.fdopen(fd, "w") as f:
-            f.write(f"{os.getpid()}\n")
-        break
+    fd = _acquire(lock, run_dir)
+    if fd is None:
+        yield
+        return
+    if _pid_in(lock):
+        log.warning("taking over the lock of a run that died in %s", run_dir)
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
     try:
         yield
     finally:
-        lock.unlink(missing_ok=True)
+        lock.unlink(missing_ok=True)  # while still holding it: see the inode check in _acquire
+        os.close(fd)
+
+
+def _acquire(lock: Path, run_dir: Path) -> int | None:
+    """An fd holding the exclusive flock on `lock`; None where the filesystem has no flock."""
+    while True:
+        fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise _in_use(run_dir, _pid_in(lock) or "another process") from None
+        except OSError as e:
+            os.close(fd)
+            log.warning("cannot lock %s (%s): nothing stops a second run writing here", lock, e)
+            return None
+        try:  # the holder we waited on may have removed the file before we got its lock
+            if os.stat(lock).st_ino == os.fstat(fd).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
