@@ -15,7 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from bertpretrain import checkpoint
 
 TRAIN_SCALARS = {"train/mlm_loss", "train/nsp_loss", "train/loss", "train/lr", "train/seq_per_s"}
-VAL_SCALARS = {"val/mlm_loss", "val/mlm_acc", "val/nsp_loss", "val/nsp_acc"}
+VAL_SCALARS = {"val/mlm_loss", "val/mlm_acc", "val/nsp_loss", "val/nsp_acc", "val/token_spread"}
 
 
 def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
@@ -31,6 +31,31 @@ def test_training_writes_tensorboard_curves_for_mlm_nsp_and_validation(tiny_run)
     assert [s for s, _ in curves["val/mlm_loss"]] == [6]
     for _, value in curves["train/mlm_loss"] + curves["train/nsp_loss"]:
         assert 0 < value < 20
+
+
+def test_token_spread_is_the_std_over_real_tokens_and_ignores_padding():
+    from bertpretrain.train import token_spread
+
+    g = torch.Generator().manual_seed(0)
+    varied = torch.randn(2, 6, 64, generator=g)  # (B, L, H)
+    same = varied[:, :1].expand(-1, 6, -1).clone()
+    lens = torch.tensor([6, 4])
+    spread = token_spread(varied, lens)
+    assert spread.shape == (2,)
+    assert 0.8 < float(spread.min()) and float(spread.max()) < 1.2  # unit-variance noise
+    assert token_spread(same, lens).abs().max() < 1e-6
+    same[1, 4:] = 100.0  # padding positions: must not count
+    assert token_spread(same, lens)[1] < 1e-6
+
+
+def test_a_run_whose_token_vectors_collapsed_says_so_and_how_to_avoid_it(tiny_run):
+    """The reference's Adam lr 0.01 makes this architecture give every token nearly the same
+    vector within a few steps (docs/benchmarks.md); the run must say so, not leave a user
+    to find out from encode."""
+    spread = scalars(tiny_run)["val/token_spread"][-1][1]
+    assert spread < 0.01  # 0.004 after these 6 steps; 0.61 at optim.lr=1e-3
+    log = (tiny_run / "train.log").read_text()
+    assert "almost the same vector to every token" in log and "optim.lr" in log
 
 
 def test_training_leaves_a_checkpoint_that_loads_into_the_model(tiny_run):

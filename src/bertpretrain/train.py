@@ -99,16 +99,18 @@ def set_rng_state(state: dict) -> None:
 def evaluate(
     model: BertForPretraining, tensors, batch_size: int, max_batches: int, device, autocast
 ) -> dict:
-    """MLM loss/accuracy over every real masked position and NSP loss/accuracy over examples."""
+    """MLM loss/accuracy over every real masked position, NSP loss/accuracy over examples,
+    and the token spread: how much the encoder's vectors differ between the tokens of one
+    input (the std over its real tokens, averaged over hidden units, then over inputs).
+    Near 0, every token gets the same vector and encode's vectors carry no context."""
     model.eval()
-    sums = torch.zeros(
-        5, dtype=torch.float64
-    )  # mlm loss, mlm correct, mlm count, nsp loss, nsp correct
+    # mlm loss, mlm correct, mlm count, nsp loss, nsp correct, token spread
+    sums = torch.zeros(6, dtype=torch.float64)
     n = 0
     for batch in eval_batches(tensors, batch_size, max_batches):
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         with autocast():
-            _, mlm_logits, nsp_logits = model(
+            encoded, mlm_logits, nsp_logits = model(
                 batch["tokens"], batch["segments"], batch["valid_lens"], batch["pred_positions"]
             )
         real = batch["pred_weights"] > 0
@@ -124,6 +126,7 @@ def evaluate(
                         nsp_logits, batch["nsp_labels"], reduction="sum"
                     ),
                     (nsp_logits.argmax(-1) == batch["nsp_labels"]).sum(),
+                    token_spread(encoded.float(), batch["valid_lens"]).sum(),
                 ]
             )
             .double()
@@ -131,13 +134,26 @@ def evaluate(
         )
         n += len(batch["nsp_labels"])
     model.train()
-    mlm_loss, mlm_correct, mlm_count, nsp_loss, nsp_correct = sums.tolist()
+    mlm_loss, mlm_correct, mlm_count, nsp_loss, nsp_correct, spread = sums.tolist()
     return {
         "mlm_loss": mlm_loss / mlm_count,
         "mlm_acc": mlm_correct / mlm_count,
         "nsp_loss": nsp_loss / n,
         "nsp_acc": nsp_correct / n,
+        "token_spread": spread / n,
     }
+
+
+def token_spread(encoded: torch.Tensor, valid_lens: torch.Tensor) -> torch.Tensor:
+    """(B,): per input, the std of its real tokens' vectors, averaged over hidden units."""
+    real = (torch.arange(encoded.shape[1], device=encoded.device) < valid_lens[:, None])[..., None]
+    count = valid_lens[:, None].to(encoded.dtype)  # (B, 1)
+    mean = (encoded * real).sum(1) / count  # (B, H)
+    var = (((encoded - mean[:, None]) * real) ** 2).sum(1) / count
+    return var.sqrt().mean(1)
+
+
+COLLAPSED = 0.01  # token spread below which encode's vectors say little about the context
 
 
 def _resume_state(cfg: Config, run_dir: Path) -> dict | None:
@@ -528,6 +544,13 @@ def _train(cfg: Config, run_dir: Path, stop: list[int]) -> dict:
         return {"steps": t.max_steps, **last}
 
     metrics = run_eval(t.max_steps)
+    if metrics and metrics["token_spread"] < COLLAPSED:
+        log.warning(
+            "the encoder gives almost the same vector to every token (token spread %.1g): "
+            "encode's vectors will barely depend on the context. Train with a lower "
+            "optim.lr (e.g. 1e-3) or longer",
+            metrics["token_spread"],
+        )
     path = save(t.max_steps)
     seq_s = sorted(speeds)[len(speeds) // 2] if speeds else math.nan
     writer.add_hparams(
