@@ -42,7 +42,7 @@ def test_token_spread_is_the_std_over_real_tokens_and_ignores_padding():
     lens = torch.tensor([6, 4])
     spread = token_spread(varied, lens)
     assert spread.shape == (2,)
-    assert 0.8 < float(spread.min()) and float(spread.max()) < 1.2  # unit-variance noise
+    assert float(spread.min()) > 0.8 and float(spread.max()) < 1.2  # unit-variance noise
     assert token_spread(same, lens).abs().max() < 1e-6
     same[1, 4:] = 100.0  # padding positions: must not count
     assert token_spread(same, lens)[1] < 1e-6
@@ -252,6 +252,27 @@ def test_parallel_launcher_runs_sweep_jobs_in_their_own_processes(tmp_path, cli_
     jobs = sorted((tmp_path / "outputs" / "multirun").glob("*/*/[0-9]*"))
     assert [j.name for j in jobs] == ["0", "1"]
     assert all(checkpoint.list_checkpoints(j) for j in jobs)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["outputs"]  # no report folder left
+
+
+def test_a_job_failing_in_a_worker_process_still_fails_the_sweep(tmp_path, cli_env):
+    """joblib runs jobs in other processes: their failures must reach the final line."""
+    pytest.importorskip(
+        "hydra_plugins.hydra_joblib_launcher", reason="pip install -e '.[launchers]'"
+    )
+    args = [a for a in TINY_ARGS if not a.startswith(("trainer.max_steps", "data.train_split"))]
+    result = run_cli(
+        ["train", "-m", "hydra/launcher=parallel", *args, "trainer.max_steps=1"]
+        + ["data.train_split=nosuchsplit,valid", "hydra.sweep.dir=sweep"],
+        tmp_path,
+        cli_env,
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert "1 sweep job(s) failed: job 0 (" in last and "data.train_split=nosuchsplit" in last
+    assert "wiki.nosuchsplit.tokens" in last
+    assert checkpoint.list_checkpoints(tmp_path / "sweep" / "1")  # the other job ran
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep"]
 
 
 def test_runs_lists_finished_runs_with_overrides_losses_and_checkpoint(tiny_run, cli_env):

@@ -6,10 +6,13 @@ it would reach a `@hydra.main` program (overrides, -m, --cfg job, --help, --conf
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import shutil
 import sys
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from bertpretrain.errors import Interrupted, UserError
@@ -131,7 +134,6 @@ def train_main(argv: list[str]) -> None:
 
     if distributed.launched_by_torchrun():
         argv = _one_run_dir_for_all_ranks(argv, cfg)
-    failures: list[str] = []
 
     @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")
     def run(cfg: DictConfig) -> None:
@@ -150,21 +152,61 @@ def train_main(argv: list[str]) -> None:
             if not multirun:
                 fail(str(e))
             log.error("job %s (%s) failed: %s", hc.job.num, overrides, e)
-            failures.append(f"job {hc.job.num} ({overrides}): {e}")
+            _report_failure(hc.job.num, f"job {hc.job.num} ({overrides}): {e}")
         except Exception as e:
             if not multirun:
                 raise
             # A sweep survives a failing job: keep its traceback in the job's log, go on.
             log.exception("job %s (%s) failed", hc.job.num, overrides)
-            failures.append(f"job {hc.job.num} ({overrides}): {type(e).__name__}: {e}")
+            _report_failure(hc.job.num, f"job {hc.job.num} ({overrides}): {type(e).__name__}: {e}")
 
     sys.argv = [sys.argv[0], *argv]
-    try:
-        run()
-    finally:
-        distributed.shutdown()
+    with _failure_reports(_is_multirun(argv)) as failures:
+        try:
+            run()
+        finally:
+            distributed.shutdown()
     if failures:
         fail(f"{len(failures)} sweep job(s) failed: " + "; ".join(failures))
+
+
+FAILURES = "BERTPRETRAIN_SWEEP_FAILURES"  # the folder where a sweep's failing jobs report
+
+
+def _is_multirun(argv: list[str]) -> bool:
+    from hydra._internal.utils import get_args_parser
+
+    return bool(get_args_parser().parse_args(argv).multirun)
+
+
+@contextlib.contextmanager
+def _failure_reports(multirun: bool) -> Iterator[list[str]]:
+    """A folder for a sweep's failed jobs to report into, whichever launcher runs them: in
+    this process, in joblib's worker processes (which inherit the environment) or in SLURM
+    jobs (on a shared filesystem, hence a folder here rather than in /tmp). Yields the
+    list that holds the reports once the sweep is over."""
+    reports: list[str] = []
+    if not multirun:
+        yield reports
+        return
+    try:
+        folder = Path(tempfile.mkdtemp(prefix=".bertpretrain-sweep-", dir="."))
+    except OSError:  # a read-only working directory: local launchers still reach /tmp
+        folder = Path(tempfile.mkdtemp(prefix="bertpretrain-sweep-"))
+    os.environ[FAILURES] = str(folder.absolute())
+    try:
+        yield reports
+    finally:
+        os.environ.pop(FAILURES, None)
+        found = sorted(folder.glob("*.txt"), key=lambda p: int(p.stem))
+        reports += [p.read_text(encoding="utf-8").strip() for p in found]
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _report_failure(job: int, message: str) -> None:
+    folder = os.environ.get(FAILURES)
+    if folder:
+        (Path(folder) / f"{job}.txt").write_text(" ".join(message.split()), encoding="utf-8")
 
 
 def encode_main(argv: list[str]) -> None:
