@@ -617,7 +617,7 @@ BAD_INPUTS = [
         r"data\.dir.*Key 'dir' is not in struct",
     ),
     Bad("hf-without-dataset", ("train", "data=hf"), r"data=hf needs a dataset: data\.name="),
-    Bad("min-freq-under-data", ("train", "data.min_freq=3"), r"min_freq"),
+    Bad("min-freq-zero", ("train", "data.min_freq=0"), r"data\.min_freq=0 must be a positive"),
     Bad(
         "wordpiece-vocabulary-too-small",
         ("train", "tokenizer=wordpiece", "tokenizer.vocab_size=3"),

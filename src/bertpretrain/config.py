@@ -37,6 +37,7 @@ class DataConfig:
     source: str = MISSING
     root: str = MISSING
     max_len: int = MISSING
+    min_freq: int = MISSING  # a vocabulary entry's minimum count (tokenizer.min_freq follows it)
     cache: bool = MISSING
     masking: str = MISSING
     whole_word_mask: bool = MISSING
@@ -153,6 +154,7 @@ def check(cfg: Config) -> None:
         ("trainer.grad_accum", t.grad_accum),
         ("trainer.log_every", t.log_every),
         ("trainer.keep_last", t.keep_last),
+        ("data.min_freq", d.min_freq),
         ("tokenizer.min_freq", k.min_freq),
     ]:
         _require(value > 0, f"{key}={value} must be a positive integer")

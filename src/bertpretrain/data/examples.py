@@ -233,7 +233,7 @@ def make_tokenizer(corpus: Corpus, paragraphs: list[Paragraph], cfg: TokenizerCo
     tokenizer = train_tokenizer(cfg.name, sentences, cfg.min_freq, cfg.vocab_size, cfg.lowercase)
     if len(tokenizer.vocab) == len(RESERVED):
         raise UserError(
-            f"no word of {corpus.name} appears {cfg.min_freq} times; lower tokenizer.min_freq "
+            f"no word of {corpus.name} appears {cfg.min_freq} times; lower data.min_freq "
             "or use a larger corpus"
         )
     return tokenizer
