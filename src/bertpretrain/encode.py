@@ -2,10 +2,10 @@
 
 Text is processed exactly as in training, by the checkpoint's own tokenizer (a word-level
 vocabulary: lower-cased, split on whitespace, a word outside it is `<unk>`; or WordPiece:
-a word may become several pieces, `unbelievably` -> `unb ##el ##iev ##ably`) and wrapped
-as `<cls> a <sep>` or `<cls> a <sep> b <sep>`, with segment 0 for `<cls> a <sep>` and 1
-for `b <sep>`. The model runs in eval mode without gradients, so the same input always
-gives the same vectors.
+a word may become several pieces, e.g. `unbelievably` -> `unb ##el ##ie ##v ##ably`) and
+wrapped as `<cls> a <sep>` or `<cls> a <sep> b <sep>`, with segment 0 for `<cls> a <sep>`
+and 1 for `b <sep>`. The model runs in eval mode without gradients, so the same input
+always gives the same vectors.
 
     from bertpretrain.encode import Encoder
 
