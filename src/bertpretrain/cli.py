@@ -48,18 +48,16 @@ def fail(message: str) -> None:
     sys.exit(2)
 
 
-def _precheck(argv: list[str]):
-    """Compose and check the config of a single run before Hydra starts it.
+def _precheck(args):
+    """Compose and check the config of a single run before Hydra starts it (`args`: Hydra's
+    parsed command line).
 
     Hydra reports a bad override over several lines; composing it here first turns that
     into one line and exit code 2, before any run dir or data is touched.
     """
-    from hydra._internal.utils import get_args_parser
-
     from bertpretrain import checkpoint
     from bertpretrain.config import compose
 
-    args = get_args_parser().parse_args(argv)
     if (
         args.multirun
         or args.help
@@ -129,7 +127,10 @@ def train_main(argv: list[str]) -> None:
     from bertpretrain.config import conf_dir, register_configs, to_config, without_hydra
 
     register_configs()
-    cfg = _precheck(argv)
+    from hydra._internal.utils import get_args_parser
+
+    args = get_args_parser().parse_args(argv)
+    cfg = _precheck(args)
     from bertpretrain.train import train  # torch & co. only once the config is known good
 
     if distributed.launched_by_torchrun():
@@ -161,7 +162,7 @@ def train_main(argv: list[str]) -> None:
             _report_failure(hc.job.num, f"job {hc.job.num} ({overrides}): {type(e).__name__}: {e}")
 
     sys.argv = [sys.argv[0], *argv]
-    with _failure_reports(_is_multirun(argv)) as failures:
+    with _failure_reports(bool(args.multirun)) as failures:
         try:
             run()
         finally:
@@ -171,12 +172,6 @@ def train_main(argv: list[str]) -> None:
 
 
 FAILURES = "BERTPRETRAIN_SWEEP_FAILURES"  # the folder where a sweep's failing jobs report
-
-
-def _is_multirun(argv: list[str]) -> bool:
-    from hydra._internal.utils import get_args_parser
-
-    return bool(get_args_parser().parse_args(argv).multirun)
 
 
 @contextlib.contextmanager

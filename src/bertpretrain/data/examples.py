@@ -169,7 +169,7 @@ def examples_key(
     resumed run brings its own) and the building knobs."""
     vocab = hashlib.sha256("\n".join(tokenizer.vocab).encode()).hexdigest()
     settings = sorted(tokenizer.settings().items())
-    wwm = whole_word_mask and tokenizer.continuation() is not None
+    wwm = whole_word_mask and tokenizer.kind == "wordpiece"  # words have no pieces to join
     return _key(corpus.train_digest, corpus.valid_digest, vocab, settings, max_len, wwm, seed)
 
 

@@ -274,15 +274,13 @@ def hf_paragraphs(ds: Any, text_column: str, what: str) -> list[Paragraph]:
 def hf_digest(ds: Any, split: str, text_column: str) -> str | None:
     """sha256 of what defines a `load_hf` split's text without reading it: its Arrow cache
     files, the split expression and the column. None for a dataset held only in memory."""
-    files = [f["filename"] for f in ds.cache_files]
+    from bertpretrain.data.corpus import file_digest
+
+    files = [Path(f["filename"]) for f in ds.cache_files]
     if not files:
         return None
-    h = hashlib.sha256(f"{split}|{text_column}|{len(ds)}".encode())
-    for name in files:
-        with open(name, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
+    parts = f"{split}|{text_column}|{len(ds)}|{file_digest(*files)}"
+    return hashlib.sha256(parts.encode()).hexdigest()
 
 
 def _import_datasets() -> Any:
