@@ -317,8 +317,10 @@ def stop_requests() -> Iterator[list[int]]:
     def note(signum, frame):
         if received and signum == signal.SIGINT:
             raise KeyboardInterrupt
+        # Nothing else here, logging included: the signal may land while the main thread is
+        # inside a log handler's write to the same buffered file, and a second write from
+        # the handler fails ("reentrant call"). The loop logs it after the step.
         received.append(signum)
-        log.warning("received %s: stopping after this step", signal.Signals(signum).name)
 
     previous = {s: signal.signal(s, note) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -524,6 +526,7 @@ def _train(cfg: Config, run_dir: Path, stop: list[int]) -> dict:
         if distributed.any_rank(bool(stop), device):
             bar.close()
             signum = stop[0] if stop else signal.SIGTERM
+            log.warning("received %s: stopping after step %d", signal.Signals(signum).name, done)
             where = ""
             if ranks.main:
                 where = f"; checkpoint {save(done)}"
