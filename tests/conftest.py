@@ -74,10 +74,24 @@ def run_cli(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 30
     )
 
 
+def trained_run(cwd: Path, args: list[str], env: dict[str, str]) -> Path:
+    """`bertpretrain train ARGS` into cwd/run, which must succeed; returns the run dir."""
+    result = run_cli(["train", *args, "hydra.run.dir=run"], cwd, env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return cwd / "run"
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, cli_env, wikitext_dir) -> Path:
-    """A run dir with a checkpoint, trained once per test session through the CLI."""
+    """A run dir with a checkpoint, trained once per test session through the CLI (default
+    recipe), under ./outputs so that `encode` finds it as the newest run."""
     cwd = tmp_path_factory.mktemp("tiny-run")
     result = run_cli(["train", *TINY_ARGS, "hydra.run.dir=outputs/tiny"], cwd, cli_env)
     assert result.returncode == 0, result.stderr[-3000:]
     return cwd / "outputs" / "tiny"
+
+
+@pytest.fixture(scope="session")
+def collapsed_run(tmp_path_factory, cli_env, wikitext_dir) -> Path:
+    """The tiny run at the reference's optimizer (optim=d2l), which collapses the encoder."""
+    return trained_run(tmp_path_factory.mktemp("collapsed-run"), [*TINY_ARGS, "optim=d2l"], cli_env)

@@ -27,7 +27,7 @@ from bertpretrain.data.examples import (
     max_predictions,
     tokenizer_key,
 )
-from bertpretrain.data.tokenizer import Tokenizer
+from bertpretrain.data.tokenizer import Tokenizer, train_tokenizer
 from bertpretrain.data.vocab import (
     CLS_ID,
     MASK_ID,
@@ -109,17 +109,24 @@ def assert_same_examples(x: Examples, y: Examples) -> None:
 # --- reading --------------------------------------------------------------------------
 
 
-def test_a_line_is_kept_only_if_it_has_at_least_two_sentences():
+def test_a_line_is_kept_as_the_reference_code_keeps_it():
+    """d2l's `_read_wiki` tests `len(line.split(' . ')) >= 2` on the raw line and splits
+    the stripped one: a one-sentence line ending in ' . ' passes the test and is kept."""
     lines = [
         "",
         " = Valkyria Chronicles = ",
-        " one sentence only . ",  # strip() leaves "one sentence only ." : no ' . ' inside
+        " one sentence only . ",  # raw: [' one sentence only', ''] -> kept as one sentence
         " first sentence . second sentence . ",
         "no separator at all",
+        "ends without a space .",  # no ' . ' anywhere, raw or stripped
         "a . b . c",
     ]
     paragraphs = split_paragraphs(lines)
-    assert paragraphs == [["first sentence", "second sentence ."], ["a", "b", "c"]]
+    assert paragraphs == [
+        ["one sentence only ."],
+        ["first sentence", "second sentence ."],
+        ["a", "b", "c"],
+    ]
 
 
 def test_word_tokenizer_lower_cases_and_splits_on_whitespace():
@@ -133,12 +140,15 @@ def test_word_tokenizer_lower_cases_and_splits_on_whitespace():
     assert ids.tolist() == [5, 6, 7, 0, 0, 0, 0] and lens.tolist() == [3, 4]
 
 
-def test_real_split_keeps_the_multi_sentence_lines(valid_path):
+def test_real_split_gives_the_reference_paragraphs_and_vocabulary(valid_path):
+    """d2l 1.0.3's own code on wiki.valid.tokens keeps 1673 paragraphs and builds a
+    vocabulary of 4271 tokens at min_freq 5 (a rule applied after strip() gives 1546 and
+    4211)."""
     paragraphs = read_split(valid_path)
-    lines = valid_path.read_text(encoding="utf-8").split("\n")
-    expected = [line for line in lines if len(line.strip().split(" . ")) >= 2]
-    assert len(paragraphs) == len(expected)
-    assert all(len(p) >= 2 for p in paragraphs)
+    assert len(paragraphs) == 1673
+    assert sum(len(p) == 1 for p in paragraphs) == 1673 - 1546
+    tokenizer = train_tokenizer("word", [s for p in paragraphs for s in p], 5, None, True)
+    assert len(tokenizer.vocab) == 4271
     # Headings (" = Title = ") have no ' . ' and never become paragraphs.
     assert not any(p[0].startswith("=") for p in paragraphs)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -36,3 +37,23 @@ def test_plot_losses_refuses_a_folder_without_events(tmp_path):
         timeout=120,
     )
     assert result.returncode != 0 and "no tensorboard/ folder" in result.stderr
+
+
+def test_context_check_compares_the_crane_vectors_of_a_run(tiny_run, collapsed_run):
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "context_check.py"),
+            str(tiny_run),
+            str(collapsed_run),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    healthy, collapsed = json.loads(result.stdout)
+    assert healthy["crane_token"] == "crane" and healthy["val_token_spread"] > 0.3
+    assert healthy["crane_max_diff"] > 0.03 and healthy["crane_cosine"] < 0.9999
+    assert collapsed["crane_max_diff"] < 0.01 and collapsed["crane_cosine"] > 0.9999

@@ -34,7 +34,7 @@ def test_training_writes_tensorboard_curves_for_mlm_nsp_and_validation(tiny_run)
 
 
 def test_token_spread_is_the_std_over_real_tokens_and_ignores_padding():
-    from bertpretrain.train import token_spread
+    from bertpretrain.evaluate import token_spread
 
     g = torch.Generator().manual_seed(0)
     varied = torch.randn(2, 6, 64, generator=g)  # (B, L, H)
@@ -48,14 +48,42 @@ def test_token_spread_is_the_std_over_real_tokens_and_ignores_padding():
     assert token_spread(same, lens)[1] < 1e-6
 
 
-def test_a_run_whose_token_vectors_collapsed_says_so_and_how_to_avoid_it(tiny_run):
-    """The reference's Adam lr 0.01 makes this architecture give every token nearly the same
-    vector within a few steps (docs/benchmarks.md); the run must say so, not leave a user
-    to find out from encode."""
+def test_the_default_recipe_keeps_the_tokens_of_an_input_apart(tiny_run):
+    """The default optim must not collapse the encoder (issue #19): at the reference's
+    Adam 0.01 these same 6 steps give a spread of 0.004."""
     spread = scalars(tiny_run)["val/token_spread"][-1][1]
-    assert spread < 0.01  # 0.004 after these 6 steps; 0.61 at optim.lr=1e-3
-    log = (tiny_run / "train.log").read_text()
+    assert spread > 0.3
+    assert "almost the same vector" not in (tiny_run / "train.log").read_text()
+    assert checkpoint.load(checkpoint.list_checkpoints(tiny_run)[-1])["val_metrics"] == {
+        **{k.removeprefix("val/"): pytest.approx(v[-1][1]) for k, v in scalars(tiny_run).items()
+           if k.startswith("val/")},
+        "step": 6,
+    }  # fmt: skip
+
+
+def test_a_collapsed_run_says_so_in_its_log_and_encode_warns_about_it(
+    collapsed_run, tmp_path, cli_env
+):
+    """optim=d2l (the reference's Adam 0.01) collapses this architecture; the run and every
+    later encode must say so rather than hand out identical vectors silently."""
+    spread = scalars(collapsed_run)["val/token_spread"][-1][1]
+    assert spread < 0.01
+    log = (collapsed_run / "train.log").read_text()
     assert "almost the same vector to every token" in log and "optim.lr" in log
+    result = run_cli(
+        ["encode", "a crane is flying", "--checkpoint", str(collapsed_run)], tmp_path, cli_env
+    )
+    assert result.returncode == 0, result.stderr
+    (warning,) = result.stderr.strip().splitlines()
+    assert warning.startswith("bertpretrain: warning: ") and "collapsed" in warning
+    assert "tokens" in result.stdout  # the vectors are still printed
+
+
+def test_encode_does_not_warn_about_a_healthy_run(tiny_run, tmp_path, cli_env):
+    result = run_cli(
+        ["encode", "a crane is flying", "--checkpoint", str(tiny_run)], tmp_path, cli_env
+    )
+    assert result.returncode == 0 and result.stderr == ""
 
 
 def test_training_leaves_a_checkpoint_that_loads_into_the_model(tiny_run):

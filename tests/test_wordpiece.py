@@ -244,7 +244,9 @@ def test_crane_gets_another_vector_in_another_context(run):
     i = flying.words.index("crane")
     j = driver.words.index("crane")
     assert flying.tokens[i] == driver.tokens[j]
-    assert not torch.allclose(flying.vectors[i], driver.vectors[j], atol=1e-4)
+    x, y = flying.vectors[i], driver.vectors[j]
+    assert float((x - y).abs().max()) > 0.03  # 0.07 for this 3-step run; collapsed: < 1e-3
+    assert float(torch.nn.functional.cosine_similarity(x, y, dim=0)) < 0.9999
 
 
 def test_export_tokenizes_raw_text_as_we_do_and_transformers_gives_our_vectors(run, tmp_path):

@@ -40,6 +40,7 @@ from bertpretrain.data.tokenizer import Tokenizer, from_state
 from bertpretrain.data.vocab import CLS, CLS_ID, PAD_ID, SEP, SEP_ID, UNK
 from bertpretrain.device import pick_device
 from bertpretrain.errors import ArgumentParser, UserError
+from bertpretrain.evaluate import COLLAPSED
 from bertpretrain.model import BertConfig, BertModel
 
 TRAIN_HINT = "train one with `bertpretrain train model=tiny`"
@@ -83,6 +84,7 @@ class Encoder:
         source: Path | None = None,
         step: int | None = None,
         trained_len: int | None = None,
+        val_metrics: dict | None = None,
     ):
         self.model = model.to(device).eval()
         self.tokenizer = tokenizer
@@ -92,6 +94,13 @@ class Encoder:
         self.device = device
         self.source = source
         self.step = step
+        self.val_metrics = val_metrics or {}  # the training run's last validation
+
+    @property
+    def collapsed(self) -> bool:
+        """Whether training recorded that every token gets almost the same vector."""
+        spread = self.val_metrics.get("token_spread")
+        return spread is not None and spread < COLLAPSED
 
     @classmethod
     def load(
@@ -109,7 +118,17 @@ class Encoder:
         state = checkpoint.load(source)
         model, tokenizer, trained_len = _unpack(state, source)
         limit = _limit(max_len, trained_len)
-        return cls(model, tokenizer, limit, target, source, state.get("step"), trained_len)
+        metrics = state.get("val_metrics")
+        return cls(
+            model,
+            tokenizer,
+            limit,
+            target,
+            source,
+            state.get("step"),
+            trained_len,
+            metrics if isinstance(metrics, dict) else None,
+        )
 
     def encode(self, a: str, b: str | None = None, *, truncate: bool = False) -> Encoding:
         """Sentence `a`, or the pair (a, b)."""
@@ -316,6 +335,14 @@ def main(argv: list[str]) -> None:
     inputs = _inputs(args)
     _check_options(args)
     enc = Encoder.load(args.checkpoint, args.device, args.max_len)
+    if enc.collapsed:
+        print(
+            f"bertpretrain: warning: {enc.source} was recorded as collapsed (validation token "
+            f"spread {enc.val_metrics['token_spread']:.1g} at step "
+            f"{enc.val_metrics.get('step', '?')}): every token gets almost the same vector, "
+            "whatever its context; train it with warmup (the default optim) or longer",
+            file=sys.stderr,
+        )
     if args.file is None:
         encodings = [enc.encode(*inputs[0], truncate=args.truncate)]
     else:

@@ -24,12 +24,13 @@ from tqdm import tqdm
 
 from bertpretrain import checkpoint, data, distributed
 from bertpretrain.config import Config, OptimConfig, to_dict
-from bertpretrain.data.batches import BatchStream, eval_batches, to_tensors
+from bertpretrain.data.batches import BatchStream, to_tensors
 from bertpretrain.data.examples import Dataset, continuation_table
 from bertpretrain.data.masking import remask
 from bertpretrain.data.tokenizer import from_state as tokenizer_from_state
 from bertpretrain.device import bf16_is_native, pick_device
 from bertpretrain.errors import Interrupted, UserError
+from bertpretrain.evaluate import COLLAPSED, evaluate
 from bertpretrain.model import (
     BertConfig,
     BertForPretraining,
@@ -93,67 +94,6 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-@torch.no_grad()
-def evaluate(
-    model: BertForPretraining, tensors, batch_size: int, max_batches: int, device, autocast
-) -> dict:
-    """MLM loss/accuracy over every real masked position, NSP loss/accuracy over examples,
-    and the token spread: how much the encoder's vectors differ between the tokens of one
-    input (the std over its real tokens, averaged over hidden units, then over inputs).
-    Near 0, every token gets the same vector and encode's vectors carry no context."""
-    model.eval()
-    # mlm loss, mlm correct, mlm count, nsp loss, nsp correct, token spread
-    sums = torch.zeros(6, dtype=torch.float64)
-    n = 0
-    for batch in eval_batches(tensors, batch_size, max_batches):
-        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        with autocast():
-            encoded, mlm_logits, nsp_logits = model(
-                batch["tokens"], batch["segments"], batch["valid_lens"], batch["pred_positions"]
-            )
-        real = batch["pred_weights"] > 0
-        logits, labels = mlm_logits[real].float(), batch["pred_labels"][real]
-        nsp_logits = nsp_logits.float()
-        sums += (
-            torch.stack(
-                [
-                    torch.nn.functional.cross_entropy(logits, labels, reduction="sum"),
-                    (logits.argmax(-1) == labels).sum(),
-                    real.sum(),
-                    torch.nn.functional.cross_entropy(
-                        nsp_logits, batch["nsp_labels"], reduction="sum"
-                    ),
-                    (nsp_logits.argmax(-1) == batch["nsp_labels"]).sum(),
-                    token_spread(encoded.float(), batch["valid_lens"]).sum(),
-                ]
-            )
-            .double()
-            .cpu()
-        )
-        n += len(batch["nsp_labels"])
-    model.train()
-    mlm_loss, mlm_correct, mlm_count, nsp_loss, nsp_correct, spread = sums.tolist()
-    return {
-        "mlm_loss": mlm_loss / mlm_count,
-        "mlm_acc": mlm_correct / mlm_count,
-        "nsp_loss": nsp_loss / n,
-        "nsp_acc": nsp_correct / n,
-        "token_spread": spread / n,
-    }
-
-
-def token_spread(encoded: torch.Tensor, valid_lens: torch.Tensor) -> torch.Tensor:
-    """(B,): per input, the std of its real tokens' vectors, averaged over hidden units."""
-    real = (torch.arange(encoded.shape[1], device=encoded.device) < valid_lens[:, None])[..., None]
-    count = valid_lens[:, None].to(encoded.dtype)  # (B, 1)
-    mean = (encoded * real).sum(1) / count  # (B, H)
-    var = (((encoded - mean[:, None]) * real) ** 2).sum(1) / count
-    return var.sqrt().mean(1)
-
-
-COLLAPSED = 0.01  # token spread below which encode's vectors say little about the context
 
 
 def _resume_state(cfg: Config, run_dir: Path) -> dict | None:
@@ -283,6 +223,11 @@ def training_step(
     optimizer.zero_grad(set_to_none=True)
     device = micro_batches[0]["tokens"].device
     total = torch.zeros(2, device=device)
+    # Each rank's loss is its share of the global mean, so the global gradient is the *sum*
+    # of the ranks' gradients; DistributedDataParallel averages them instead. Scaling by
+    # the world size undoes its division, so the update matches one process for any
+    # optimizer (Adam's eps, clipping and weight decay all see the gradient's scale).
+    world = distributed.ranks().world
     for i, mb in enumerate(micro_batches):
         last = i == len(micro_batches) - 1
         sync = (
@@ -295,7 +240,7 @@ def training_step(
             if distributed.any_rank(not bool(torch.isfinite(loss)), device):
                 optimizer.zero_grad(set_to_none=True)
                 return total, False
-            loss.backward()
+            (loss * world).backward()
         total += torch.stack([mlm.detach(), nsp.detach()]).float()
     if grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(module.parameters(), grad_clip)
@@ -415,6 +360,7 @@ def _train(cfg: Config, run_dir: Path, stop: list[int]) -> dict:
     )
     config_dict = to_dict(cfg)
     saved: list[Path] = checkpoint.list_checkpoints(run_dir)[-1:]
+    validated: dict = {}  # the last validation's metrics, recorded in every checkpoint
 
     def save(step: int) -> Path:
         writer.flush()  # the curve on disk reaches at least the checkpoint's step
@@ -436,6 +382,7 @@ def _train(cfg: Config, run_dir: Path, stop: list[int]) -> dict:
                 "corpus_digest": dataset.corpus_digest,
                 "config": config_dict,
                 "model_config": model.config.to_dict(),
+                "val_metrics": dict(validated),
             },
             path,
         )
@@ -448,6 +395,7 @@ def _train(cfg: Config, run_dir: Path, stop: list[int]) -> dict:
         if valid_tensors is None:
             return {}
         metrics = evaluate(model, valid_tensors, t.batch_size, t.eval_batches, device, autocast)
+        validated.update(metrics, step=step)
         for k, v in metrics.items():
             writer.add_scalar(f"val/{k}", v, step)
         log.info(
@@ -551,7 +499,7 @@ def _train(cfg: Config, run_dir: Path, stop: list[int]) -> dict:
         log.warning(
             "the encoder gives almost the same vector to every token (token spread %.1g): "
             "encode's vectors will barely depend on the context. Train with a lower "
-            "optim.lr (e.g. 1e-3) or longer",
+            "optim.lr (the default optim=adam uses 1e-3; docs/defaults.md)",
             metrics["token_spread"],
         )
     path = save(t.max_steps)

@@ -2,8 +2,9 @@
 
 A `Corpus` is a training split and an optional validation split, each read on demand as
 paragraphs of sentences, plus a digest of what defines each (the cache keys). WikiText's
-rules are the reference's (d2l.ai, "Pretraining BERT"): a line is a paragraph, kept only
-if splitting it on ' . ' gives at least two sentences. Sentences stay text: the tokenizer
+rules are the reference's code (d2l 1.0.3's `_read_wiki`), which differ from its prose: a
+line is kept if the *raw* line splits on ' . ' into at least two parts, and its sentences
+are the parts of the stripped line. Sentences stay text: the tokenizer
 (data/tokenizer.py) lower-cases and splits them. Other corpora are read by data/text.py.
 """
 
@@ -74,13 +75,15 @@ def text_digest(paragraphs: list[Paragraph]) -> str:
 
 
 def split_paragraphs(lines: list[str]) -> list[Paragraph]:
-    """Paragraphs with at least two sentences split by ' . '."""
-    paragraphs = []
-    for line in lines:
-        sentences = line.strip().split(" . ")
-        if len(sentences) >= 2:
-            paragraphs.append(sentences)
-    return paragraphs
+    """The reference's paragraphs: `line.strip().split(' . ')` of every line whose raw
+    `line.split(' . ')` has at least two parts.
+
+    The test runs before `strip()`, as in d2l's code: a one-sentence line ending in ' . '
+    (most WikiText lines end that way) passes it and is kept as a one-sentence paragraph.
+    It gives no pair of its own, but its words count for the vocabulary and it can be
+    drawn as the random second sentence of a pair, exactly as in the reference.
+    """
+    return [line.strip().split(" . ") for line in lines if len(line.split(" . ")) >= 2]
 
 
 def read_split(path: Path) -> list[Paragraph]:
@@ -100,7 +103,7 @@ def read_split(path: Path) -> list[Paragraph]:
             f"cannot read corpus file {path}: {e.strerror}; check its permissions"
         ) from None
     paragraphs = split_paragraphs(text.split("\n"))  # not splitlines(): \x0c etc. stay in a line
-    if not paragraphs:
+    if not any(len(p) >= 2 for p in paragraphs):
         raise UserError(
             f"corpus file {path} has no paragraph with two sentences split by ' . '; "
             "a WikiText-style file has one paragraph per line"
