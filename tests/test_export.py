@@ -21,7 +21,7 @@ from bertpretrain import checkpoint
 from bertpretrain.data.vocab import PAD_ID, UNK_ID, token_index
 from bertpretrain.encode import Encoder
 from bertpretrain.errors import UserError
-from bertpretrain.export import FILES, export
+from bertpretrain.export import FILES, MARKER, export
 from bertpretrain.model import BertConfig, BertForPretraining
 
 MAX_LEN = 64
@@ -119,7 +119,7 @@ def test_cli_writes_the_same_folder_as_the_api(run_dir, exported, tmp_path, cli_
     result = run_cli(["export", str(run_dir), str(out)], tmp_path, cli_env)
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"wrote {out}" in result.stdout
-    assert sorted(p.name for p in out.iterdir()) == sorted(FILES)
+    assert sorted(p.name for p in out.iterdir()) == sorted([*FILES, MARKER])
     for name in FILES:
         assert (out / name).read_bytes() == (exported / name).read_bytes(), name
 
@@ -274,9 +274,10 @@ def test_refuses_a_non_empty_out_dir_and_leaves_it_alone(run_dir, tmp_path):
     (out / "notes.txt").write_text("mine")
     with pytest.raises(UserError, match="not empty.*--force"):
         export(run_dir, out)
-    with pytest.raises(UserError, match="no config.json"):
+    (out / "config.json").write_text("{}")  # looks like a model folder, but not our export
+    with pytest.raises(UserError, match="not an export of ours"):
         export(run_dir, out, force=True)  # --force replaces only a previous export
-    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "notes.txt"]
     assert (out / "notes.txt").read_text() == "mine"
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temp folder left behind
 
@@ -290,7 +291,7 @@ def test_force_replaces_a_previous_export_whole(run_dir, tmp_path):
     with pytest.raises(UserError, match="--force"):
         export(run_dir, out)
     export(run_dir, out, force=True)
-    assert sorted(p.name for p in out.iterdir()) == sorted(FILES)
+    assert sorted(p.name for p in out.iterdir()) == sorted([*FILES, MARKER])
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
 

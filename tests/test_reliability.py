@@ -15,6 +15,7 @@ import pickle
 import random
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -30,7 +31,7 @@ import torch
 from conftest import SHARED_WIKITEXT, run_cli
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from bertpretrain import checkpoint
+from bertpretrain import checkpoint, files
 from bertpretrain.errors import UserError
 
 STEPS = 8
@@ -555,6 +556,69 @@ def _download_root(case: Path, ctx: dict) -> Path:
     return case / "cache"
 
 
+def _finished_run(case: Path, ctx: dict) -> Path:
+    """A copy of the finished reference run: .hydra/, summary.json, checkpoints 6-8."""
+    shutil.copytree(ctx["run"], case / "finished", symlinks=True)
+    return case / "finished"
+
+
+def _user_folder(case: Path, ctx: dict) -> Path:
+    (case / "mine").mkdir()
+    (case / "mine" / "summary.json").write_text('{"my": "own notes"}\n')
+    return case / "mine"
+
+
+def _fifo_corpus(case: Path, ctx: dict) -> Path:
+    (case / "corpus").mkdir()
+    os.mkfifo(case / "corpus" / "wiki.train.tokens")
+    return case / "corpus"
+
+
+def _symlink_loop_corpus(case: Path, ctx: dict) -> Path:
+    (case / "corpus").mkdir()
+    (case / "corpus" / "wiki.train.tokens").symlink_to("wiki.train.tokens")
+    return case / "corpus"
+
+
+def _corpus_with_long_validation(case: Path, ctx: dict) -> Path:
+    folder = case / "corpus"
+    folder.mkdir()
+    (folder / "wiki.train.tokens").symlink_to(SHARED_WIKITEXT / "wiki.valid.tokens")
+    (folder / "wiki.valid.tokens").write_text(f"{WORDS} . {WORDS}\n" * 10)
+    return folder
+
+
+def _edited_checkpoint(edit: Callable[[dict], None]) -> Callable:
+    def make(case: Path, ctx: dict) -> Path:
+        state = checkpoint.load(Path(ctx["checkpoint"]))
+        edit(state)
+        torch.save(state, case / "edited.pt")
+        return case / "edited.pt"
+
+    return make
+
+
+def _newline_in_vocab(state: dict) -> None:
+    state["vocab"][7] = "two\nlines"
+
+
+def _max_len_above_positions(state: dict) -> None:
+    state["config"]["data"]["max_len"] = state["model_config"]["max_position"] + 88
+
+
+def _pickled_module(case: Path, ctx: dict) -> Path:
+    torch.save(torch.nn.Linear(2, 2), case / "module.pt")  # the whole module, pickled
+    return case / "module.pt"
+
+
+def _users_model_folder(case: Path, ctx: dict) -> Path:
+    folder = case / "their-model"
+    folder.mkdir()
+    for name in ("config.json", "pytorch_model.bin", "README.md"):
+        (folder / name).write_text(f"the user's own {name}\n")
+    return folder
+
+
 WORDS = " ".join(["word"] * 40)
 MAKERS: dict[str, Callable[[Path, dict], Path | str]] = {
     "ckpt": _linked_checkpoint,
@@ -574,12 +638,23 @@ MAKERS: dict[str, Callable[[Path, dict], Path | str]] = {
     "download_root": _download_root,
     "missing": lambda case, ctx: case / "missing",
     "url_junk": lambda case, ctx: f"{ctx['server']}/junk.zip",
+    "finished_run": _finished_run,
+    "user_folder": _user_folder,
+    "fifo_corpus": _fifo_corpus,
+    "symlink_loop_corpus": _symlink_loop_corpus,
+    "long_validation": _corpus_with_long_validation,
+    "newline_vocab": _edited_checkpoint(_newline_in_vocab),
+    "long_max_len": _edited_checkpoint(_max_len_above_positions),
+    "pickled_module": _pickled_module,
+    "users_model": _users_model_folder,
 }
 
 CORPUS = ("data.valid_split=null", "hydra.run.dir=run")
 TRAIN_1 = (*train_args({"trainer.max_steps": "1"}), "hydra.run.dir={blocked_run}")
 DOWNLOAD = ("data.dir=null", "data.root={download_root}", "hydra.run.dir=run")
 ENCODE = ("encode", "a crane is flying")
+INTO_FINISHED = "hydra.run.dir={finished_run}"
+RESUME = (*train_args({"trainer.max_steps": "10"}), "trainer.resume=true", INTO_FINISHED)
 LONG_TEXT = " ".join(["word"] * 100)
 
 BAD_INPUTS = [
@@ -644,7 +719,7 @@ BAD_INPUTS = [
     Bad(
         "resume-other-model-size",
         ("train", "trainer.resume={ckpt}", "model.num_layers=1", "hydra.run.dir=run"),
-        r"trained with model=",
+        r"model\.num_layers 2 -> 1",
     ),
     Bad(
         "resume-other-max-len",
@@ -678,6 +753,108 @@ BAD_INPUTS = [
         r"'dog' is not in the input",
     ),
     Bad("encode-crafted-checkpoint", (*ENCODE, "--checkpoint", "{crafted}"), r"not a safe"),
+    # a run dir holds one run: a new train never mixes into it, a resume never changes it
+    Bad(
+        "train-into-a-finished-run",
+        ("train", *train_args({"trainer.seed": "5"}), INTO_FINISHED),
+        r"already holds a run.*trainer\.resume=true.*another hydra\.run\.dir",
+    ),
+    Bad(
+        "train-into-a-folder-holding-a-summary",
+        ("train", *train_args({"trainer.max_steps": "1"}), "hydra.run.dir={user_folder}"),
+        r"already holds a run \(summary\.json\)",
+    ),
+    Bad(
+        "resume-with-another-learning-rate-and-batch",
+        ("train", *RESUME, "optim.lr=0.5", "trainer.batch_size=64"),
+        r"optim\.lr 0\.001 -> 0\.5, trainer\.batch_size 32 -> 64",
+    ),
+    Bad("resume-with-another-seed", ("train", *RESUME, "trainer.seed=5"), r"trainer\.seed 0 -> 5"),
+    Bad(
+        "resume-with-another-tokenizer",
+        ("train", *RESUME, "tokenizer=wordpiece"),
+        r"tokenizer\.name word -> wordpiece",
+    ),
+    Bad(
+        "resume-below-the-checkpoint-step",
+        ("train", *train_args({"trainer.max_steps": "4"}), "trainer.resume=true", INTO_FINISHED),
+        r"trainer\.max_steps=4 .*step 8",
+    ),
+    Bad(
+        "resume-on-another-corpus",
+        ("train", *RESUME, "data.train_split=test", "data.valid_split=valid"),
+        r"another corpus",
+    ),
+    # corpora: only regular files, and an unusable validation split before training
+    Bad("corpus-is-a-fifo", ("train", "data.dir={fifo_corpus}", *CORPUS), r"not a regular file"),
+    Bad(
+        "corpus-is-a-symlink-loop",
+        ("train", "data.dir={symlink_loop_corpus}", *CORPUS),
+        r"symlink loop",
+    ),
+    Bad(
+        "text-file-is-a-fifo",
+        ("train", "data=text", "data.files=[{fifo_corpus}/wiki.train.tokens]", "hydra.run.dir=run"),
+        r"not a regular file",
+    ),
+    Bad(
+        "validation-split-without-a-pair-that-fits",
+        ("train", "data.dir={long_validation}", "data.valid_split=valid", "hydra.run.dir=run"),
+        r"validation split .* no sentence pair .* fits data\.max_len",
+    ),
+    # the config: every key known, every interpolation resolved, every sweep job checked
+    Bad("run-dir-the-os-refuses", ("train", "hydra.run.dir=/proc/nope/run"), r"run dir"),
+    Bad(
+        "run-dir-from-an-unset-variable",
+        ("train", "hydra.run.dir=runs/${{oc.env:BERTPRETRAIN_NO_SUCH_VAR}}"),
+        r"BERTPRETRAIN_NO_SUCH_VAR",
+    ),
+    Bad("interpolation-to-nowhere", ("train", "trainer.seed=${{nope.key}}"), r"nope"),
+    Bad("added-misspelt-trainer-key", ("train", "+trainer.max_step=1"), r"trainer\.max_step"),
+    Bad("added-unknown-model-key", ("train", "+model.foo=1"), r"model\.foo"),
+    Bad("deleted-group", ("train", "~model"), r"model[^$]*$"),
+    Bad(
+        "unquoted-non-ascii-run-dir",
+        ("train", "hydra.run.dir=runs/café"),
+        r"quote",
+    ),
+    Bad(
+        "sweep-with-a-bad-value",
+        ("train", "-m", "trainer.batch_size=32,abc", "hydra.sweep.dir=sweep"),
+        r"trainer\.batch_size=abc",
+    ),
+    Bad(
+        "sweep-with-an-unknown-model",
+        ("train", "-m", "model=huge,tiny", "hydra.sweep.dir=sweep"),
+        r"model.*huge",
+    ),
+    Bad("print-config-with-an-unknown-key", ("train", "--cfg", "job", "model.hidden=1"), r"hidden"),
+    Bad(
+        "config-path-that-does-not-exist",
+        ("train", "--config-path", "/nonexistent"),
+        r"nonexistent",
+    ),
+    # checkpoints: validated on load, with messages free of terminal escapes
+    Bad(
+        "encode-a-pickled-module",
+        (*ENCODE, "--checkpoint", "{pickled_module}"),
+        r"module\.pt is not a safe bertpretrain checkpoint[^\x1b]*$",
+    ),
+    Bad(
+        "export-a-vocabulary-with-a-newline",
+        ("export", "{newline_vocab}", "out"),
+        r"vocabulary .*line break",
+    ),
+    Bad(
+        "encode-max-len-above-the-position-table",
+        (*ENCODE, "--checkpoint", "{long_max_len}"),
+        r"max_len 600 .*position table of 512",
+    ),
+    Bad(
+        "export-force-over-a-users-folder",
+        ("export", "{ckpt}", "{users_model}", "--force"),
+        r"not an export of ours",
+    ),
 ]
 
 
@@ -700,8 +877,8 @@ class _Inputs(dict):
 def snapshot(root: Path) -> dict[str, tuple[int, int]]:
     """Every file under root: its size and modification time (symlinks not followed)."""
     out = {}
-    for folder, _, files in os.walk(root):
-        for name in files:
+    for folder, _, names in os.walk(root):
+        for name in names:
             st = os.lstat(os.path.join(folder, name))
             out[os.path.relpath(os.path.join(folder, name), root)] = (st.st_size, st.st_mtime_ns)
     return out
@@ -750,7 +927,11 @@ def bad_outcomes(request, tmp_path_factory, env, reference, server) -> dict[str,
         for item in request.session.items
         if getattr(item, "originalname", "") == "test_bad_input_fails_with_one_clear_line"
     }
-    ctx = {"checkpoint": checkpoint.list_checkpoints(reference)[-1], "server": server}
+    ctx = {
+        "checkpoint": checkpoint.list_checkpoints(reference)[-1],
+        "run": reference,
+        "server": server,
+    }
     prepared = []
     for case in map(_bad, BAD_INPUTS):
         if case.id not in selected:
@@ -779,3 +960,148 @@ def test_bad_input_fails_with_one_clear_line(case, bad_outcomes):
     lost = {name: stat for name, stat in outcome.before.items() if outcome.after.get(name) != stat}
     assert not lost, f"changed or removed: {lost}"
     assert not outcome.marker.exists(), "a crafted checkpoint ran code"
+
+
+# ---------------------------------------------------------------------------------------
+# run-dir and checkpoint integrity beyond one bad command line
+
+
+def test_pruning_keeps_files_the_trainer_did_not_write(tmp_path):
+    folder = tmp_path / checkpoint.SUBDIR
+    folder.mkdir()
+    for step in (1, 2, 3):
+        checkpoint.save(_state(step), checkpoint.path_for(tmp_path, step))
+    ours = ["step_00000002.backup.pt", "step_2.pt", "step_00000002.pt.orig", "notes.txt"]
+    for name in ours:
+        (folder / name).write_text("the user's own copy\n")
+    checkpoint.prune(tmp_path, keep_last=1)
+    assert [p.name for p in checkpoint.list_checkpoints(tmp_path)] == ["step_00000003.pt"]
+    assert sorted(p.name for p in folder.iterdir()) == sorted([*ours, "step_00000003.pt"])
+
+
+def test_two_trains_started_into_one_new_dir_leave_the_winners_record(tmp_path, env):
+    """Both pass every check before either holds the lock; the loser must write nothing."""
+    args = train_args({"trainer.max_steps": "2", "trainer.save_every": "0"})
+    procs = [
+        start_train(
+            [*args, f"trainer.seed={seed}", "hydra.run.dir=run"], tmp_path, env, subprocess.PIPE
+        )
+        for seed in (11, 12)
+    ]
+    outcomes = [(p.wait(timeout=300), p.stderr.read().decode()) for p in procs]
+    codes = sorted(code for code, _ in outcomes)
+    if codes == [0, 0]:
+        pytest.skip("the two runs did not overlap on this machine")
+    assert codes == [0, 2], outcomes
+    winner = (11, 12)[[code for code, _ in outcomes].index(0)]
+    loser = 23 - winner
+    record = (tmp_path / "run" / ".hydra" / "overrides.yaml").read_text()
+    assert f"trainer.seed={winner}" in record and f"trainer.seed={loser}" not in record
+    saved = checkpoint.load(checkpoint.list_checkpoints(tmp_path / "run")[-1])
+    assert saved["config"]["trainer"]["seed"] == winner
+
+
+def _tiny_config(run_overrides: dict[str, str] | None = None):
+    from bertpretrain.config import compose
+
+    overrides = train_args({"trainer.max_steps": "2", "trainer.save_every": "0"})
+    config, _ = compose(overrides + [f"{k}={v}" for k, v in (run_overrides or {}).items()])
+    return config
+
+
+def test_a_crash_in_the_final_validation_keeps_the_trained_weights(tmp_path, monkeypatch, env):
+    from bertpretrain import train as train_module
+
+    monkeypatch.setenv("BERTPRETRAIN_DATA", env["BERTPRETRAIN_DATA"])
+    calls = []
+
+    def broken(*args, **kwargs):
+        calls.append(1)
+        raise ZeroDivisionError("float division by zero")
+
+    monkeypatch.setattr(train_module, "evaluate", broken)
+    with pytest.raises(ZeroDivisionError):
+        train_module.train(_tiny_config(), tmp_path / "run")
+    assert calls == [1]
+    saved = checkpoint.load(checkpoint.list_checkpoints(tmp_path / "run")[-1])
+    assert saved["step"] == 2
+
+
+def test_sigterm_during_the_final_validation_saves_and_exits_143(tmp_path, monkeypatch, env):
+    from bertpretrain import train as train_module
+    from bertpretrain.errors import Interrupted
+
+    monkeypatch.setenv("BERTPRETRAIN_DATA", env["BERTPRETRAIN_DATA"])
+    real = train_module.evaluate
+
+    def interrupted(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # lands while validation runs
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "evaluate", interrupted)
+    with pytest.raises(Interrupted) as info:
+        train_module.train(_tiny_config(), tmp_path / "run")
+    assert info.value.exit_code == 143
+    assert "SIGTERM" in str(info.value) and "trainer.resume=true" in str(info.value)
+    assert checkpoint.load(checkpoint.list_checkpoints(tmp_path / "run")[-1])["step"] == 2
+
+
+def test_a_corpus_replaced_while_it_is_read_never_enters_the_cache(tmp_path, valid_text):
+    from bertpretrain.config import TokenizerConfig
+    from bertpretrain.data.corpus import wikitext
+    from bertpretrain.data.examples import load_dataset
+
+    path = tmp_path / "wiki.train.tokens"
+    path.write_text(valid_text)
+    corpus = wikitext(path, None)  # its digest is taken now
+    path.write_text(valid_text.replace(" the ", " a "))  # then the file changes
+    cfg = TokenizerConfig(name="word", lowercase=True, min_freq=5, vocab_size=None)
+    with pytest.raises(UserError, match="changed while"):
+        load_dataset(corpus, cfg, 64, 0, tmp_path / "cache")
+    assert not any((tmp_path / "cache").glob("*"))  # neither vocabulary nor examples
+
+
+def test_temp_files_of_killed_cache_writes_are_removed(tmp_path, valid_text):
+    from bertpretrain.config import TokenizerConfig
+    from bertpretrain.data.corpus import wikitext
+    from bertpretrain.data.examples import load_dataset
+
+    path = tmp_path / "wiki.train.tokens"
+    path.write_text(valid_text)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    orphan = cache / f".examples-abc.npz.{files.HOST}.999999999.0badc0de.tmp"  # beyond pid_max
+    orphan.write_bytes(b"\0" * 1000)
+    live = files.temp_name(cache / "examples-abc.npz")
+    live.write_bytes(b"\0" * 10)  # a write in flight in a live process stays
+    cfg = TokenizerConfig(name="word", lowercase=True, min_freq=5, vocab_size=None)
+    load_dataset(wikitext(path, None), cfg, 64, 0, cache)
+    assert not orphan.exists() and live.exists()
+
+
+def test_encode_output_onto_a_full_disk_keeps_the_previous_file(tiny_disk, reference):
+    from bertpretrain.encode import Encoder, save_vectors
+
+    enc = Encoder.load(reference)
+    out = tiny_disk / "v.npz"
+    save_vectors(out, [enc.encode("a crane is flying")])
+    before = out.read_bytes()
+    many = enc.encode_batch([" ".join(["crane"] * 60)] * 200)  # 200 x 62 x 128 floats: 6 MB
+    with pytest.raises(UserError, match="disk is full"):
+        save_vectors(out, many)
+    assert out.read_bytes() == before
+    assert [p.name for p in tiny_disk.iterdir()] == ["v.npz"]
+
+
+def test_export_onto_a_full_disk_is_one_line_and_leaves_nothing(tiny_disk, reference):
+    pytest.importorskip("safetensors")
+    from bertpretrain.export import export
+
+    with pytest.raises(UserError, match="disk is full"):
+        export(reference, tiny_disk / "hf")
+    assert list(tiny_disk.iterdir()) == []
+
+
+@pytest.fixture(scope="module")
+def valid_text(wikitext_dir) -> str:
+    return (wikitext_dir / "wiki.valid.tokens").read_text(encoding="utf-8")

@@ -8,20 +8,24 @@ state, the step, every RNG state, the vocabulary and the resolved config.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import logging
 import os
 import pickle
-import shutil
-import tempfile
+import re
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
+from bertpretrain import files
 from bertpretrain.errors import UserError
+
+if TYPE_CHECKING:
+    from bertpretrain.data.tokenizer import Tokenizer
+    from bertpretrain.model import BertForPretraining
 
 log = logging.getLogger(__name__)
 
@@ -29,61 +33,31 @@ FORMAT = "bertpretrain-checkpoint/1"
 SUBDIR = "checkpoints"
 
 
+_NAME = re.compile(r"step_(\d{8})\.pt")  # the only names the trainer writes, and prunes
+_TEMP = re.compile(r"\.step_\d{8}\.pt\..+\.tmp")
+
+
 def path_for(run_dir: Path, step: int) -> Path:
     return run_dir / SUBDIR / f"step_{step:08d}.pt"
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
-    """The run's checkpoints, oldest first (the zero-padded step sorts by name)."""
-    return sorted((run_dir / SUBDIR).glob("step_*.pt"))
+    """The run's checkpoints, oldest first (the zero-padded step sorts by name). Only the
+    exact names the trainer writes: a user's `step_00000002.backup.pt` is not one."""
+    return sorted(p for p in (run_dir / SUBDIR).glob("step_*.pt") if _NAME.fullmatch(p.name))
 
 
 def save(state: dict, path: Path) -> None:
     """Write to a temp file in the same folder, fsync, then rename: a kill at any moment
     leaves either the old file set or the new one, never a torn file."""
-    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide checkpoints from the user's group
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"format": FORMAT, **state}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        tmp = None
+        files.atomic_write(path, lambda f: torch.save({"format": FORMAT, **state}, f))
     except (OSError, RuntimeError) as e:  # torch.save reports a failed write as RuntimeError
-        reason = _write_failure(e, path.parent)
         raise UserError(
-            f"could not write checkpoint {path}: {reason}; free space or make the run dir "
-            "writable (earlier checkpoints are intact)"
+            f"could not write checkpoint {path}: {files.failure(e, path.parent)}; free space "
+            "or make the run dir writable (earlier checkpoints are intact)"
         ) from None
-    finally:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-    fsync_dir(path.parent)
-
-
-def _write_failure(e: Exception, folder: Path) -> str:
-    if getattr(e, "errno", None) == errno.ENOSPC:
-        return "the disk is full"
-    with contextlib.suppress(OSError):
-        if shutil.disk_usage(folder).free < 1 << 20:
-            return "the disk is full"
-    return getattr(e, "strerror", None) or str(e).splitlines()[0]
-
-
-def fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def prune(run_dir: Path, keep_last: int) -> None:
@@ -92,7 +66,8 @@ def prune(run_dir: Path, keep_last: int) -> None:
     for old in list_checkpoints(run_dir)[:-keep_last]:
         old.unlink(missing_ok=True)
     for tmp in (run_dir / SUBDIR).glob(".step_*.tmp"):
-        tmp.unlink(missing_ok=True)
+        if _TEMP.fullmatch(tmp.name):
+            tmp.unlink(missing_ok=True)
 
 
 def resolve(path: str | Path) -> Path:
@@ -132,6 +107,89 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict:
             f"{path} is not a bertpretrain checkpoint; give one written by `bertpretrain train`"
         )
     return state
+
+
+def unpack(state: dict, path: Path) -> tuple[BertForPretraining, Tokenizer, int]:
+    """The model (weights loaded and checked), tokenizer and training max_len of a loaded
+    checkpoint: what every command that reads a checkpoint needs. Anything inconsistent is
+    one UserError naming what is wrong."""
+    from bertpretrain.data.tokenizer import from_state
+    from bertpretrain.model import BertConfig, BertForPretraining
+
+    try:
+        tokenizer = from_state(state)
+        config = BertConfig(**state["model_config"])
+        if len(tokenizer.vocab) != config.vocab_size:
+            raise ValueError(f"{len(tokenizer.vocab)} tokens but {config.vocab_size} embeddings")
+        model = BertForPretraining(config)
+        model.load_state_dict(state["model"])  # strict: every weight there, of the right shape
+        max_len = int(state["config"]["data"]["max_len"])
+        if not 5 <= max_len <= config.max_position:  # 5: <cls> a <sep> b <sep>
+            raise ValueError(
+                f"its max_len {max_len} does not fit its position table of {config.max_position}"
+            )
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as e:
+        detail = " ".join(str(e).split())[:160]
+        raise UserError(
+            f"{path} has no usable model, vocabulary or config ({type(e).__name__}: {detail}); "
+            "give a checkpoint written by `bertpretrain train`"
+        ) from None
+    return model, tokenizer, max_len
+
+
+# What a resume may change: settings of speed, logging, evaluation and saving, and where
+# the corpus lies (its bytes are checked by their digest). Every other setting changes the
+# trained weights, so a resume that changes it would be a different run under this name.
+FREE_ON_RESUME = frozenset(
+    {
+        "model.gradient_checkpointing",
+        *(f"data.{k}" for k in ("root", "dir", "urls", "sha1", "cache", "name", "config")),
+        *(f"data.{k}" for k in ("revision", "files", "train_split", "valid_split", "valid_files")),
+        *(f"trainer.{k}" for k in ("max_steps", "grad_accum", "device", "precision", "resume")),
+        *(f"trainer.{k}" for k in ("log_every", "eval_every", "eval_batches", "save_every")),
+        *(f"trainer.{k}" for k in ("keep_last", "skip_nonfinite")),
+    }
+)
+
+
+def check_resume(path: Path, state: dict, config: dict) -> None:
+    """Refuse a resume that would not continue the checkpoint's run: a changed setting
+    that changes the results (each listed with its old and new value), or a max_steps the
+    checkpoint has already reached."""
+    saved, wanted = _flat(state["config"]), _flat(config)
+    changed = [
+        f"{key} {_shown(saved[key])} -> {_shown(value)}"
+        for key, value in wanted.items()
+        if key in saved and saved[key] != value and key not in FREE_ON_RESUME
+    ]
+    if changed:
+        raise UserError(
+            f"cannot resume {path}: these settings change the results and differ from its "
+            f"run: {', '.join(changed)}; resume with the run's settings, or start a new run "
+            "in another hydra.run.dir"
+        )
+    max_steps, step = config["trainer"]["max_steps"], state["step"]
+    if max_steps <= step:
+        raise UserError(
+            f"trainer.max_steps={max_steps} is not above the step of {path} (step {step}); "
+            "raise trainer.max_steps to train further"
+        )
+
+
+def _flat(config: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out |= _flat(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _shown(value: object) -> str:
+    return (
+        "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+    )
 
 
 LOCK = ".lock"

@@ -9,11 +9,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NoReturn
 
 from bertpretrain.errors import Interrupted, UserError
 
@@ -42,47 +44,102 @@ def full_errors() -> bool:
     return os.environ.get("HYDRA_FULL_ERROR") == "1"
 
 
-def fail(message: str) -> None:
+# Terminal escapes (colours copied from another library's message) and other control
+# characters never reach the user's terminal or log.
+_CONTROL = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def fail(message: str) -> NoReturn:
     """One line on stderr and exit code 2: the answer to every user mistake."""
-    print(f"bertpretrain: error: {' '.join(message.split())}", file=sys.stderr)
+    print(f"bertpretrain: error: {' '.join(_CONTROL.sub('', message).split())}", file=sys.stderr)
     sys.exit(2)
 
 
 def _precheck(args):
-    """Compose and check the config of a single run before Hydra starts it (`args`: Hydra's
-    parsed command line).
+    """Check the config of a run, or of every job of a sweep, before Hydra starts any
+    (`args`: Hydra's parsed command line). Returns the single run's composed config.
 
-    Hydra reports a bad override over several lines; composing it here first turns that
-    into one line and exit code 2, before any run dir or data is touched.
+    Hydra reports a bad override over several lines, and in a sweep only when that job
+    starts; composing here first turns each into one line and exit code 2, before any run
+    dir or data is touched.
     """
     from bertpretrain import checkpoint
     from bertpretrain.config import compose
 
-    if (
-        args.multirun
-        or args.help
-        or args.hydra_help
-        or args.cfg
-        or args.info
-        or args.shell_completion
-        or args.config_path
-    ):
-        return None  # Hydra answers these itself; multirun jobs are checked one by one
+    if args.help or args.hydra_help or args.info or args.shell_completion:
+        return None  # Hydra answers these itself
+    if args.config_path:
+        if not os.path.isdir(os.path.abspath(args.config_path)):
+            fail(f"--config-path {args.config_path} is not a folder")
+        return None  # another primary config: Hydra composes it
     overrides = list(args.overrides)
     if args.config_dir:
         path = os.path.abspath(args.config_dir)
         if not os.path.isdir(path):
             fail(f"--config-dir {args.config_dir} is not a folder")
         overrides.append(f"hydra.searchpath=[file://{path}]")
+    name = args.config_name or "config"
     try:
-        _, cfg = compose(overrides, args.config_name or "config")
-        _check_writable(Path(cfg.hydra.run.dir))
-        checkpoint.check_not_in_use(Path(cfg.hydra.run.dir))
-        return cfg
+        if args.multirun:
+            _check_sweep(overrides, name)
+            return None
+        _, cfg = compose(overrides, name)
+        if not args.cfg:
+            run_dir = _run_dir(cfg)
+            checkpoint.check_not_in_use(run_dir)
+        return None if args.cfg else cfg
     except UserError as e:
         if full_errors():
             raise
         fail(str(e))
+
+
+def _run_dir(cfg) -> Path:
+    """The run dir, resolved, and checked to be creatable: a path the OS refuses is one
+    line here, not a traceback inside Hydra."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        run_dir = Path(cfg.hydra.run.dir)
+    except OmegaConfBaseException as e:
+        raise UserError(f"bad config: hydra.run.dir: {str(e).splitlines()[0]}") from None
+    _check_writable(run_dir)
+    missing = [p for p in (run_dir.absolute(), *run_dir.absolute().parents) if not p.exists()]
+    try:  # create it to see that the OS allows it, then leave the creating to Hydra: its
+        for folder in reversed(missing):  # ${now:...} may name another second's dir
+            folder.mkdir()
+    except OSError as e:
+        raise UserError(
+            f"cannot create the run dir {run_dir}: {e.strerror}; set "
+            "hydra.run.dir=SOME/WRITABLE/PATH"
+        ) from None
+    finally:
+        for folder in missing:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+    return run_dir
+
+
+def _check_sweep(overrides: list[str], config_name: str) -> None:
+    """Compose every job of a sweep; one line per job that would fail, then exit 2."""
+    from bertpretrain.config import compose, sweep_jobs
+
+    jobs = sweep_jobs(overrides)
+    problems = []
+    for number, job in enumerate(jobs):
+        try:
+            compose(job, config_name)
+        except UserError as e:
+            problems.append(f"sweep job {number} ({' '.join(job)}): {e}")
+    if problems:
+        if full_errors():
+            raise UserError("; ".join(problems))
+        for problem in problems:
+            print(
+                f"bertpretrain: error: {' '.join(_CONTROL.sub('', problem).split())}",
+                file=sys.stderr,
+            )
+        sys.exit(2)
 
 
 def _check_writable(run_dir: Path) -> None:
@@ -90,7 +147,7 @@ def _check_writable(run_dir: Path) -> None:
     while not existing.exists():
         existing = existing.parent
     if not (existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)):
-        fail(
+        raise UserError(
             f"cannot write the run dir {run_dir}: {existing} is not a writable folder; "
             "run from a writable folder or set hydra.run.dir=SOME/WRITABLE/PATH"
         )
@@ -110,7 +167,6 @@ def _one_run_dir_for_all_ranks(argv: list[str], cfg) -> list[str]:
     argv = [a for a in argv if not a.startswith("hydra.run.dir=")] + [f"hydra.run.dir={run_dir}"]
     if not ranks.main:
         argv += [
-            "hydra.output_subdir=null",
             "hydra/job_logging=disabled",
             "hydra/hydra_logging=disabled",
         ]
@@ -141,9 +197,11 @@ def train_main(argv: list[str]) -> None:
         hc = HydraConfig.get()
         multirun = hc.mode == RunMode.MULTIRUN
         overrides = " ".join(hc.overrides.task) or "(defaults)"
+        run_dir = Path(hc.runtime.output_dir)
         try:
             config = to_config(without_hydra(cfg))
-            train(config, Path(hc.runtime.output_dir))
+            record = _record(run_dir, without_hydra(cfg), hc)
+            train(config, run_dir, record)
         except Interrupted as e:
             print(f"bertpretrain: {e}", file=sys.stderr)
             sys.exit(e.exit_code)  # a stopped sweep stops: the user asked for it
@@ -169,6 +227,28 @@ def train_main(argv: list[str]) -> None:
             distributed.shutdown()
     if failures:
         fail(f"{len(failures)} sweep job(s) failed: " + "; ".join(failures))
+
+
+def _record(run_dir: Path, cfg, hc) -> Callable[[], None]:
+    """What Hydra writes into .hydra/ at a job's start, for `train` to write once the run
+    is accepted: written earlier, a refused run would replace another run's record."""
+    from omegaconf import OmegaConf
+
+    from bertpretrain import files, rundir
+
+    texts = {
+        "config.yaml": OmegaConf.to_yaml(cfg),
+        "hydra.yaml": OmegaConf.to_yaml({"hydra": OmegaConf.to_container(hc)}),
+        "overrides.yaml": OmegaConf.to_yaml(list(hc.overrides.task)),
+    }
+
+    def write() -> None:
+        folder = run_dir / rundir.RECORD
+        folder.mkdir(exist_ok=True)
+        for name, text in texts.items():
+            files.atomic_write(folder / name, lambda f, text=text: f.write(text.encode()))
+
+    return write
 
 
 FAILURES = "BERTPRETRAIN_SWEEP_FAILURES"  # the folder where a sweep's failing jobs report

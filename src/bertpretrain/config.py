@@ -7,8 +7,10 @@ rules a type cannot express (positive sizes, hidden divisible by heads, ...).
 
 from __future__ import annotations
 
+import difflib
+import itertools
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -251,12 +253,76 @@ def _check_tokenizer(k: TokenizerConfig) -> None:
 
 def to_config(cfg: DictConfig) -> Config:
     """Turn Hydra's composed DictConfig into the typed, checked Config."""
+    _check_known_keys(cfg)
     obj = OmegaConf.to_object(cfg)
     if not isinstance(obj, Config):  # composed without the schema (e.g. a user's own config)
         obj = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), cfg))
     obj.data = _typed_data(cfg.data)
     check(obj)
     return obj
+
+
+def _check_known_keys(cfg: DictConfig) -> None:
+    """`+trainer.max_step=1` adds a key that no code reads; a misspelt key must fail."""
+    groups = {f.name: f.type for f in fields(Config)}
+    schemas = {
+        "model": ModelConfig,
+        "tokenizer": TokenizerConfig,
+        "optim": OptimConfig,
+        "trainer": TrainerConfig,
+        "data": DATA_SCHEMAS.get(cfg.get("data", {}).get("source")),
+    }
+    unknown = [k for k in cfg if k not in groups and k != "hydra"]
+    for group, schema in schemas.items():
+        node = cfg.get(group)
+        if schema is not None and isinstance(node, DictConfig):
+            known = {f.name for f in fields(schema)}
+            unknown += [f"{group}.{k}" for k in node if k not in known]
+    if unknown:
+        key = unknown[0]
+        group, _, name = key.rpartition(".")
+        known = [f.name for f in fields(schemas[group])] if group in schemas else list(groups)
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = (
+            f"did you mean {group + '.' if group else ''}{close[0]}?"
+            if close
+            else (f"the keys of {group or 'the config'} are: {', '.join(known)}")
+        )
+        raise UserError(f"bad config: {key} is not a setting; {hint}")
+
+
+def sweep_jobs(overrides: list[str]) -> list[list[str]]:
+    """The overrides of each job of a `-m` sweep, as Hydra's basic sweeper expands them
+    (the product of every comma list and range). A sweep it cannot expand here (a glob, or
+    another sweeper's syntax) gives no jobs: each is then checked when it starts."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+        choices = []
+        for override in parsed:
+            key = override.get_key_element()
+            if not override.is_sweep_override():
+                choices.append([override.input_line])
+            elif override.is_discrete_sweep() and override.value_type.name != "GLOB_CHOICE_SWEEP":
+                choices.append([f"{key}={v}" for v in override.sweep_string_iterator()])
+            else:
+                return []
+    except HydraException as e:
+        raise UserError(f"bad override: {_one_line(e)}{_quoting_hint(overrides, e)}") from None
+    return [list(job) for job in itertools.product(*choices)]
+
+
+def _quoting_hint(overrides: list[str], e: BaseException) -> str:
+    """Hydra's override grammar takes non-ASCII characters only inside quotes."""
+    if "Lexer" not in f"{type(e).__name__} {e}":
+        return ""
+    odd = next((o for o in overrides if not o.isascii()), None)
+    if odd is None:
+        return ""
+    key, _, value = odd.partition("=")
+    return f"; quote a value with non-ASCII characters: '{key}=\"{value}\"'"
 
 
 def _typed_data(data: DictConfig) -> DataConfig:
@@ -284,6 +350,7 @@ def without_hydra(cfg: DictConfig) -> DictConfig:
 
 
 _NOISE = ("full_key:", "object_type=", "reference_type=", "Set the environment", "To append")
+_PLACEHOLDERS = ("$VALUE", "$KEY", "$FULL_KEY")  # OmegaConf's message templates, unfilled
 
 
 def _one_line(e: BaseException) -> str:
@@ -294,7 +361,7 @@ def _one_line(e: BaseException) -> str:
         for ln in lines:
             if ln.startswith("Config search path"):
                 break  # what follows lists Hydra's internals, not the user's mistake
-            if ln.startswith(_NOISE) or "$VALUE" in ln:
+            if ln.startswith(_NOISE) or any(p in ln for p in _PLACEHOLDERS):
                 continue
             if ln not in parts:
                 parts.append(ln)
@@ -321,7 +388,8 @@ def compose(overrides: list[str], config_name: str = "config") -> tuple[Config, 
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         raise UserError(
-            f"bad config: {_one_line(e)}; see `bertpretrain train --help` for the groups and keys"
+            f"bad config: {_one_line(e)}{_quoting_hint(overrides, e)}; see "
+            "`bertpretrain train --help` for the groups and keys"
         ) from None
 
 

@@ -10,10 +10,13 @@ waits forever in a collective the others skipped.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from bertpretrain.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,26 @@ def broadcast_str(value: str | None) -> str:
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def check_on_rank_zero(check: Callable[[], None]) -> None:
+    """Run a check that raises UserError on rank 0 only, and raise its error on every rank.
+
+    For checks of shared files that rank 0 is about to write: the other ranks, reading
+    them later, would see rank 0's own files.
+    """
+    if not dist.is_initialized():
+        check()
+        return
+    message = ""
+    if dist.get_rank() == 0:
+        try:
+            check()
+        except UserError as e:
+            message = str(e)
+    message = broadcast_str(message)
+    if message:
+        raise UserError(message)
 
 
 def any_rank(flag: bool, device: torch.device) -> bool:

@@ -35,13 +35,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bertpretrain import checkpoint
-from bertpretrain.data.tokenizer import Tokenizer, from_state
+from bertpretrain import checkpoint, files
+from bertpretrain.data.tokenizer import Tokenizer
 from bertpretrain.data.vocab import CLS, CLS_ID, PAD_ID, SEP, SEP_ID, UNK
 from bertpretrain.device import pick_device
 from bertpretrain.errors import ArgumentParser, UserError
 from bertpretrain.evaluate import COLLAPSED
-from bertpretrain.model import BertConfig, BertModel
+from bertpretrain.model import BertModel
 
 TRAIN_HINT = "train one with `bertpretrain train model=tiny`"
 MIN_LEN = 5  # `<cls> a <sep> b <sep>` with one word per sentence, as training requires
@@ -116,11 +116,11 @@ class Encoder:
         source = checkpoint.resolve(path) if path is not None else default_checkpoint()
         target = pick_device(device, "--device")
         state = checkpoint.load(source)
-        model, tokenizer, trained_len = _unpack(state, source)
+        model, tokenizer, trained_len = checkpoint.unpack(state, source)
         limit = _limit(max_len, trained_len)
         metrics = state.get("val_metrics")
         return cls(
-            model,
+            model.bert,  # the heads are not needed to encode
             tokenizer,
             limit,
             target,
@@ -240,27 +240,6 @@ def default_checkpoint(root: str | Path = ".") -> Path:
     return max(found, key=lambda p: p.stat().st_mtime)
 
 
-def _unpack(state: dict, path: Path) -> tuple[BertModel, Tokenizer, int]:
-    """The encoder's weights (the heads are dropped), tokenizer and training max_len."""
-    try:
-        tokenizer = from_state(state)
-        model = BertModel(BertConfig(**state["model_config"]))
-        if len(tokenizer.vocab) != model.config.vocab_size:
-            raise ValueError(
-                f"{len(tokenizer.vocab)} tokens but {model.config.vocab_size} embeddings"
-            )
-        weights = {k[5:]: v for k, v in state["model"].items() if k.startswith("bert.")}
-        model.load_state_dict(weights)
-        max_len = int(state["config"]["data"]["max_len"])
-    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as e:
-        detail = (str(e).splitlines() or [""])[0][:120]
-        raise UserError(
-            f"{path} has no usable model, vocabulary or config ({type(e).__name__}: {detail}); "
-            "give a checkpoint written by `bertpretrain train`"
-        ) from None
-    return model, tokenizer, max_len
-
-
 def _limit(max_len: int | None, trained: int) -> int:
     """Positions past the training max_len were never trained, so the limit can only go down."""
     if max_len is None:
@@ -351,7 +330,8 @@ def main(argv: list[str]) -> None:
         except UserError as e:
             raise UserError(f"--file {args.file}: {e}") from None
     if args.output:
-        _save(Path(args.output), encodings)
+        shapes = save_vectors(Path(args.output), encodings)
+        print(f"wrote {args.output}: {', '.join(f'{k} {v}' for k, v in shapes.items())}")
     elif args.token is not None:
         _print_token(args.token, encodings[0], args.format, enc.tokenizer.lowercase)
     elif args.format == "json":
@@ -499,14 +479,18 @@ def _print_token(token: str, e: Encoding, fmt: str, lowercase: bool) -> None:
             print("  " + _numbers(row[start : start + 8]))
 
 
-def _save(path: Path, encodings: list[Encoding]) -> None:
+def save_vectors(path: Path, encodings: list[Encoding]) -> dict[str, tuple[int, ...]]:
+    """Write the vectors as .npy (vectors (N, L, H), zero-padded) or .npz (with lengths,
+    cls, tokens, words, segments). The file is replaced whole or not at all: a full disk
+    keeps the previous one. Returns each array's shape."""
     lengths = np.array([len(e.tokens) for e in encodings])
     n, width, hidden = len(encodings), int(lengths.max()), encodings[0].vectors.shape[1]
     vectors = np.zeros((n, width, hidden), dtype=np.float32)  # (N, L, H), zero past lengths
     for row, e in enumerate(encodings):
         vectors[row, : lengths[row]] = e.vectors.numpy()
     arrays = {"vectors": vectors}
-    if path.suffix.lower() == ".npz":
+    npz = path.suffix.lower() == ".npz"
+    if npz:
         arrays |= {
             "lengths": lengths,
             "cls": vectors[:, 0],  # (N, H)
@@ -514,17 +498,14 @@ def _save(path: Path, encodings: list[Encoding]) -> None:
             "words": _padded([e.words for e in encodings], width),
             "segments": np.array([e.segments + [0] * (width - len(e.segments)) for e in encodings]),
         }
-    try:
-        with open(path, "wb") as f:  # a file object: numpy adds no suffix of its own
-            if path.suffix.lower() == ".npz":
-                np.savez(f, **arrays)
-            else:
-                np.save(f, vectors)
+    try:  # a file object: numpy adds no suffix of its own
+        files.atomic_write(path, lambda f: np.savez(f, **arrays) if npz else np.save(f, vectors))
     except OSError as e:
         raise UserError(
-            f"cannot write --output {path} ({e.strerror}); check the folder exists"
+            f"cannot write --output {path}: {files.failure(e, path.parent)}; check the folder "
+            "exists and has space (an earlier file there is unchanged)"
         ) from None
-    print(f"wrote {path}: {', '.join(f'{k} {v.shape}' for k, v in arrays.items())}")
+    return {k: v.shape for k, v in arrays.items()}
 
 
 def _padded(rows: list[list[str]], width: int) -> np.ndarray:

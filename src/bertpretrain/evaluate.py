@@ -8,6 +8,8 @@ checkpoints, so `encode` can warn about a collapsed one.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from bertpretrain.data.batches import eval_batches
@@ -16,17 +18,29 @@ from bertpretrain.model import BertForPretraining
 
 @torch.no_grad()
 def evaluate(
-    model: BertForPretraining, tensors, batch_size: int, max_batches: int, device, autocast
-) -> dict:
+    model: BertForPretraining,
+    tensors,
+    batch_size: int,
+    max_batches: int,
+    device,
+    autocast,
+    stop: Callable[[], object] | None = None,
+) -> dict | None:
     """MLM loss/accuracy over every real masked position, NSP loss/accuracy over examples,
     and the token spread: how much the encoder's vectors differ between the tokens of one
     input (the std over its real tokens, averaged over hidden units, then over inputs).
-    Near 0, every token gets the same vector and encode's vectors carry no context."""
+    Near 0, every token gets the same vector and encode's vectors carry no context.
+
+    Returns None, early, once `stop()` is true (checked between batches): a signal must
+    not wait for a long validation."""
     model.eval()
     # mlm loss, mlm correct, mlm count, nsp loss, nsp correct, token spread
     sums = torch.zeros(6, dtype=torch.float64)
     n = 0
     for batch in eval_batches(tensors, batch_size, max_batches):
+        if stop is not None and stop():
+            model.train()
+            return None
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         with autocast():
             encoded, mlm_logits, nsp_logits = model(

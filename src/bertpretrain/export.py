@@ -47,7 +47,6 @@ and `[UNK]`, `[CLS]`, ... (the other way round).
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import os
 import secrets
@@ -57,11 +56,11 @@ from pathlib import Path
 
 import torch
 
-from bertpretrain import checkpoint
-from bertpretrain.data.tokenizer import Tokenizer, from_state
+from bertpretrain import checkpoint, files
+from bertpretrain.data.tokenizer import Tokenizer
 from bertpretrain.data.vocab import PAD_ID, RESERVED
 from bertpretrain.errors import ArgumentParser, UserError
-from bertpretrain.model import BertConfig, BertForPretraining
+from bertpretrain.model import BertConfig
 
 # Our reserved tokens (ids 0..4) under BERT's names, in the same order.
 HF_SPECIAL = ["[UNK]", "[PAD]", "[MASK]", "[CLS]", "[SEP]"]
@@ -72,6 +71,7 @@ SPECIAL_TOKENS_MAP = {
     "cls_token": "[CLS]",
     "sep_token": "[SEP]",
 }
+MARKER = ".bertpretrain-export"  # what --force looks for before it replaces a folder
 FILES = [
     "config.json",
     "model.safetensors",
@@ -108,7 +108,8 @@ def export(
     out = Path(out_dir).expanduser().absolute()
     _check_target(out, path, force)
     save_file = _safetensors_writer()
-    config, tokenizer, max_len, weights = _unpack(checkpoint.load(path), path)
+    model, tokenizer, max_len = checkpoint.unpack(checkpoint.load(path), path)
+    config, weights = model.config, model.state_dict()
     tensors = hf_weights(weights)
     if encoder_only:  # keys without the `bert.` prefix, as BertModel.save_pretrained writes
         tensors = {k[5:]: t for k, t in tensors.items() if k.startswith("bert.")}
@@ -125,6 +126,7 @@ def export(
         os.chmod(weights_file, folder.stat().st_mode & 0o666)  # safetensors writes it 0600
         for name, text in texts.items():
             (folder / name).write_text(text, encoding="utf-8")
+        (folder / MARKER).write_text(f"exported from {path}\n", encoding="utf-8")
         for name in FILES:
             _fsync(folder / name)
 
@@ -196,25 +198,6 @@ def hf_weights(ours: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def _unpack(state: dict, path: Path) -> tuple[BertConfig, Tokenizer, int, dict]:
-    """Config, tokenizer, training max_len and the weights, loaded into our model to check them."""
-    try:
-        tokenizer = from_state(state)
-        config = BertConfig(**state["model_config"])
-        if len(tokenizer.vocab) != config.vocab_size:
-            raise ValueError(f"{len(tokenizer.vocab)} tokens but {config.vocab_size} embeddings")
-        model = BertForPretraining(config)
-        model.load_state_dict(state["model"])  # strict: every weight there, of the right shape
-        max_len = int(state["config"]["data"]["max_len"])
-    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as e:
-        detail = " ".join(str(e).split())[:160]
-        raise UserError(
-            f"{path} has no usable model, vocabulary or config ({type(e).__name__}: {detail}); "
-            "give a checkpoint written by `bertpretrain train`"
-        ) from None
-    return config, tokenizer, max_len, model.state_dict()
-
-
 def _safetensors_writer():
     try:
         from safetensors.torch import save_file
@@ -224,6 +207,13 @@ def _safetensors_writer():
             "install it with `pip install safetensors` (or the export extra, bertpretrain[export])"
         ) from None
     return save_file
+
+
+def _write_errors() -> type[Exception]:
+    """What safetensors raises when a write fails (a full disk included)."""
+    from safetensors import SafetensorError
+
+    return SafetensorError
 
 
 def _check_target(out: Path, source: Path, force: bool) -> None:
@@ -237,10 +227,10 @@ def _check_target(out: Path, source: Path, force: bool) -> None:
             f"OUT_DIR {out} is not empty; give a new or empty folder, or pass --force to "
             "replace a previous export there"
         )
-    if not (out / "config.json").is_file():
+    if not (out / MARKER).is_file():
         raise UserError(
-            f"--force replaces only a previous export, and {out} holds no config.json; "
-            "give another OUT_DIR or empty this one yourself"
+            f"OUT_DIR {out} is not an export of ours (it has no {MARKER} file), and --force "
+            "replaces only a folder that `bertpretrain export` wrote; give another OUT_DIR"
         )
     if out.resolve() in source.resolve().parents:
         raise UserError(
@@ -260,7 +250,7 @@ def _publish(out: Path, write: Callable[[Path], None]) -> None:
         tmp = stem.with_name(stem.name + ".tmp")
         tmp.mkdir()  # not mkdtemp: the folder gets the umask's permissions, like any other
         write(tmp)
-        checkpoint.fsync_dir(tmp)
+        files.fsync_dir(tmp)
         if out.is_dir():
             if any(out.iterdir()):
                 old = stem.with_name(stem.name + ".old")
@@ -275,9 +265,9 @@ def _publish(out: Path, write: Callable[[Path], None]) -> None:
                 old = None
             raise
         tmp = None
-        checkpoint.fsync_dir(out.parent)
-    except OSError as e:
-        reason = "the disk is full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+        files.fsync_dir(out.parent)
+    except (OSError, _write_errors()) as e:
+        reason = files.failure(e, out.parent)
         raise UserError(
             f"could not write the export to {out}: {reason}; free space or give a writable "
             "OUT_DIR (nothing there was changed)"

@@ -10,6 +10,7 @@ import json
 import time
 from pathlib import Path
 
+from bertpretrain import checkpoint, rundir
 from bertpretrain.errors import ArgumentParser, UserError
 
 
@@ -17,14 +18,14 @@ def find_runs(root: Path) -> list[Path]:
     """Run dirs under root, oldest first (the `latest` link is not a run of its own)."""
     runs = {
         p.parent.resolve()
-        for p in root.rglob(".hydra")
+        for p in root.rglob(rundir.RECORD)
         if "latest" not in p.relative_to(root).parts
     }
     return sorted(runs, key=lambda p: p.stat().st_mtime)
 
 
 def describe(run: Path) -> dict:
-    overrides_file = run / ".hydra" / "overrides.yaml"
+    overrides_file = run / rundir.RECORD / "overrides.yaml"
     overrides = []
     if overrides_file.is_file():  # a YAML list of strings, one `- item` per line
         overrides = [
@@ -32,8 +33,8 @@ def describe(run: Path) -> dict:
             for line in overrides_file.read_text().splitlines()
             if line.startswith("- ")
         ]
-    checkpoints = sorted((run / "checkpoints").glob("step_*.pt"))
-    summary_file = run / "summary.json"
+    checkpoints = checkpoint.list_checkpoints(run)
+    summary_file = run / rundir.SUMMARY
     summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
     return {
         "run": str(run),

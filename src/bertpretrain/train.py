@@ -10,19 +10,19 @@ import contextlib
 import json
 import logging
 import math
-import os
 import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from bertpretrain import checkpoint, data, distributed
+from bertpretrain import checkpoint, data, distributed, rundir
 from bertpretrain.config import Config, OptimConfig, to_dict
 from bertpretrain.data.batches import BatchStream, to_tensors
 from bertpretrain.data.examples import Dataset, continuation_table
@@ -40,8 +40,6 @@ from bertpretrain.model import (
 )
 
 log = logging.getLogger(__name__)
-
-SUMMARY = "summary.json"  # written into the run dir when a run completes
 
 
 def make_model(cfg: Config, vocab_size: int) -> BertForPretraining:
@@ -97,6 +95,7 @@ def set_rng_state(state: dict) -> None:
 
 
 def _resume_state(cfg: Config, run_dir: Path) -> dict | None:
+    """The checkpoint to continue, checked to continue the same run; None to start anew."""
     resume = cfg.trainer.resume
     if resume is False:
         return None
@@ -111,19 +110,13 @@ def _resume_state(cfg: Config, run_dir: Path) -> dict | None:
     else:
         path = checkpoint.resolve(resume)
     state = checkpoint.load(path)
-    saved = state["config"]
-    architecture = {k: v for k, v in to_dict(cfg)["model"].items() if k != "gradient_checkpointing"}
-    trained = {k: v for k, v in saved["model"].items() if k != "gradient_checkpointing"}
-    if trained != architecture:
+    try:
+        checkpoint.check_resume(path, state, to_dict(cfg))
+    except (KeyError, TypeError, AttributeError) as e:
         raise UserError(
-            f"checkpoint {path} was trained with model={trained}, not {architecture}; "
-            "resume with the same model settings"
-        )
-    if saved["data"]["max_len"] != cfg.data.max_len:
-        raise UserError(
-            f"checkpoint {path} was trained with data.max_len={saved['data']['max_len']}; "
-            "resume with the same data.max_len"
-        )
+            f"{path} has no usable config or step ({type(e).__name__}: {e}); resume from a "
+            "checkpoint written by `bertpretrain train`"
+        ) from None
     log.info("resuming from %s (step %d)", path, state["step"])
     return state
 
@@ -167,21 +160,6 @@ def load_data(cfg: Config, resume: dict | None) -> Dataset:
             "resume with the same data settings"
         )
     return dataset
-
-
-def update_latest(run_dir: Path) -> None:
-    """Point `outputs/latest` at this run when it lives under ./outputs, for `encode`."""
-    outputs = Path("outputs").resolve()
-    try:
-        target = run_dir.resolve().relative_to(outputs)
-    except ValueError:
-        return
-    link = outputs / "latest"
-    tmp = outputs / f".latest.{os.getpid()}"
-    with contextlib.suppress(OSError):
-        tmp.unlink(missing_ok=True)
-        tmp.symlink_to(target, target_is_directory=True)
-        os.replace(tmp, link)
 
 
 def _log_line(step: int, max_steps: int, mlm: float, nsp: float, seq_s: float) -> str:
@@ -275,23 +253,34 @@ def stop_requests() -> Iterator[list[int]]:
             signal.signal(s, handler)
 
 
-def train(cfg: Config, run_dir: Path) -> dict:
+def train(cfg: Config, run_dir: Path, record: Callable[[], None] | None = None) -> dict:
     """Pretrain BERT as `cfg` says, writing TensorBoard logs and checkpoints into run_dir.
 
-    Under torchrun every rank calls this; rank 0 alone logs, evaluates and saves.
+    Under torchrun every rank calls this; rank 0 alone logs, evaluates and saves. Nothing
+    is written into run_dir before its lock is held and the run is accepted (the run dir,
+    the resume and the corpus checked): then the log so far goes to train.log, and
+    `record` (the CLI's writer of Hydra's config record) runs.
     """
     main = distributed.ranks().main
     lock = checkpoint.run_lock(run_dir) if main else contextlib.nullcontext()
     with lock, stop_requests() as stop:
-        try:
-            return _train(cfg, run_dir, stop)
-        except torch.OutOfMemoryError:
-            from bertpretrain.plan import oom_advice
+        distributed.check_on_rank_zero(lambda: rundir.check_new_run(run_dir, cfg.trainer.resume))
+        with rundir.log_file(run_dir, main) as log_to_file:
 
-            raise UserError(oom_advice(cfg, pick_device(cfg.trainer.device))) from None
+            def accepted() -> None:
+                log_to_file()
+                if record is not None:
+                    record()
+
+            try:
+                return _train(cfg, run_dir, stop, accepted)
+            except torch.OutOfMemoryError:
+                from bertpretrain.plan import oom_advice
+
+                raise UserError(oom_advice(cfg, pick_device(cfg.trainer.device))) from None
 
 
-def _train(cfg: Config, run_dir: Path, stop: list[int]) -> dict:
+def _train(cfg: Config, run_dir: Path, stop: list[int], accepted: Callable[[], None]) -> dict:
     t = cfg.trainer
     ranks = distributed.ranks()
     torch.manual_seed(t.seed)
@@ -307,6 +296,8 @@ def _train(cfg: Config, run_dir: Path, stop: list[int]) -> dict:
     resume = _resume_state(cfg, run_dir)
 
     dataset = load_data(cfg, resume)
+    if ranks.main:
+        accepted()  # the run continues or starts this dir: its log and record go there now
     train_tensors = to_tensors(dataset.train)
     valid_tensors = to_tensors(dataset.valid) if dataset.valid is not None else None
     log.info(
@@ -388,13 +379,17 @@ def _train(cfg: Config, run_dir: Path, stop: list[int]) -> dict:
         )
         saved.append(path)
         checkpoint.prune(run_dir, t.keep_last)
-        update_latest(run_dir)
+        rundir.update_latest(run_dir)
         return path
 
     def run_eval(step: int) -> dict:
         if valid_tensors is None:
             return {}
-        metrics = evaluate(model, valid_tensors, t.batch_size, t.eval_batches, device, autocast)
+        metrics = evaluate(
+            model, valid_tensors, t.batch_size, t.eval_batches, device, autocast, lambda: stop
+        )
+        if metrics is None:  # a signal arrived: the caller stops
+            return {}
         validated.update(metrics, step=step)
         for k, v in metrics.items():
             writer.add_scalar(f"val/{k}", v, step)
@@ -473,17 +468,8 @@ def _train(cfg: Config, run_dir: Path, stop: list[int]) -> dict:
             window_steps, window_start = 0, time.perf_counter()
         if distributed.any_rank(bool(stop), device):
             bar.close()
-            signum = stop[0] if stop else signal.SIGTERM
-            log.warning("received %s: stopping after step %d", signal.Signals(signum).name, done)
-            where = ""
-            if ranks.main:
-                where = f"; checkpoint {save(done)}"
-                writer.close()
-            raise Interrupted(
-                f"stopped by {signal.Signals(signum).name} after step {done}{where}; to resume, "
-                f"rerun with hydra.run.dir={run_dir} trainer.resume=true",
-                128 + signum,
-            )
+            path = save(done) if ranks.main else None
+            _stopped(stop, done, path, run_dir, writer)
         if ranks.main and t.eval_every and done % t.eval_every == 0 and done != t.max_steps:
             run_eval(done)
             window_start = time.perf_counter()
@@ -494,7 +480,13 @@ def _train(cfg: Config, run_dir: Path, stop: list[int]) -> dict:
     if not ranks.main:
         return {"steps": t.max_steps, **last}
 
+    # Save before the final validation, so nothing that goes wrong there loses the weights.
+    path = save(t.max_steps)
     metrics = run_eval(t.max_steps)
+    if stop:
+        _stopped(stop, t.max_steps, path, run_dir, writer)
+    if metrics:
+        save(t.max_steps)  # again, now recording the final validation (encode reads it)
     if metrics and metrics["token_spread"] < COLLAPSED:
         log.warning(
             "the encoder gives almost the same vector to every token (token spread %.1g): "
@@ -502,7 +494,6 @@ def _train(cfg: Config, run_dir: Path, stop: list[int]) -> dict:
             "optim.lr (the default optim=adam uses 1e-3; docs/defaults.md)",
             metrics["token_spread"],
         )
-    path = save(t.max_steps)
     seq_s = sorted(speeds)[len(speeds) // 2] if speeds else math.nan
     writer.add_hparams(
         _flat_hparams(config_dict),
@@ -521,8 +512,7 @@ def _train(cfg: Config, run_dir: Path, stop: list[int]) -> dict:
         "checkpoint": str(path),
         "tensorboard": str(run_dir / "tensorboard"),
     }
-    # For `bertpretrain runs` and scripts: the run's outcome without reading event files.
-    (run_dir / SUMMARY).write_text(json.dumps(summary, indent=1) + "\n")
+    rundir.write_summary(run_dir, summary)
     val = (
         f", val mlm {metrics['mlm_loss']:.3f} (acc {metrics['mlm_acc']:.3f}) "
         f"nsp {metrics['nsp_loss']:.3f} (acc {metrics['nsp_acc']:.3f})"
@@ -542,6 +532,21 @@ def _train(cfg: Config, run_dir: Path, stop: list[int]) -> dict:
         run_dir / "tensorboard",
     )
     return summary
+
+
+def _stopped(stop: list[int], step: int, path: Path | None, run_dir: Path, writer) -> NoReturn:
+    """Stop after a signal: say where the weights are and how to resume, exit 128 + signal."""
+    signum = stop[0] if stop else signal.SIGTERM
+    name = signal.Signals(signum).name
+    log.warning("received %s: stopping after step %d", name, step)
+    if writer is not None:
+        writer.close()
+    where = f"; checkpoint {path}" if path is not None else ""
+    raise Interrupted(
+        f"stopped by {name} after step {step}{where}; to resume, rerun with "
+        f"hydra.run.dir={run_dir} trainer.resume=true",
+        128 + signum,
+    )
 
 
 def _flat_hparams(config: dict, prefix: str = "") -> dict:

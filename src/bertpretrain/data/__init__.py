@@ -59,12 +59,14 @@ def _text_files(cfg) -> Corpus:
 
     train = [text_file(f) for f in cfg.files]
     valid = [text_file(f) for f in cfg.valid_files]
+    train_digest = file_digest(*train)
+    valid_digest = file_digest(*valid) if valid else "-"
     return Corpus(
         ", ".join(map(str, train)),
-        lambda: read_text_files(cfg.files),
-        file_digest(*train),
-        (lambda: read_text_files(cfg.valid_files)) if valid else None,
-        file_digest(*valid) if valid else "-",
+        lambda: read_text_files(cfg.files, train_digest),
+        train_digest,
+        (lambda: read_text_files(cfg.valid_files, valid_digest)) if valid else None,
+        valid_digest,
     )
 
 

@@ -10,8 +10,10 @@ are the parts of the stripped line. Sentences stay text: the tokenizer
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,14 +39,42 @@ class Corpus:
 
 
 def wikitext(train: Path, valid: Path | None) -> Corpus:
-    """WikiText-style files (`wiki.{split}.tokens`) as a corpus."""
+    """WikiText-style files (`wiki.{split}.tokens`) as a corpus. Each reader checks that it
+    read the very bytes its digest was taken from, so a file replaced in between can never
+    be cached under the other version's key."""
+    train_digest = file_digest(train)
+    valid_digest = file_digest(valid) if valid else "-"
     return Corpus(
         str(train),
-        lambda: read_split(train),
-        file_digest(train),
-        (lambda: read_split(valid)) if valid else None,
-        file_digest(valid) if valid else "-",
+        lambda: read_split(train, train_digest),
+        train_digest,
+        (lambda: read_split(valid, valid_digest)) if valid else None,
+        valid_digest,
     )
+
+
+def not_a_regular_file(path: Path) -> str | None:
+    """Why `path` cannot be read as a corpus file, or None when it is a regular file (or a
+    link to one). A FIFO or device would block or never end, so only regular files pass."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return "does not exist"
+    except OSError as e:
+        return "is a symlink loop" if e.errno == errno.ELOOP else f"cannot be read ({e.strerror})"
+    if stat.S_ISDIR(mode):
+        return "is a folder"
+    if not stat.S_ISREG(mode):
+        return "is not a regular file (a FIFO, socket or device)"
+    return None
+
+
+def changed_while_read(path: str, expected: str, read: str) -> None:
+    if read != expected:
+        raise UserError(
+            f"corpus {path} changed while this run read it (its bytes differ from those its "
+            "cache key was taken from); rerun once nothing writes to it"
+        )
 
 
 def file_digest(*paths: Path) -> str:
@@ -86,10 +116,15 @@ def split_paragraphs(lines: list[str]) -> list[Paragraph]:
     return [line.strip().split(" . ") for line in lines if len(line.split(" . ")) >= 2]
 
 
-def read_split(path: Path) -> list[Paragraph]:
-    """Read one `wiki.{split}.tokens` file; a user's bad file ends in a UserError."""
+def read_split(path: Path, digest: str | None = None) -> list[Paragraph]:
+    """Read one `wiki.{split}.tokens` file; a user's bad file ends in a UserError, and so
+    do bytes whose `file_digest` is not `digest` (the file changed since it was taken)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
+        if digest is not None:
+            changed_while_read(str(path), digest, hashlib.sha256(data + b"\0").hexdigest())
+        # Universal newlines, as the reference's open(...).readlines() reads the file.
+        text = data.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
     except FileNotFoundError:
         raise UserError(
             f"corpus file {path} does not exist; point data.dir at a folder holding it"
@@ -126,14 +161,13 @@ def corpus_dir(data_dir: str | None, root: str, urls: list[str], sha1: str) -> P
 
 def split_path(folder: Path, split: str) -> Path:
     path = folder / f"wiki.{split}.tokens"
-    if path.is_dir():
-        raise UserError(
-            f"{path} is a folder, not a corpus file; put the file wiki.{split}.tokens there"
-        )
-    if not path.is_file():
+    problem = not_a_regular_file(path)
+    if problem == "does not exist":
         present = sorted(p.name for p in folder.glob("wiki.*.tokens")) or ["none"]
         raise UserError(
             f"{path} does not exist (found: {', '.join(present)}); "
             f"set data.dir to a folder holding it or pick another split"
         )
+    if problem:
+        raise UserError(f"{path} {problem}; put the text file wiki.{split}.tokens there")
     return path

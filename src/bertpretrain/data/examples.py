@@ -14,8 +14,6 @@ import functools
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, fields
@@ -25,6 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from bertpretrain import files
 from bertpretrain.data.corpus import Corpus, Paragraph
 from bertpretrain.data.masking import MASK_RATE, mask_tokens
 from bertpretrain.data.tokenizer import Tokenizer, train_tokenizer
@@ -183,14 +182,7 @@ def _save(data: Dataset, path: Path) -> None:
             for f in fields(Examples):
                 arrays[f"{name}.{f.name}"] = getattr(ex, f.name)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    files.atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def _load(path: Path, tokenizer: Tokenizer, digest: str) -> Dataset:
@@ -286,8 +278,18 @@ def load_dataset(
             )
         return Dataset(tokenizer, train, valid, corpus.train_digest)
 
+    if cache_dir is not None:
+        files.remove_orphans(cache_dir)  # temp files of cache writes that a kill interrupted
+
     key = examples_key(corpus, tokenizer, max_len, whole_word_mask, seed)
     path = cache_dir / f"examples-{key}.npz" if cache_dir else None
-    return _cached(
+    dataset = _cached(
         path, "examples", lambda p: _load(p, tokenizer, corpus.train_digest), build, _save
     )
+    if dataset.valid is not None and len(dataset.valid) == 0:
+        raise UserError(
+            "the validation split has no sentence pair that fits "
+            f"data.max_len={max_len}; raise data.max_len, or skip validation with "
+            "data.valid_split=null"
+        )
+    return dataset

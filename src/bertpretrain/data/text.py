@@ -136,17 +136,20 @@ def paragraphs_from_lines(lines: Iterable[str]) -> tuple[list[Paragraph], int]:
 # --- data=text: plain UTF-8 files, one paragraph per line --------------------------------
 
 
-def read_text_files(paths: Sequence[str]) -> list[Paragraph]:
+def read_text_files(paths: Sequence[str], digest: str | None = None) -> list[Paragraph]:
     """The paragraphs of every file in `paths`, in file order; a user's bad file or an empty
-    result ends in a UserError. A single string is read as one path."""
+    result ends in a UserError, and so do bytes whose `file_digest` is not `digest` (a file
+    changed since it was taken). A single string is read as one path."""
     if isinstance(paths, str | os.PathLike):
         paths = [paths]
     if not paths:
         raise UserError("data=text needs files to read: set data.files=[a.txt,b.txt]")
     paragraphs: list[Paragraph] = []
+    read = hashlib.sha256()
     for name in paths:
         path = text_file(name)
-        kept, seen = paragraphs_from_lines(_utf8_lines(path))
+        kept, seen = paragraphs_from_lines(_utf8_lines(path, read))
+        read.update(b"\0")  # as file_digest marks a file boundary
         log.info("read %d lines from %s: kept %d paragraphs of 2+ sentences", seen, path, len(kept))
         paragraphs.extend(kept)
     if not paragraphs:
@@ -155,31 +158,42 @@ def read_text_files(paths: Sequence[str]) -> list[Paragraph]:
             "put one paragraph per line, each of at least two sentences ending in . ! or ? "
             "followed by a capitalised word"
         )
+    if digest is not None:
+        from bertpretrain.data.corpus import changed_while_read
+
+        changed_while_read(", ".join(map(str, paths)), digest, read.hexdigest())
     return paragraphs
 
 
 def text_file(name: str) -> Path:
+    from bertpretrain.data.corpus import not_a_regular_file
+
     path = Path(name).expanduser()
-    if path.is_dir():
+    problem = not_a_regular_file(path)
+    if problem == "is a folder":
         raise UserError(
             f"data.files: {path} is a folder, not a text file; list the files in it, "
             "e.g. data.files=[dir/a.txt,dir/b.txt]"
         )
-    if not path.exists():
+    if problem == "does not exist":
         raise UserError(
             f"data.files: {path} does not exist; fix the path in data.files=[...] "
             "(relative paths start at the directory you run from)"
         )
+    if problem and not problem.startswith("cannot be read"):  # reading says why, below
+        raise UserError(f"data.files: {path} {problem}; give regular text files")
     return path
 
 
-def _utf8_lines(path: Path) -> Iterator[str]:
+def _utf8_lines(path: Path, read: hashlib._Hash | None = None) -> Iterator[str]:
     """The lines of `path` (split on "\\n" only, a leading BOM dropped), read lazily; not
     UTF-8 or unreadable ends in a UserError that gives the byte offset or the reason."""
     try:
         with path.open("rb") as f:
             offset = 0  # of `raw` in the file, for the error message
             for raw in f:  # a UTF-8 character never contains the byte \n
+                if read is not None:
+                    read.update(raw)
                 body = raw[3:] if offset == 0 and raw.startswith(b"\xef\xbb\xbf") else raw
                 try:
                     yield body.decode("utf-8")

@@ -21,13 +21,13 @@ from __future__ import annotations
 import collections
 import itertools
 import json
-import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from bertpretrain import files
 from bertpretrain.data.vocab import RESERVED, UNK, build_vocab, check_vocab, token_index
 from bertpretrain.errors import UserError
 
@@ -180,12 +180,8 @@ def train_tokenizer(
 
 def save(tokenizer: Tokenizer, path: Path) -> None:
     """The vocabulary and settings as JSON, written atomically (a cache file)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(tokenizer.settings() | {"vocab": tokenizer.vocab}))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    text = json.dumps(tokenizer.settings() | {"vocab": tokenizer.vocab})
+    files.atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def load(path: Path) -> Tokenizer:
@@ -195,8 +191,11 @@ def load(path: Path) -> Tokenizer:
 def from_state(state: dict) -> Tokenizer:
     """The tokenizer a checkpoint holds (settings under "tokenizer", plus "vocab"), or one
     saved as `settings()` plus "vocab". Checkpoints from before WordPiece hold only a word
-    vocabulary."""
+    vocabulary. A damaged vocabulary is a ValueError: written out as `vocab.txt`, a token
+    with a line break would shift every later id by one."""
     settings = state.get("tokenizer", state)
-    return Tokenizer(
-        settings.get("kind", "word"), state["vocab"], bool(settings.get("lowercase", True))
-    )
+    vocab = state["vocab"]
+    kind = settings.get("kind", "word")
+    if kind not in ("word", "wordpiece"):
+        raise ValueError(f"unknown tokenizer kind {kind!r}")
+    return Tokenizer(kind, vocab, bool(settings.get("lowercase", True)))

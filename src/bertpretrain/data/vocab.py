@@ -28,12 +28,19 @@ def token_index(vocab: list[str]) -> dict[str, int]:
 
 
 def check_vocab(vocab: object) -> list[str]:
-    """A vocabulary read from a file: a list of unique strings starting with the reserved ones."""
-    if (
-        not isinstance(vocab, list)
-        or vocab[: len(RESERVED)] != RESERVED
-        or not all(isinstance(t, str) for t in vocab)
-        or len(set(vocab)) != len(vocab)
-    ):
-        raise ValueError("not a bertpretrain vocabulary")
+    """A vocabulary read from a file: unique strings, the reserved ones first, and each a
+    single non-empty line without surrounding space (written out as `vocab.txt`, a token
+    with a line break would shift every later id by one)."""
+    if not isinstance(vocab, list) or not all(isinstance(t, str) for t in vocab):
+        raise ValueError("the vocabulary is not a list of strings")
+    if vocab[: len(RESERVED)] != RESERVED:
+        raise ValueError(f"the vocabulary does not start with {' '.join(RESERVED)}")
+    for i, token in enumerate(vocab):
+        if not token or token.strip() != token or len(token.splitlines()) != 1:
+            raise ValueError(
+                f"vocabulary token {i} ({token!r}) is empty, has surrounding space or holds "
+                "a line break"
+            )
+    if len(set(vocab)) != len(vocab):
+        raise ValueError("the vocabulary holds a token twice")
     return vocab

@@ -1,0 +1,119 @@
+"""A run dir: the layout a run writes, and the rules that keep one run per dir.
+
+    RUN_DIR/
+      .lock                   held while a process trains here (checkpoint.run_lock)
+      .hydra/                 config.yaml, hydra.yaml, overrides.yaml (written by the CLI)
+      train.log               the log
+      tensorboard/            the curves
+      checkpoints/step_*.pt   checkpoint.SUBDIR
+      summary.json            the outcome, written when the run completes
+
+Nothing is written here before the lock is held, and a run that is refused (another
+run's dir, a resume that would change the recipe or the corpus) writes nothing at all
+but its reason in the log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import logging.handlers
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from bertpretrain import checkpoint, files
+from bertpretrain.errors import UserError
+
+log = logging.getLogger(__name__)
+
+SUMMARY = "summary.json"
+LOG = "train.log"
+RECORD = ".hydra"
+LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # Hydra's own
+
+
+def evidence(run_dir: Path) -> str | None:
+    """What shows that `run_dir` already holds a run; None for a new or empty dir."""
+    if checkpoint.list_checkpoints(run_dir):
+        return checkpoint.SUBDIR
+    for name in (SUMMARY, f"{RECORD}/config.yaml"):
+        if (run_dir / name).exists():
+            return name
+    return None
+
+
+def check_new_run(run_dir: Path, resume: bool | str) -> None:
+    """A new run starts only in a dir that holds none; a resume only continues its own dir.
+
+    `trainer.resume=true` with no checkpoint yet starts from step 0 (a requeued job that
+    died before its first save), but never over a finished run's summary.
+    """
+    found = evidence(run_dir)
+    if found is None:
+        return
+    if resume is True and found != SUMMARY:
+        return
+    if isinstance(resume, str) and run_dir.resolve() in Path(resume).resolve().parents:
+        return  # a checkpoint of this very run
+    raise UserError(
+        f"run dir {run_dir} already holds a run ({found}); pass trainer.resume=true to "
+        "continue that run, or choose another hydra.run.dir for a new one"
+    )
+
+
+@contextlib.contextmanager
+def log_file(run_dir: Path, enabled: bool = True) -> Iterator[Callable[[], None]]:
+    """Keep the log in memory until the run is accepted, then write it, and everything
+    after, to RUN_DIR/train.log. Yields `accept`; a run refused before it leaves the file
+    alone (it may be another run's log)."""
+    root = logging.getLogger()
+    if root.level > logging.INFO or root.level == logging.NOTSET:
+        root.setLevel(logging.INFO)  # a notebook's default WARNING would drop the progress
+    pending = logging.handlers.MemoryHandler(capacity=1 << 30, flushLevel=logging.CRITICAL + 1)
+    written: list[logging.Handler] = []
+
+    def accept() -> None:
+        if not enabled or written:
+            return
+        handler = logging.FileHandler(run_dir / LOG, encoding="utf-8")
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        pending.setTarget(handler)
+        pending.flush()
+        root.removeHandler(pending)
+        root.addHandler(handler)
+        written.append(handler)
+
+    if enabled:
+        root.addHandler(pending)
+    try:
+        yield accept
+    finally:
+        root.removeHandler(pending)
+        pending.close()
+        for handler in written:
+            root.removeHandler(handler)
+            handler.close()
+
+
+def write_summary(run_dir: Path, summary: dict) -> None:
+    """The run's outcome, for `bertpretrain runs` and scripts, without reading event files."""
+    text = json.dumps(summary, indent=1) + "\n"
+    files.atomic_write(run_dir / SUMMARY, lambda f: f.write(text.encode()))
+
+
+def update_latest(run_dir: Path) -> None:
+    """Point `outputs/latest` at this run when it lives under ./outputs, for `encode`."""
+    outputs = Path("outputs").resolve()
+    try:
+        target = run_dir.resolve().relative_to(outputs)
+    except ValueError:
+        return
+    link = outputs / "latest"
+    tmp = files.temp_name(link)
+    with contextlib.suppress(OSError):
+        tmp.symlink_to(target, target_is_directory=True)
+        os.replace(tmp, link)
+    with contextlib.suppress(OSError):
+        tmp.unlink(missing_ok=True)
