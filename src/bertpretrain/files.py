@@ -14,7 +14,7 @@ import os
 import re
 import secrets
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -27,18 +27,12 @@ def temp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{HOST}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
 
 
-def disk_full(e: BaseException, folder: Path) -> bool:
-    """Whether a failed write failed for lack of space (some libraries lose the errno)."""
-    if getattr(e, "errno", None) == errno.ENOSPC or "No space left" in str(e):
-        return True
-    with contextlib.suppress(OSError):
-        return shutil.disk_usage(folder).free < 1 << 20
-    return False
-
-
 def failure(e: BaseException, folder: Path) -> str:
-    """Why a write failed, in a few words."""
-    if disk_full(e, folder):
+    """Why a write failed, in a few words (some libraries lose the errno of a full disk)."""
+    full = getattr(e, "errno", None) == errno.ENOSPC or "No space left" in str(e)
+    with contextlib.suppress(OSError):
+        full = full or shutil.disk_usage(folder).free < 1 << 20
+    if full:
         return "the disk is full"
     lines = str(e).splitlines()
     return getattr(e, "strerror", None) or (lines[0] if lines else type(e).__name__)
@@ -60,22 +54,6 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None], mode: int = 0o64
     finally:
         tmp.unlink(missing_ok=True)
     fsync_dir(path.parent)
-
-
-@contextlib.contextmanager
-def atomic_folder(path: Path) -> Iterator[Path]:
-    """A fresh temp folder next to `path` to fill; renamed to `path` when the block ends
-    without an error (`path` must not exist then), removed otherwise."""
-    tmp = temp_name(path)
-    tmp.mkdir()
-    try:
-        yield tmp
-        fsync_dir(tmp)
-        os.rename(tmp, path)
-        fsync_dir(path.parent)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def fsync_dir(folder: Path) -> None:
