@@ -11,7 +11,9 @@ Measured in one process, contenders interleaved over --reps repetitions, medians
   counting FLOPs on the padded batch as a plain implementation computes them;
 - peak memory of a training step (RSS growth on CPU, max_memory_allocated on GPU);
 - building the examples of a WikiText-2-train-sized corpus, cold and from the cache;
-- the cold start of `bertpretrain encode` as a process.
+- the cold start of `bertpretrain encode` as a process;
+- `train`'s memory plan against the peak resident memory of real training runs (`--only
+  memory`: tiny and base at max_len 64 and 512, each a `bertpretrain train` process).
 transformers is optional (`pip install -e ".[bench]"`); without it only ours is measured.
 """
 
@@ -333,6 +335,44 @@ def bench_encode_start(reps: int) -> list[dict]:
         return rows
 
 
+# (model, max_len, batch, steps): batches small enough for base to take seconds a step
+MEMORY_RUNS = [
+    ("tiny", 64, 512, 30),
+    ("tiny", 512, 512, 4),
+    ("base", 64, 64, 3),
+    ("base", 512, 32, 3),
+]
+
+
+def bench_memory() -> list[dict]:
+    """Each run's planned total (what `train` logs before it builds the model) against its
+    peak resident memory (ru_maxrss of the whole process, the figure the kernel's
+    out-of-memory killer goes by), both read from the run's summary.json."""
+    rows = []
+    for model, max_len, batch, steps in MEMORY_RUNS:
+        with tempfile.TemporaryDirectory() as folder:
+            subprocess.run(
+                [sys.executable, "-m", "bertpretrain", "train", f"model={model}"]
+                + [f"data.max_len={max_len}", f"trainer.batch_size={batch}"]
+                + [f"trainer.max_steps={steps}", f"data.dir={SHARED}", "data.train_split=valid"]
+                + ["data.valid_split=null", f"hydra.run.dir={folder}/run"],
+                check=True,
+                capture_output=True,
+            )
+            summary = json.loads((Path(folder) / "run" / "summary.json").read_text())
+        planned, peak = summary["planned_memory"], summary["peak_memory"]
+        rows.append(
+            {
+                "what": f"memory {model} L={max_len} batch {batch}",
+                "contender": f"grad_accum {summary['grad_accum']}",
+                "planned_mb": planned / 2**20,
+                "peak_mb": peak / 2**20,
+                "planned_over_peak": planned / peak,
+            }
+        )
+    return rows
+
+
 def print_table(rows: list[dict]) -> None:
     print(f"{'what':<38} {'contender':<32} {'result'}")
     for r in rows:
@@ -340,6 +380,11 @@ def print_table(rows: list[dict]) -> None:
             result = (
                 f"{r['seq_per_s']:8.1f} seq/s {r['tokens_per_s']:9.0f} tok/s  step {r['step_s']:.3f} s"
                 f"  MFU {100 * r['mfu']:5.1f}%  peak mem {r['peak_memory_mb']:.0f} MB"
+            )
+        elif "planned_mb" in r:
+            result = (
+                f"planned {r['planned_mb']:7.0f} MB  peak RSS {r['peak_mb']:7.0f} MB  "
+                f"planned/peak {r['planned_over_peak']:.2f}"
             )
         elif "tflops" in r:
             result = f"{r['tflops'] * 1e3:8.1f} GFLOP/s"
@@ -361,7 +406,7 @@ def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--only", choices=["train", "examples", "encode"], action="append")
+    p.add_argument("--only", choices=["train", "examples", "encode", "memory"], action="append")
     p.add_argument("--models", default="tiny,base")
     p.add_argument("--precisions", default="fp32,bf16")
     p.add_argument("--reps", type=int, default=3)
@@ -369,7 +414,7 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--json", default="docs/bench.json", help="where to write the results")
     args = p.parse_args()
-    only = set(args.only or ["train", "examples", "encode"])
+    only = set(args.only or ["train", "examples", "encode", "memory"])
     device = torch.device(args.device)
 
     rows: list[dict] = []
@@ -392,6 +437,8 @@ def main() -> None:
         rows += bench_dynamic_masking(args.reps)
     if "encode" in only:
         rows += bench_encode_start(args.reps)
+    if "memory" in only:
+        rows += bench_memory()
     print_table(rows)
     sys.stdout.flush()
     machine = {

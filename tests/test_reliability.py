@@ -233,6 +233,38 @@ def test_signal_saves_says_how_to_resume_and_resume_matches_uninterrupted_run(
     assert_same_weights(run, reference)
 
 
+def test_a_signal_within_an_accumulated_step_drops_it_and_the_resume_matches(tmp_path, env):
+    """32 micro-steps a step: a signal must not wait for the step to end (at BERT-large's
+    scale one takes minutes), and what it drops must not change the resumed run."""
+    args = train_args({"trainer.save_every": "0", "trainer.grad_accum": "32"})
+    whole = run_cli(["train", *args, "hydra.run.dir=whole"], tmp_path, env)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    run = tmp_path / "run"
+    with (tmp_path / "stderr.txt").open("w") as err:
+        proc = start_train([*args, f"hydra.run.dir={run}"], tmp_path, env, err)
+        try:
+            wait_until(lambda: logged(run, 2), proc, "step 2")
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=120)
+        finally:
+            reap(proc)
+    assert proc.returncode == 143, (tmp_path / "stderr.txt").read_text()[-3000:]
+    dropped = re.search(
+        r"stopping within step (\d+): its micro-steps so far are dropped",
+        (run / "train.log").read_text(),
+    )
+    assert dropped, (run / "train.log").read_text()[-3000:]
+    (saved,) = checkpoint.list_checkpoints(run)
+    assert checkpoint.load(saved)["step"] == int(dropped[1]) - 1
+
+    resumed = run_cli(
+        ["train", *args, f"hydra.run.dir={run}", "trainer.resume=true"], tmp_path, env
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert losses(run) == losses(tmp_path / "whole")
+    assert_same_weights(run, tmp_path / "whole")
+
+
 # ---------------------------------------------------------------------------------------
 # a non-finite loss stops the run, or is skipped up to trainer.skip_nonfinite times
 

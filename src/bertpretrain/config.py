@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import itertools
 import os
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -99,7 +100,8 @@ class OptimConfig:
 class TrainerConfig:
     max_steps: int = MISSING
     batch_size: int = MISSING
-    grad_accum: int = MISSING
+    grad_accum: Any = MISSING  # "auto" (the plan picks it) or micro-steps per step
+    memory_budget: str | None = MISSING  # e.g. 8GB; null = the device's available memory
     seed: int = MISSING
     device: str = MISSING
     precision: str = MISSING
@@ -153,7 +155,6 @@ def check(cfg: Config) -> None:
         ("model.max_position", m.max_position),
         ("trainer.max_steps", t.max_steps),
         ("trainer.batch_size", t.batch_size),
-        ("trainer.grad_accum", t.grad_accum),
         ("trainer.log_every", t.log_every),
         ("trainer.keep_last", t.keep_last),
         ("data.min_freq", d.min_freq),
@@ -174,10 +175,7 @@ def check(cfg: Config) -> None:
         f"model.hidden_size={m.hidden_size} is not divisible by model.num_heads={m.num_heads}; "
         "pick a head count that divides the hidden size",
     )
-    _require(
-        t.batch_size % t.grad_accum == 0,
-        f"trainer.batch_size={t.batch_size} is not a multiple of trainer.grad_accum={t.grad_accum}",
-    )
+    _check_accum(t)
     _require(0.0 <= m.dropout < 1.0, f"model.dropout={m.dropout} must be in [0, 1)")
     _require(
         d.max_len >= 5, f"data.max_len={d.max_len} is too short: an example needs at least 5 tokens"
@@ -218,6 +216,42 @@ def check(cfg: Config) -> None:
         isinstance(t.resume, (bool, str)),
         f"trainer.resume={t.resume!r} must be true, false or a checkpoint path",
     )
+
+
+def _check_accum(t: TrainerConfig) -> None:
+    if t.grad_accum == "auto":
+        pass
+    else:
+        _require(
+            isinstance(t.grad_accum, int)
+            and not isinstance(t.grad_accum, bool)
+            and t.grad_accum > 0,
+            f"trainer.grad_accum={t.grad_accum!r} must be auto or a positive integer",
+        )
+        _require(
+            t.batch_size % t.grad_accum == 0,
+            f"trainer.batch_size={t.batch_size} is not a multiple of "
+            f"trainer.grad_accum={t.grad_accum}",
+        )
+    if t.memory_budget is not None:
+        parse_size(t.memory_budget, "trainer.memory_budget=")
+
+
+def parse_size(text: object, what: str = "--device-memory ") -> int:
+    """Bytes from `80GB` (decimal), `80GiB` or `80G` (binary), or a plain number of bytes."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(?:([kmgt])(i?b)?)?\s*", str(text), re.IGNORECASE)
+    size = 0
+    if match:
+        number, prefix, unit = match.groups()
+        base = 1000 if unit is not None and unit.lower() == "b" else 1024
+        power = "kmgt".index(prefix.lower()) + 1 if prefix else 0
+        size = int(float(number) * base**power)
+    if size <= 0:
+        raise UserError(
+            f"{what}{text!r} is not a size; use e.g. 8GB (decimal), 8GiB or 8G (binary), or "
+            "a byte count"
+        )
+    return size
 
 
 def _check_data(d: DataConfig) -> None:

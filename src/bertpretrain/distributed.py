@@ -79,11 +79,16 @@ def check_on_rank_zero(check: Callable[[], None]) -> None:
 
 def any_rank(flag: bool, device: torch.device) -> bool:
     """True on every rank if it is true on any rank (a no-op outside torchrun)."""
+    return any_rank_each([flag], device)[0]
+
+
+def any_rank_each(flags: list[bool], device: torch.device) -> list[bool]:
+    """any_rank of each flag, in one collective."""
     if not dist.is_initialized():
-        return flag
-    t = torch.tensor([float(flag)], device=device)
+        return list(flags)
+    t = torch.tensor([float(f) for f in flags], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
+    return [bool(v) for v in t.tolist()]
 
 
 def sum_over_ranks(t: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""`bertpretrain plan`: the memory a config needs on one device, before training it.
+"""The memory a config needs on one device, planned before training: `bertpretrain plan`
+prints it, and `train` takes its accumulation from it (`choose_accum`).
 
     bertpretrain plan model=large data.max_len=512 trainer.batch_size=32 --device-memory 80GB
 
@@ -10,10 +11,10 @@ terms are rough on purpose and say so: backward's own buffers (about two gradien
 largest tensor alive at once) and the runtime overhead. Gradients are counted as alive
 for the whole step, as they are from the second micro-step of gradient accumulation on,
 so with trainer.grad_accum=1 the total errs on the safe side. tests/test_plan.py holds
-the estimate against the peak memory of real training steps on the CPU (within a few
-percent there); the CUDA attention path (SDPA's fused kernel, memory linear in L instead
-of the CPU path's (B, heads, L, L) scores) is counted from what that kernel saves but is
-not measured by the tests.
+the activation estimate against the peak memory of real training steps on the CPU (within
+25%), and docs/benchmarks.md whole runs' plans against their peak (within 11%); the CUDA
+attention path (SDPA's fused kernel, memory linear in L instead of the CPU path's (B,
+heads, L, L) scores) is counted from what that kernel saves but is not measured here.
 
 Two inputs are unknown before the data is built: the vocabulary (--vocab-size, default
 BERT's 30522) and the real-token fill (--fill). Every layer but attention works on the
@@ -26,14 +27,15 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from bertpretrain.config import Config
+from bertpretrain.config import parse_size as config_parse_size
 from bertpretrain.data.examples import MASK_RATE
+from bertpretrain.device import bf16_is_native
 from bertpretrain.errors import ArgumentParser, UserError
 
 DEFAULT_VOCAB = 30522  # BERT's WordPiece vocabulary
@@ -41,6 +43,13 @@ LARGEST_SEARCHED = 1 << 20  # micro-batches beyond this are reported as "at leas
 # What the process holds besides the model, a rough constant: the CUDA context and cuBLAS
 # workspaces on a GPU; Python, torch's libraries and the tokenised corpus on the CPU.
 OVERHEAD = {"cuda": 1 << 30, "cpu": 1 << 29, "mps": 1 << 29}
+# What a CPU training process grows by after `train` has planned, besides the tensors the
+# plan counts: the kernel libraries the first step loads, autograd's and OpenMP's threads
+# (measured: 94 MiB at a micro-batch of 8, where the tensors are negligible).
+CPU_RUNTIME_GROWTH = 96 << 20
+# The share of the memory a plan may fill: the rest is for the allocator's slack and for
+# micro-batches with more real tokens than the mean.
+MARGIN = 0.9
 
 
 @dataclass
@@ -72,8 +81,13 @@ class Plan:
         return self.weights + self.gradients + self.optimizer + peak + self.overhead
 
     @property
+    def fixed(self) -> int:
+        """What the process holds before its first batch."""
+        return self.weights + self.gradients + self.optimizer + self.overhead
+
+    @property
     def fits(self) -> bool:
-        return self.total <= self.device_memory
+        return self.total <= MARGIN * self.device_memory
 
 
 def count_parameters(cfg: Config, vocab_size: int) -> int:
@@ -153,13 +167,13 @@ def activation_bytes(
     if checkpointing:
         # torch.utils.checkpoint keeps each layer's fp32 input; backward recomputes one layer
         # at a time, after the head's backward has freed what the head saved.
-        parts[f"layer inputs: {m.num_layers} x {_size(4 * t * h)}"] = m.num_layers * 4 * t * h
+        parts[f"layer inputs: {m.num_layers} x {format_size(4 * t * h)}"] = m.num_layers * 4 * t * h
         if heads_ + head_peak > layer + layer_peak:
             parts["MLM and NSP heads, and their backward (rough)"] = heads_ + head_peak
         else:
             parts["one layer recomputed, and its backward (rough)"] = layer + layer_peak
     else:
-        parts[f"layers: {m.num_layers} x {_size(layer)}"] = m.num_layers * layer
+        parts[f"layers: {m.num_layers} x {format_size(layer)}"] = m.num_layers * layer
         parts["MLM and NSP heads"] = heads_
         parts["backward buffers (rough)"] = max(head_peak, layer_peak)
     if a == 2:  # autocast's bf16 copies of the weights, saved by the matmuls that use them
@@ -167,9 +181,11 @@ def activation_bytes(
     return parts
 
 
-def micro_batch(cfg: Config, ranks: int = 1) -> int:
-    """Sequences per forward/backward on one device: the batch over ranks x grad_accum."""
-    accum = getattr(cfg.trainer, "grad_accum", 1)  # absent before gradient accumulation
+def micro_batch(cfg: Config, ranks: int = 1, accum: int | None = None) -> int:
+    """Sequences per forward/backward on one device: the batch over ranks x grad_accum
+    (`accum` given, or trainer.grad_accum; auto counts as 1 here)."""
+    if accum is None:
+        accum = cfg.trainer.grad_accum if isinstance(cfg.trainer.grad_accum, int) else 1
     return max(1, cfg.trainer.batch_size // (ranks * accum))
 
 
@@ -201,8 +217,12 @@ def make_plan(
     device: str | None = None,
     memory: int | None = None,
     ranks: int = 1,
+    accum: int | None = None,
+    overhead: int | None = None,
 ) -> Plan:
-    """The memory plan of `cfg`; device and memory default to trainer.device's."""
+    """The memory plan of `cfg`; device and memory default to trainer.device's, the
+    accumulation to trainer.grad_accum's, the overhead to a rough constant (`train`
+    passes what its process holds once the data is built)."""
     kind = device or device_type(cfg.trainer.device)
     memory = device_memory(cfg.trainer.device) if memory is None else memory
     params = count_parameters(cfg, vocab_size)
@@ -221,10 +241,10 @@ def make_plan(
             optimizer=8 * params,
             step_scratch=(8 if decay else 4) * params,  # foreach Adam's sqrt(exp_avg_sq), ...
             activations=activation_bytes(cfg, vocab_size, batch, fill, kind, checkpointing),
-            overhead=OVERHEAD.get(kind, OVERHEAD["cpu"]),
+            overhead=OVERHEAD.get(kind, OVERHEAD["cpu"]) if overhead is None else overhead,
         )
 
-    plan = plan_for(micro_batch(cfg, ranks), checkpointing)
+    plan = plan_for(micro_batch(cfg, ranks, accum), checkpointing)
     plan.largest = _largest(lambda b: plan_for(b, False).fits)
     plan.largest_checkpointed = _largest(lambda b: plan_for(b, True).fits)
     return plan
@@ -244,6 +264,127 @@ def _largest(fits: Callable[[int], bool]) -> int:
     return lo
 
 
+def memory_budget(cfg: Config, device: str) -> tuple[int, str]:
+    """The bytes a run on `device` (cuda, cpu, mps) may plan for, and where that figure
+    comes from: trainer.memory_budget, or what the device has available now."""
+    if cfg.trainer.memory_budget is not None:
+        return config_parse_size(cfg.trainer.memory_budget, "trainer.memory_budget="), (
+            f"trainer.memory_budget={cfg.trainer.memory_budget}"
+        )
+    if device == "cuda":
+        return available_memory(torch.device(cfg.trainer.device)), "the GPU's free memory"
+    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # they share the RAM
+    return available_memory(torch.device("cpu"), local_ranks), "the available RAM"
+
+
+def available_memory(device: torch.device, local_ranks: int = 1) -> int:
+    """What this process may use: the GPU's free memory plus what torch holds there, or on
+    the CPU its share of the machine's available RAM plus what it already holds (plans
+    count that as their overhead)."""
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(
+                f"trainer.device={device} is not available here; give its memory with "
+                "--device-memory SIZE, e.g. --device-memory 80GB"
+            )
+        return torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_reserved(device)
+    try:
+        with open("/proc/meminfo") as f:
+            info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f}
+        free = info["MemAvailable"]
+    except (OSError, KeyError, ValueError, IndexError):
+        free = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    return free // local_ranks + resident_memory()
+
+
+def process_overhead(device: str) -> int:
+    """The overhead of a plan made inside the training process, once its data is built."""
+    if device == "cpu":
+        return resident_memory() + CPU_RUNTIME_GROWTH
+    return OVERHEAD.get(device, OVERHEAD["cpu"])
+
+
+def resident_memory() -> int:
+    """This process's resident memory now (0 where /proc is missing)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def choose_accum(
+    cfg: Config,
+    vocab_size: int,
+    fill: float,
+    device: str,
+    budget: int,
+    source: str,
+    ranks: int = 1,
+    overhead: int | None = None,
+) -> tuple[int, Plan]:
+    """The accumulation a run takes and its plan: trainer.grad_accum as given, or under
+    auto the fewest micro-steps whose micro-batch fits, so that trainer.batch_size stays
+    the recipe's global batch. A run that cannot fit is one UserError saying what it
+    needs, what `source` (the budget's origin, for the message) allows, and what would fit.
+    """
+    per_rank = cfg.trainer.batch_size // ranks
+    auto = cfg.trainer.grad_accum == "auto"
+
+    def plan_at(accum: int) -> Plan:
+        return make_plan(cfg, vocab_size, fill, device, budget, ranks, accum, overhead)
+
+    allowed = (
+        f"{source} allows {format_size(MARGIN * budget)} ({MARGIN:.0%} of {format_size(budget)})"
+    )
+    whole = plan_at(1)
+    if whole.fixed > MARGIN * budget:
+        raise UserError(
+            f"{format_size(whole.fixed)} are needed before the first batch (weights, gradients "
+            f"and Adam's state {format_size(whole.fixed - whole.overhead)}, the process "
+            f"{format_size(whole.overhead)}) but {allowed}; use a smaller model, or more memory"
+        )
+    largest = whole.largest_checkpointed if whole.checkpointing else whole.largest
+    fitting = next(
+        (a for a in range(1, per_rank + 1) if per_rank % a == 0 and per_rank // a <= largest),
+        None,
+    )
+    if auto and fitting is not None:
+        return fitting, plan_at(fitting)
+    if not auto:
+        chosen = plan_at(cfg.trainer.grad_accum)
+        if chosen.fits:
+            return cfg.trainer.grad_accum, chosen
+        if fitting is not None:
+            raise UserError(
+                f"trainer.grad_accum={cfg.trainer.grad_accum} (micro-batch {chosen.micro_batch}) "
+                f"needs {format_size(chosen.total)} but {allowed}; trainer.grad_accum={fitting} "
+                f"(micro-batch {per_rank // fitting}) fits and keeps trainer.batch_size="
+                f"{cfg.trainer.batch_size}, and so does the default trainer.grad_accum=auto"
+            )
+    smallest = plan_at(per_rank)
+    raise UserError(
+        f"even a micro-batch of 1 needs {format_size(smallest.total)} but {allowed}; "
+        f"{_what_fits(cfg, whole, device)}"
+    )
+
+
+def _what_fits(cfg: Config, plan: Plan, device: str) -> str:
+    ideas = []
+    if not plan.checkpointing and plan.largest_checkpointed > 0:
+        ideas.append("model.gradient_checkpointing=true")
+    if cfg.data.max_len > 128:
+        ideas.append(f"a shorter data.max_len (now {cfg.data.max_len})")
+    if cfg.trainer.precision != "bf16" and (device == "cuda" or _bf16_native_cpu(device)):
+        ideas.append("trainer.precision=bf16")
+    ideas.append("a smaller model, or more memory")
+    return "try " + ", or ".join(ideas)
+
+
+def _bf16_native_cpu(device: str) -> bool:
+    return device == "cpu" and bf16_is_native(torch.device("cpu"))
+
+
 def oom_advice(cfg: Config, device, vocab_size: int | None = None) -> str:
     """One line for a caught torch.OutOfMemoryError on `device`: what the plan says fits.
 
@@ -256,7 +397,7 @@ def oom_advice(cfg: Config, device, vocab_size: int | None = None) -> str:
     plan = make_plan(cfg, vocab_size, 1.0, device.type, device_memory(str(device)), ranks)
     if plan.fits:
         said = (
-            f"the plan expected {_size(plan.total)} of {_size(plan.device_memory)} to fit, so "
+            f"the plan expected {format_size(plan.total)} of {format_size(plan.device_memory)} to fit, so "
             "something else holds memory (another process?)"
         )
     elif plan.checkpointing:
@@ -273,44 +414,24 @@ def oom_advice(cfg: Config, device, vocab_size: int | None = None) -> str:
 
 def parse_size(text: str) -> int:
     """Bytes from `80GB` (decimal), `80GiB` or `80G` (binary), or a plain number of bytes."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(?:([kmgt])(i?b)?)?\s*", text, re.IGNORECASE)
-    if not match:
-        raise UserError(
-            f"--device-memory {text!r} is not a size; use e.g. 80GB, 80GiB, 16G or a byte count"
-        )
-    number, prefix, unit = match.groups()
-    if prefix is None:
-        return int(float(number))
-    power = "kmgt".index(prefix.lower()) + 1
-    base = 1000 if unit is not None and unit.lower() == "b" else 1024
-    return int(float(number) * base**power)
-
-
-def _accum_hint(cfg: Config, plan: Plan, ranks: int) -> str:
-    """The smallest trainer.grad_accum that keeps trainer.batch_size and fits, if any."""
-    per_rank = cfg.trainer.batch_size // ranks
-    for largest, extra in (
-        (plan.largest, ""),
-        (plan.largest_checkpointed, " model.gradient_checkpointing=true"),
-    ):
-        for accum in range(1, per_rank + 1):
-            if per_rank % accum == 0 and 0 < per_rank // accum <= largest:
-                return (
-                    f"to keep trainer.batch_size={cfg.trainer.batch_size}: trainer.grad_accum="
-                    f"{accum}{extra} (micro-batch {per_rank // accum})"
-                )
-    return ""
+    return config_parse_size(text, "--device-memory ")
 
 
 def format_plan(
-    cfg: Config, plan: Plan, vocab_size: int, fill: float, ranks: int, given: str | None = None
+    cfg: Config,
+    plan: Plan,
+    accum: int,
+    vocab_size: int,
+    fill: float,
+    ranks: int,
+    source: str,
+    refusal: str | None = None,
 ) -> str:
-    """The plan as the command prints it; `given` is --device-memory as typed."""
+    """The plan as the command prints it: `accum` micro-steps as train would take them,
+    `source` where the memory figure comes from, `refusal` train's one line if it would
+    not start."""
     m, t = cfg.model, cfg.trainer
-    memory = _size(plan.device_memory)
-    memory = f"{given} = {memory} (--device-memory)" if given else f"{memory} detected"
-    accum = getattr(t, "grad_accum", 1)
-    split = f"trainer.batch_size={t.batch_size} / trainer.grad_accum={accum}"
+    split = f"trainer.batch_size={t.batch_size} / {accum} micro-steps (trainer.grad_accum={t.grad_accum})"
     split += f" / {ranks} ranks" if ranks > 1 else ""
     vocab = f"vocabulary {vocab_size}"
     if vocab_size == cfg.tokenizer.vocab_size:
@@ -333,36 +454,38 @@ def format_plan(
     if plan.step_scratch > plan.activation_total:
         rows.append(("optimizer.step() scratch (instead of activations)", plan.step_scratch))
     rows.append(("runtime overhead (rough)", plan.overhead))
-    verdict = "fits" if plan.fits else "does NOT fit"
-    percent = 100 * plan.total / plan.device_memory
-    lines = [
-        f"model={m.name}: {m.num_layers} layers, hidden {m.hidden_size}, {m.num_heads} heads, "
-        f"FFN {m.ffn_size}; data.max_len={cfg.data.max_len}; trainer.precision={t.precision}",
-        f"parameters: {plan.params / 1e6:.1f}M with {vocab}",
-        f"micro-batch: {plan.micro_batch} sequences ({split}); gradient checkpointing "
-        f"{'on' if plan.checkpointing else 'off'}",
-        f"real-token fill: {fill:.2f} (--fill; 1.0 = no padding, the worst case; WikiText-2 "
-        "batches are about 0.72 at max_len 64)",
-        f"device: {plan.device} (trainer.device={t.device}), {memory}; {attention}",
-        "",
-        *[f"  {name:<52} {_size(size):>12}" for name, size in rows],
-        f"  {'total':<52} {_size(plan.total):>12}",
-        "",
-        f"{verdict}: {_size(plan.total)} of {_size(plan.device_memory)} ({percent:.0f}%)",
-        f"largest micro-batch that fits: {_count(plan.largest)} without gradient checkpointing, "
-        f"{_count(plan.largest_checkpointed)} with model.gradient_checkpointing=true",
-    ]
-    if not plan.fits:
-        hint = _accum_hint(cfg, plan, ranks)
-        lines += [hint] if hint else []
-    return "\n".join(lines)
+    memory = format_size(plan.device_memory)
+    usage = f"{format_size(plan.total)} of {memory} ({100 * plan.total / plan.device_memory:.0f}%)"
+    verdict = (
+        f"does NOT fit: {refusal}" if refusal else f"fits: {usage}; a plan may fill {MARGIN:.0%}"
+    )
+    return "\n".join(
+        [
+            f"model={m.name}: {m.num_layers} layers, hidden {m.hidden_size}, {m.num_heads} heads, "
+            f"FFN {m.ffn_size}; data.max_len={cfg.data.max_len}; trainer.precision={t.precision}",
+            f"parameters: {plan.params / 1e6:.1f}M with {vocab}",
+            f"micro-batch: {plan.micro_batch} sequences ({split}); gradient checkpointing "
+            f"{'on' if plan.checkpointing else 'off'}",
+            f"real-token fill: {fill:.2f} (--fill; 1.0 = no padding, the worst case; WikiText-2 "
+            "batches are about 0.72 at max_len 64)",
+            f"device: {plan.device} (trainer.device={t.device}), {memory} ({source}); {attention}",
+            "",
+            *[f"  {name:<52} {format_size(size):>12}" for name, size in rows],
+            f"  {'total':<52} {format_size(plan.total):>12}",
+            "",
+            verdict,
+            f"largest micro-batch that fits: {_count(plan.largest)} without gradient "
+            f"checkpointing, {_count(plan.largest_checkpointed)} with "
+            "model.gradient_checkpointing=true",
+        ]
+    )
 
 
 def _count(n: int) -> str:
     return "none" if n == 0 else f"{n} or more" if n >= LARGEST_SEARCHED else str(n)
 
 
-def _size(n: float) -> str:
+def format_size(n: float) -> str:
     """Bytes in binary units: 1.23 GiB, 45.6 MiB."""
     for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
         if abs(n) >= scale:
@@ -430,6 +553,18 @@ def main(argv: list[str]) -> None:
     cfg = compose_config(args.overrides)
     if args.vocab_size is None:
         args.vocab_size = cfg.tokenizer.vocab_size or DEFAULT_VOCAB
-    memory = None if args.device_memory is None else parse_size(args.device_memory)
-    plan = make_plan(cfg, args.vocab_size, args.fill, memory=memory, ranks=args.ranks)
-    print(format_plan(cfg, plan, args.vocab_size, args.fill, args.ranks, args.device_memory))
+    device = device_type(cfg.trainer.device)
+    if args.device_memory is not None:
+        budget, source = parse_size(args.device_memory), f"--device-memory {args.device_memory}"
+    else:
+        budget, source = memory_budget(cfg, device)
+    refusal = None
+    try:
+        accum, plan = choose_accum(
+            cfg, args.vocab_size, args.fill, device, budget, source, args.ranks
+        )
+    except UserError as e:  # what train would refuse with, after the table
+        accum = cfg.trainer.grad_accum if isinstance(cfg.trainer.grad_accum, int) else 1
+        plan = make_plan(cfg, args.vocab_size, args.fill, device, budget, args.ranks, accum)
+        refusal = str(e)
+    print(format_plan(cfg, plan, accum, args.vocab_size, args.fill, args.ranks, source, refusal))

@@ -22,7 +22,7 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from bertpretrain import checkpoint, data, distributed, rundir
+from bertpretrain import checkpoint, data, distributed, plan, rundir
 from bertpretrain.config import Config, OptimConfig, to_dict
 from bertpretrain.data.batches import BatchStream, to_tensors
 from bertpretrain.data.examples import Dataset, continuation_table
@@ -162,6 +162,50 @@ def load_data(cfg: Config, resume: dict | None) -> Dataset:
     return dataset
 
 
+def plan_memory(cfg: Config, dataset: Dataset, device: torch.device, ranks) -> tuple[int, int]:
+    """The accumulation to train with and the bytes it is planned to take.
+
+    Planned once the data is built, so the real vocabulary and real-token fill are known
+    and the process's own memory (the corpus included) is counted, and before the model
+    exists: a config that cannot fit stops here, in one line, before anything large is
+    allocated (on a CPU the kernel would kill the process without a word).
+    """
+    fill = float(dataset.train.valid_lens.mean()) / cfg.data.max_len
+    budget, source = plan.memory_budget(cfg, device.type)
+    overhead = plan.process_overhead(device.type)
+    accum, chosen = plan.choose_accum(
+        cfg, len(dataset.vocab), fill, device.type, budget, source, ranks.world, overhead
+    )
+    log.info(
+        "memory plan: %d micro-step(s) of %d sequences%s need %s; %s allows %s (real-token "
+        "fill %.2f)",
+        accum,
+        chosen.micro_batch,
+        " (trainer.grad_accum=auto)" if cfg.trainer.grad_accum == "auto" else "",
+        plan.format_size(chosen.total),
+        source,
+        plan.format_size(plan.MARGIN * budget),
+        fill,
+    )
+    return accum, chosen.total
+
+
+def peak_memory(device: torch.device) -> int:
+    """What the run has held at most: the process's peak resident memory on the CPU (the
+    figure the kernel's out-of-memory killer goes by), allocated tensors on CUDA."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec() from the process that
+    # forked us, so a run started by a large parent (pytest, a notebook) would report it.
+    with contextlib.suppress(OSError, StopIteration, ValueError), open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (
+        1 if sys.platform == "darwin" else 1024
+    )
+
+
 def _log_line(step: int, max_steps: int, mlm: float, nsp: float, seq_s: float) -> str:
     return f"step {step}/{max_steps}  mlm {mlm:.4f}  nsp {nsp:.4f}  {seq_s:.1f} seq/s"
 
@@ -189,14 +233,22 @@ def split_batch(batch: dict, ranks: distributed.Ranks, accum: int) -> list[dict]
 
 
 def training_step(
-    module, optimizer, micro_batches, autocast, grad_clip: float, counts=(None, None)
+    module,
+    optimizer,
+    micro_batches,
+    autocast,
+    grad_clip: float,
+    counts=(None, None),
+    stopping: Callable[[], bool] = lambda: False,
 ):
     """Forward and backward every micro-batch, clip, update.
 
     Returns the (mlm, nsp) loss of this rank's share and whether every loss was finite. A
     non-finite loss on any rank leaves the weights untouched on all of them; the caller
     decides whether to stop. `counts` are the global batch's (masked positions, examples),
-    so micro-batch losses add up to the global batch mean exactly.
+    so micro-batch losses add up to the global batch mean exactly. When `stopping()` turns
+    true between micro-batches (a step of many can take minutes), the step is dropped
+    with the weights untouched and the losses are None.
     """
     optimizer.zero_grad(set_to_none=True)
     device = micro_batches[0]["tokens"].device
@@ -215,9 +267,13 @@ def training_step(
             with autocast():
                 mlm, nsp = module(mb, *counts)
             loss = mlm + nsp
-            if distributed.any_rank(not bool(torch.isfinite(loss)), device):
+            # one agreement per micro-batch, as every rank must take the same branch
+            nonfinite, stop = distributed.any_rank_each(
+                [not bool(torch.isfinite(loss)), not last and stopping()], device
+            )
+            if nonfinite or stop:
                 optimizer.zero_grad(set_to_none=True)
-                return total, False
+                return (None if stop and not nonfinite else total), False
             (loss * world).backward()
         total += torch.stack([mlm.detach(), nsp.detach()]).float()
     if grad_clip > 0:
@@ -275,9 +331,7 @@ def train(cfg: Config, run_dir: Path, record: Callable[[], None] | None = None) 
             try:
                 return _train(cfg, run_dir, stop, accepted)
             except torch.OutOfMemoryError:
-                from bertpretrain.plan import oom_advice
-
-                raise UserError(oom_advice(cfg, pick_device(cfg.trainer.device))) from None
+                raise UserError(plan.oom_advice(cfg, pick_device(cfg.trainer.device))) from None
 
 
 def _train(cfg: Config, run_dir: Path, stop: list[int], accepted: Callable[[], None]) -> dict:
@@ -287,11 +341,12 @@ def _train(cfg: Config, run_dir: Path, stop: list[int], accepted: Callable[[], N
     device = pick_device(t.device)
     if device.type == "cuda" and ranks.world > 1:
         device = torch.device("cuda", ranks.local_rank)
-    if t.batch_size % (ranks.world * t.grad_accum):
+    fixed_accum = t.grad_accum if isinstance(t.grad_accum, int) else 1
+    if t.batch_size % (ranks.world * fixed_accum):
         raise UserError(
             f"trainer.batch_size={t.batch_size} does not split into {ranks.world} ranks x "
-            f"{t.grad_accum} micro-steps (trainer.grad_accum); use a multiple of "
-            f"{ranks.world * t.grad_accum}"
+            f"{fixed_accum} micro-steps (trainer.grad_accum); use a multiple of "
+            f"{ranks.world * fixed_accum}"
         )
     resume = _resume_state(cfg, run_dir)
 
@@ -306,6 +361,7 @@ def _train(cfg: Config, run_dir: Path, stop: list[int], accepted: Callable[[], N
         len(dataset.valid) if dataset.valid is not None else 0,
         len(dataset.vocab),
     )
+    accum, planned = plan_memory(cfg, dataset, device, ranks)
 
     model = make_model(cfg, len(dataset.vocab)).to(device)
     model.bert.gradient_checkpointing = cfg.model.gradient_checkpointing
@@ -385,8 +441,9 @@ def _train(cfg: Config, run_dir: Path, stop: list[int], accepted: Callable[[], N
     def run_eval(step: int) -> dict:
         if valid_tensors is None:
             return {}
+        micro = t.batch_size // (ranks.world * accum)  # what the memory plan allowed
         metrics = evaluate(
-            model, valid_tensors, t.batch_size, t.eval_batches, device, autocast, lambda: stop
+            model, valid_tensors, micro, t.eval_batches * accum, device, autocast, lambda: stop
         )
         if metrics is None:  # a signal arrived: the caller stops
             return {}
@@ -421,11 +478,17 @@ def _train(cfg: Config, run_dir: Path, stop: list[int], accepted: Callable[[], N
         counts = ((batch["pred_weights"] > 0).sum().to(device), len(batch["nsp_labels"]))
         micro = [
             {k: v.to(device, non_blocking=True) for k, v in mb.items()}
-            for mb in split_batch(batch, ranks, t.grad_accum)
+            for mb in split_batch(batch, ranks, accum)
         ]
+        before = rng_state() if len(micro) > 1 else None
         losses, finite = training_step(
-            module, optimizer, micro, autocast, cfg.optim.grad_clip, counts
+            module, optimizer, micro, autocast, cfg.optim.grad_clip, counts, lambda: bool(stop)
         )
+        if losses is None:  # stopped within the step: the weights are those of `step`
+            set_rng_state(before)  # so that the resumed run draws the same dropout masks
+            bar.close()
+            log.warning("stopping within step %d: its micro-steps so far are dropped", done)
+            _stopped(stop, step, save(step) if ranks.main else None, run_dir, writer)
         if finite:
             window += losses
             window_steps += 1
@@ -509,6 +572,9 @@ def _train(cfg: Config, run_dir: Path, stop: list[int], accepted: Callable[[], N
         **{f"val_{k}": v for k, v in metrics.items()},
         "seq_per_s": seq_s,
         "model_tflops": seq_s * flops / 1e12,
+        "grad_accum": accum,
+        "planned_memory": planned,
+        "peak_memory": peak_memory(device),
         "checkpoint": str(path),
         "tensorboard": str(run_dir / "tensorboard"),
     }
@@ -520,14 +586,16 @@ def _train(cfg: Config, run_dir: Path, stop: list[int], accepted: Callable[[], N
         else ""
     )
     log.info(
-        "done: %d steps, mlm %.3f nsp %.3f%s, %.1f seq/s (%.3f model TFLOP/s); checkpoint %s; "
-        "curves: tensorboard --logdir %s",
+        "done: %d steps, mlm %.3f nsp %.3f%s, %.1f seq/s (%.3f model TFLOP/s), peak memory %s "
+        "(planned %s); checkpoint %s; curves: tensorboard --logdir %s",
         t.max_steps,
         last["mlm_loss"],
         last["nsp_loss"],
         val,
         seq_s,
         summary["model_tflops"],
+        plan.format_size(summary["peak_memory"]),
+        plan.format_size(planned),
         path,
         run_dir / "tensorboard",
     )
