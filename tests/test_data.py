@@ -27,6 +27,7 @@ from bertpretrain.data.examples import (
     max_predictions,
     tokenizer_key,
 )
+from bertpretrain.data.store import encode_split
 from bertpretrain.data.tokenizer import Tokenizer, train_tokenizer
 from bertpretrain.data.vocab import (
     CLS_ID,
@@ -144,7 +145,7 @@ def test_real_split_gives_the_reference_paragraphs_and_vocabulary(valid_path):
     """d2l 1.0.3's own code on wiki.valid.tokens keeps 1673 paragraphs and builds a
     vocabulary of 4271 tokens at min_freq 5 (a rule applied after strip() gives 1546 and
     4211)."""
-    paragraphs = read_split(valid_path)
+    paragraphs = list(read_split(valid_path))
     assert len(paragraphs) == 1673
     assert sum(len(p) == 1 for p in paragraphs) == 1673 - 1546
     tokenizer = train_tokenizer("word", [s for p in paragraphs for s in p], 5, None, True)
@@ -210,7 +211,8 @@ def test_unknown_words_map_to_unk():
     vocab = build_vocab(["a", "b", "a", "b"], min_freq=2)  # <reserved>, a, b
     index = token_index(vocab)
     paragraphs = [["a zebra b", "b a"]]  # "zebra" is not in the vocabulary
-    ex = build_examples(paragraphs, Tokenizer("word", vocab), 16, np.random.default_rng(0))
+    tok = Tokenizer("word", vocab)
+    ex = build_examples(encode_split(paragraphs, tok), tok, 16, np.random.default_rng(0))
     a, _ = sentences_of(ex, 0, originals(ex))
     assert a == (index["a"], UNK_ID, index["b"])
 
@@ -299,13 +301,13 @@ def test_pair_one_token_too_long_is_dropped_and_one_that_fits_exactly_is_kept():
     for seed in range(20):
         rng = np.random.default_rng(seed)
         # 5 + 8 + 3 = 16: the is-next pair fits exactly; a random b is 5 or 8 words: fits.
-        ex = build_examples(paragraphs, tok, 16, rng)
+        ex = build_examples(encode_split(paragraphs, tok), tok, 16, rng)
         assert len(ex) == 1
         a, b = sentences_of(ex, 0, originals(ex))
         assert ex.valid_lens[0] == len(a) + len(b) + 3
         # At 15 the is-next pair (16 tokens) is dropped, never truncated; only a random
         # b of 5 words can make a pair.
-        ex = build_examples(paragraphs, tok, 15, np.random.default_rng(seed))
+        ex = build_examples(encode_split(paragraphs, tok), tok, 15, np.random.default_rng(seed))
         assert len(ex) <= 1
         if len(ex):
             assert ex.nsp_labels.tolist() == [1]

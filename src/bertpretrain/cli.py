@@ -34,6 +34,8 @@ commands:
   runs     list the runs under outputs/: date, overrides, steps, losses, checkpoint
   export   write a run's model as a Hugging Face transformers folder (BertForPreTraining)
   plan     memory needed by a config (weights, optimizer, activations) and whether it fits
+  prepare  tokenise a corpus once into the cache (memory-mapped), ahead of `train`; takes
+           train's overrides, e.g. `bertpretrain prepare data=text data.files=[a.txt]`
 
 Errors you can fix print one line and exit with code 2; set HYDRA_FULL_ERROR=1 to see
 the traceback as well.
@@ -302,6 +304,36 @@ def plan_main(argv: list[str]) -> None:
     plan(argv)
 
 
+def prepare_main(argv: list[str]) -> None:
+    """`bertpretrain prepare OVERRIDES`: the corpus and vocabulary that `train OVERRIDES`
+    would use, tokenised into the cache now (on a CPU machine, before a GPU job)."""
+    from bertpretrain.config import compose
+    from bertpretrain.data import prepare
+    from bertpretrain.errors import ArgumentParser
+    from bertpretrain.plan import peak_memory
+
+    parser = ArgumentParser(
+        prog="bertpretrain prepare",
+        description="Tokenise the corpus that `bertpretrain train OVERRIDES` would read into "
+        "the cache (data.root/cache), once: memory-mapped token arrays that train then opens "
+        "in a moment. Takes the same overrides as train.",
+        epilog="example: bertpretrain prepare data=text data.files=[big.txt] tokenizer=wordpiece",
+    )
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="as for train")
+    args = parser.parse_args(argv)
+    cfg = compose(args.overrides)[0]
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stdout, format="[%(asctime)s][%(name)s] %(message)s"
+    )
+    store = prepare(cfg.data, cfg.tokenizer)
+    valid = f", {len(store.valid.tokens)} validation tokens" if store.valid is not None else ""
+    print(
+        f"prepared corpus: {store.path} ({len(store.train.tokens)} training tokens{valid}, "
+        f"vocabulary {len(store.tokenizer.vocab)}); peak memory "
+        f"{peak_memory() >> 20} MiB"
+    )
+
+
 def runs_main(argv: list[str]) -> None:
     from bertpretrain.runs import main as runs
 
@@ -314,6 +346,7 @@ COMMANDS: dict[str, Callable[[list[str]], None]] = {
     "runs": runs_main,
     "export": export_main,
     "plan": plan_main,
+    "prepare": prepare_main,
 }
 
 

@@ -12,7 +12,7 @@ largest tensor alive at once) and the runtime overhead. Gradients are counted as
 for the whole step, as they are from the second micro-step of gradient accumulation on,
 so with trainer.grad_accum=1 the total errs on the safe side. tests/test_plan.py holds
 the activation estimate against the peak memory of real training steps on the CPU (within
-25%), and docs/benchmarks.md whole runs' plans against their peak (within 11%); the CUDA
+25%), and docs/benchmarks.md whole runs' plans against their peak (within 8%); the CUDA
 attention path (SDPA's fused kernel, memory linear in L instead of the CPU path's (B,
 heads, L, L) scores) is counted from what that kernel saves but is not measured here.
 
@@ -25,8 +25,11 @@ about 72% real tokens and at 128 about 42%. The default --fill 1.0 is the worst 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
+import resource
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -302,6 +305,20 @@ def process_overhead(device: str) -> int:
     if device == "cpu":
         return resident_memory() + CPU_RUNTIME_GROWTH
     return OVERHEAD.get(device, OVERHEAD["cpu"])
+
+
+def peak_memory(device: torch.device | None = None) -> int:
+    """What the run has held at most: the process's peak resident memory on the CPU (the
+    figure the kernel's out-of-memory killer goes by), allocated tensors on CUDA."""
+    if device is not None and device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec() from the process that
+    # forked us, so a run started by a large parent (pytest, a notebook) would report it.
+    with contextlib.suppress(OSError, StopIteration, ValueError), open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (
+        1 if sys.platform == "darwin" else 1024
+    )
 
 
 def resident_memory() -> int:

@@ -190,22 +190,6 @@ def plan_memory(cfg: Config, dataset: Dataset, device: torch.device, ranks) -> t
     return accum, chosen.total
 
 
-def peak_memory(device: torch.device) -> int:
-    """What the run has held at most: the process's peak resident memory on the CPU (the
-    figure the kernel's out-of-memory killer goes by), allocated tensors on CUDA."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device)
-    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec() from the process that
-    # forked us, so a run started by a large parent (pytest, a notebook) would report it.
-    with contextlib.suppress(OSError, StopIteration, ValueError), open("/proc/self/status") as f:
-        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (
-        1 if sys.platform == "darwin" else 1024
-    )
-
-
 def _log_line(step: int, max_steps: int, mlm: float, nsp: float, seq_s: float) -> str:
     return f"step {step}/{max_steps}  mlm {mlm:.4f}  nsp {nsp:.4f}  {seq_s:.1f} seq/s"
 
@@ -574,7 +558,7 @@ def _train(cfg: Config, run_dir: Path, stop: list[int], accepted: Callable[[], N
         "model_tflops": seq_s * flops / 1e12,
         "grad_accum": accum,
         "planned_memory": planned,
-        "peak_memory": peak_memory(device),
+        "peak_memory": plan.peak_memory(device),
         "checkpoint": str(path),
         "tensorboard": str(run_dir / "tensorboard"),
     }

@@ -1,8 +1,9 @@
-"""Data pipeline: corpus -> tokenizer -> NSP + MLM examples -> batches.
+"""Data pipeline: corpus -> tokenizer -> prepared store -> NSP + MLM examples -> batches.
 
 Three corpora (`data=` in conf/data/): WikiText-2 (`corpus.py`, downloaded when needed),
 a user's text files and a `datasets` dataset (`text.py`). Each gives paragraphs of
-sentences; `examples.py` turns them into examples with the run's tokenizer.
+sentences; `store.py` tokenises them once into memory-mapped arrays, and `examples.py`
+turns those into examples.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ if TYPE_CHECKING:
     from bertpretrain.config import DataConfig, TokenizerConfig
     from bertpretrain.data.corpus import Corpus
     from bertpretrain.data.examples import Dataset
+    from bertpretrain.data.store import Store
     from bertpretrain.data.tokenizer import Tokenizer
 
 
@@ -27,10 +29,29 @@ def load(
     # Imported here so `encode`, which needs only the tokenizer, starts without them.
     from bertpretrain.data.examples import load_dataset
 
-    cache = Path(cfg.root).expanduser() / "cache" if cfg.cache else None
     return load_dataset(
-        make_corpus(cfg), tokenizer_cfg, cfg.max_len, seed, cache, cfg.whole_word_mask, tokenizer
+        make_corpus(cfg),
+        tokenizer_cfg,
+        cfg.max_len,
+        seed,
+        cache_dir(cfg),
+        cfg.whole_word_mask,
+        tokenizer,
     )
+
+
+def prepare(cfg: DataConfig, tokenizer_cfg: TokenizerConfig) -> Store:
+    """The corpus's tokenizer and prepared store, built once into the cache (or found
+    there): what `bertpretrain prepare` does ahead of a training job."""
+    from bertpretrain.data.examples import get_tokenizer
+    from bertpretrain.data.store import prepare as prepare_store
+
+    corpus, cache = make_corpus(cfg), cache_dir(cfg)
+    return prepare_store(corpus, get_tokenizer(corpus, tokenizer_cfg, cache), cache)
+
+
+def cache_dir(cfg: DataConfig) -> Path | None:
+    return Path(cfg.root).expanduser() / "cache" if cfg.cache else None
 
 
 def make_corpus(cfg: DataConfig) -> Corpus:

@@ -14,7 +14,7 @@ import errno
 import hashlib
 import logging
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,9 +32,9 @@ class Corpus:
     digest of what defines each split (the cache keys)."""
 
     name: str  # for messages: a file, a folder or a dataset
-    read_train: Callable[[], list[Paragraph]]
+    read_train: Callable[[], Iterable[Paragraph]]
     train_digest: str
-    read_valid: Callable[[], list[Paragraph]] | None = None
+    read_valid: Callable[[], Iterable[Paragraph]] | None = None
     valid_digest: str = "-"
 
 
@@ -116,34 +116,49 @@ def split_paragraphs(lines: list[str]) -> list[Paragraph]:
     return [line.strip().split(" . ") for line in lines if len(line.split(" . ")) >= 2]
 
 
-def read_split(path: Path, digest: str | None = None) -> list[Paragraph]:
-    """Read one `wiki.{split}.tokens` file; a user's bad file ends in a UserError, and so
-    do bytes whose `file_digest` is not `digest` (the file changed since it was taken)."""
+def read_split(path: Path, digest: str | None = None) -> Iterator[Paragraph]:
+    """The paragraphs of one `wiki.{split}.tokens` file, read line by line (a corpus need not
+    fit in memory). A user's bad file ends in a UserError, and so do bytes whose
+    `file_digest` is not `digest` (the file changed since it was taken): both can only be
+    known once the file is read, so they end the iteration."""
+    read = hashlib.sha256()
+    pairs = False  # whether some paragraph has two sentences, as a pair needs
+    offset = 0
     try:
-        data = path.read_bytes()
-        if digest is not None:
-            changed_while_read(str(path), digest, hashlib.sha256(data + b"\0").hexdigest())
-        # Universal newlines, as the reference's open(...).readlines() reads the file.
-        text = data.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
+        with path.open("rb") as f:
+            for raw in f:  # a UTF-8 character never contains the byte \n
+                read.update(raw)
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise UserError(
+                        f"corpus file {path} is not UTF-8 text (byte {offset + e.start}); "
+                        "convert it to UTF-8"
+                    ) from None
+                offset += len(raw)
+                # Universal newlines, as the reference's open(...).readlines() reads the
+                # file; not splitlines(): \x0c etc. stay inside a line.
+                for paragraph in split_paragraphs(
+                    line.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+                ):
+                    pairs = pairs or len(paragraph) >= 2
+                    yield paragraph
     except FileNotFoundError:
         raise UserError(
             f"corpus file {path} does not exist; point data.dir at a folder holding it"
-        ) from None
-    except UnicodeDecodeError as e:
-        raise UserError(
-            f"corpus file {path} is not UTF-8 text (byte {e.start}); convert it to UTF-8"
         ) from None
     except OSError as e:
         raise UserError(
             f"cannot read corpus file {path}: {e.strerror}; check its permissions"
         ) from None
-    paragraphs = split_paragraphs(text.split("\n"))  # not splitlines(): \x0c etc. stay in a line
-    if not any(len(p) >= 2 for p in paragraphs):
+    if digest is not None:
+        read.update(b"\0")  # as file_digest marks the end of a file
+        changed_while_read(str(path), digest, read.hexdigest())
+    if not pairs:
         raise UserError(
             f"corpus file {path} has no paragraph with two sentences split by ' . '; "
             "a WikiText-style file has one paragraph per line"
         )
-    return paragraphs
 
 
 def corpus_dir(data_dir: str | None, root: str, urls: list[str], sha1: str) -> Path:

@@ -1,4 +1,5 @@
-"""Next-sentence pairs and masked-LM targets, built with vectorised numpy and cached on disk.
+"""Next-sentence pairs and masked-LM targets, built with vectorised numpy from the prepared
+corpus (data/store.py) and cached on disk.
 
 Semantics follow the reference (d2l.ai): for consecutive sentences (a, b) of a paragraph,
 b is kept with probability 0.5, otherwise replaced by a random sentence of a random
@@ -10,7 +11,6 @@ example, max(1, round(0.15 * len(tokens))) non-special positions are masked: 80%
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
@@ -24,8 +24,9 @@ import numpy as np
 import torch
 
 from bertpretrain import files
-from bertpretrain.data.corpus import Corpus, Paragraph
+from bertpretrain.data.corpus import Corpus
 from bertpretrain.data.masking import MASK_RATE, mask_tokens
+from bertpretrain.data.store import Split, prepare
 from bertpretrain.data.tokenizer import Tokenizer, train_tokenizer
 from bertpretrain.data.tokenizer import load as load_tokenizer
 from bertpretrain.data.tokenizer import save as save_tokenizer
@@ -58,12 +59,12 @@ def max_predictions(max_len: int) -> int:
     return max(1, round(MASK_RATE * max_len))
 
 
-def _flatten(paragraphs: list[Paragraph], tokenizer: Tokenizer):
-    """Concatenated token ids plus each sentence's start, length and paragraph."""
-    ids, lens = tokenizer.encode_sentences([s for p in paragraphs for s in p])
-    starts = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64)
-    par_of = np.repeat(np.arange(len(paragraphs)), [len(p) for p in paragraphs])
-    return ids, starts, lens, par_of
+def _shuffled(split: Split, order: np.ndarray):
+    """Each sentence's start and length in the tokens, and its paragraph's rank, with the
+    paragraphs taken in `order`."""
+    par_of, offset = _ragged(split.paragraph_sizes[order])
+    sentence = split.paragraphs[:-1][order][par_of] + offset
+    return split.sentences[:-1][sentence], split.sentence_lens[sentence], par_of
 
 
 def _ragged(lens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -87,15 +88,16 @@ def _nsp_pairs(starts, lens, par_of, max_len: int, rng: np.random.Generator):
 
 
 def build_examples(
-    paragraphs: list[Paragraph],
+    split: Split,
     tokenizer: Tokenizer,
     max_len: int,
     rng: np.random.Generator,
     whole_word_mask: bool = False,
 ) -> Examples:
-    """NSP pairs and MLM targets of one corpus split, all vectorised over examples."""
-    order = rng.permutation(len(paragraphs))  # the reference shuffles paragraphs first
-    ids, starts, lens, par_of = _flatten([paragraphs[i] for i in order], tokenizer)
+    """NSP pairs and MLM targets of one prepared corpus split, vectorised over examples."""
+    order = rng.permutation(len(split))  # the reference shuffles paragraphs first
+    starts, lens, par_of = _shuffled(split, order)
+    ids = split.tokens
     a, b, nsp = _nsp_pairs(starts, lens, par_of, max_len, rng)
     la, lb = lens[a], lens[b]
     n = len(a)
@@ -217,11 +219,10 @@ def _cached(path: Path | None, what: str, load: Callable, build: Callable, save:
     return value
 
 
-def make_tokenizer(corpus: Corpus, paragraphs: list[Paragraph], cfg: TokenizerConfig) -> Tokenizer:
-    sentences = [s for p in paragraphs for s in p]
-    log.info(
-        "training a %s vocabulary on %d sentences of %s", cfg.name, len(sentences), corpus.name
-    )
+def make_tokenizer(corpus: Corpus, cfg: TokenizerConfig) -> Tokenizer:
+    """A vocabulary trained on the training split, read as a stream of sentences."""
+    log.info("training a %s vocabulary on %s", cfg.name, corpus.name)
+    sentences = (s for p in corpus.read_train() for s in p)
     tokenizer = train_tokenizer(cfg.name, sentences, cfg.min_freq, cfg.vocab_size, cfg.lowercase)
     if len(tokenizer.vocab) == len(RESERVED):
         raise UserError(
@@ -229,6 +230,14 @@ def make_tokenizer(corpus: Corpus, paragraphs: list[Paragraph], cfg: TokenizerCo
             "or use a larger corpus"
         )
     return tokenizer
+
+
+def get_tokenizer(corpus: Corpus, cfg: TokenizerConfig, cache_dir: Path | None) -> Tokenizer:
+    """The vocabulary for `corpus`: from the cache, or trained on its training split."""
+    path = cache_dir / f"tokenizer-{tokenizer_key(corpus, cfg)}.json" if cache_dir else None
+    return _cached(
+        path, "vocabulary", load_tokenizer, lambda: make_tokenizer(corpus, cfg), save_tokenizer
+    )
 
 
 def load_dataset(
@@ -244,33 +253,22 @@ def load_dataset(
 
     `tokenizer` is a resumed run's or another rank's: the run keeps its vocabulary.
     """
-    read = functools.cache(corpus.read_train)
     if tokenizer is None:
-        tok_path = (
-            cache_dir / f"tokenizer-{tokenizer_key(corpus, tokenizer_cfg)}.json"
-            if cache_dir
-            else None
-        )
-        tokenizer = _cached(
-            tok_path,
-            "vocabulary",
-            load_tokenizer,
-            lambda: make_tokenizer(corpus, read(), tokenizer_cfg),
-            save_tokenizer,
-        )
+        tokenizer = get_tokenizer(corpus, tokenizer_cfg, cache_dir)
 
     def build() -> Dataset:
+        store = prepare(corpus, tokenizer, cache_dir)
         train = build_examples(
-            read(), tokenizer, max_len, np.random.default_rng([seed, 0]), whole_word_mask
+            store.train, tokenizer, max_len, np.random.default_rng([seed, 0]), whole_word_mask
         )
         if len(train) == 0:
             raise UserError(
                 f"no sentence pair of {corpus.name} fits data.max_len={max_len}; raise data.max_len"
             )
         valid = None
-        if corpus.read_valid is not None:
+        if store.valid is not None:
             valid = build_examples(
-                corpus.read_valid(),
+                store.valid,
                 tokenizer,
                 max_len,
                 np.random.default_rng([seed, 1]),

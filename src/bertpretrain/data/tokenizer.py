@@ -22,7 +22,7 @@ import collections
 import itertools
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -151,13 +151,11 @@ class Tokenizer:
 
 
 def train_tokenizer(
-    kind: str, sentences: Sequence[str], min_freq: int, vocab_size: int | None, lowercase: bool
+    kind: str, sentences: Iterable[str], min_freq: int, vocab_size: int | None, lowercase: bool
 ) -> Tokenizer:
-    """A vocabulary learnt from the training sentences."""
+    """A vocabulary learnt from the training sentences, read once as a stream."""
     if kind == "word":
-        text = "\n".join(sentences)
-        vocab = build_vocab((text.lower() if lowercase else text).split(), min_freq)
-        return Tokenizer("word", vocab, lowercase)
+        return Tokenizer("word", build_vocab(_words(sentences, lowercase), min_freq), lowercase)
     tk = _tokenizers()
     backend = _bert_pipeline(
         tk.models.WordPiece(unk_token=UNK, continuing_subword_prefix=PREFIX), lowercase
@@ -170,12 +168,21 @@ def train_tokenizer(
         continuing_subword_prefix=PREFIX,
         show_progress=False,
     )
-    backend.train_from_iterator(sentences, trainer, length=len(sentences))
+    backend.train_from_iterator(sentences, trainer)
     by_id = sorted(backend.get_vocab(with_added_tokens=True).items(), key=lambda kv: kv[1])
     vocab = [t for t, _ in by_id]
     if vocab[: len(RESERVED)] != RESERVED or [i for _, i in by_id] != list(range(len(vocab))):
         raise RuntimeError(f"tokenizers gave an unexpected vocabulary: {vocab[:8]}")
     return Tokenizer("wordpiece", vocab, lowercase)
+
+
+def _words(sentences: Iterable[str], lowercase: bool) -> Iterator[str]:
+    """The words of a stream of sentences, split a chunk at a time: str.split over a joined
+    chunk runs in C, and the chunk bounds the memory."""
+    it = iter(sentences)
+    while chunk := list(itertools.islice(it, 10_000)):
+        text = "\n".join(chunk)
+        yield from (text.lower() if lowercase else text).split()
 
 
 def save(tokenizer: Tokenizer, path: Path) -> None:

@@ -1,0 +1,283 @@
+"""The prepared corpus: every split tokenised once into memory-mapped arrays, then reused.
+
+A store is a folder in the cache, `store-KEY/`, keyed by the corpus's digests and the
+exact tokenizer. Each split is three flat arrays, written while the corpus streams past
+(chunks of paragraphs go through the tokenizer and onto disk, so memory does not grow
+with the corpus), and read back with `np.memmap`, so opening a store costs nothing and
+only the pages a batch touches are ever read:
+
+    SPLIT.tokens      every sentence's token ids, concatenated (uint16, or uint32 when
+                      the vocabulary has more than 65536 entries)
+    SPLIT.sentences   int64 offsets into tokens: sentence i is tokens[s[i]:s[i+1]]
+    SPLIT.paragraphs  int64 offsets into sentences: paragraph j is sentences p[j]..p[j+1]
+
+`meta.json` records each array's dtype, length and sha256. A store is built in a temp
+folder and renamed into place whole, so a kill leaves nothing a later run trusts; one whose
+files disagree with its metadata (truncated, corrupted) is rebuilt with a warning. The
+layout follows nanoGPT's `train.bin` and Megatron-LM's indexed dataset (`.bin` + `.idx`).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import hashlib
+import itertools
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from bertpretrain import files
+from bertpretrain.data.corpus import Corpus, Paragraph
+from bertpretrain.data.tokenizer import Tokenizer
+from bertpretrain.errors import UserError
+
+log = logging.getLogger(__name__)
+
+VERSION = 1  # bump when the layout or the reading rules change
+CHUNK = 2_000  # paragraphs per tokenizer call: enough to amortise the call, few MB of text
+ARRAYS = ("tokens", "sentences", "paragraphs")
+
+
+@dataclass
+class Split:
+    """One split's arrays (memory-mapped from a store, or in memory)."""
+
+    tokens: np.ndarray
+    sentences: np.ndarray  # (S + 1,) offsets into tokens
+    paragraphs: np.ndarray  # (P + 1,) offsets into sentences
+
+    @property
+    def sentence_lens(self) -> np.ndarray:
+        return np.diff(self.sentences)
+
+    @property
+    def paragraph_sizes(self) -> np.ndarray:
+        return np.diff(self.paragraphs)
+
+    def __len__(self) -> int:
+        """The number of paragraphs."""
+        return len(self.paragraphs) - 1
+
+
+@dataclass
+class Store:
+    tokenizer: Tokenizer
+    train: Split
+    valid: Split | None
+    path: Path
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    return np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.uint32)
+
+
+def encode_split(paragraphs: Iterable[Paragraph], tokenizer: Tokenizer) -> Split:
+    """A split in memory: what `prepare` writes to disk, for small corpora and tests."""
+    parts = list(_encode_chunks(paragraphs, tokenizer))
+    ids = [p[0] for p in parts] or [np.zeros(0, np.int32)]
+    lens = [p[1] for p in parts] or [np.zeros(0, np.int64)]
+    sizes = [p[2] for p in parts] or [np.zeros(0, np.int64)]
+    return Split(
+        np.concatenate(ids).astype(token_dtype(len(tokenizer.vocab))),
+        _offsets(np.concatenate(lens)),
+        _offsets(np.concatenate(sizes)),
+    )
+
+
+def _offsets(counts: np.ndarray) -> np.ndarray:
+    return np.concatenate([[0], np.cumsum(counts, dtype=np.int64)]).astype(np.int64)
+
+
+def _encode_chunks(
+    paragraphs: Iterable[Paragraph], tokenizer: Tokenizer
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(ids, sentence lengths, paragraph sizes) of successive chunks of paragraphs."""
+    it = iter(paragraphs)
+    while chunk := list(itertools.islice(it, CHUNK)):
+        ids, lens = tokenizer.encode_sentences([s for p in chunk for s in p])
+        yield ids, lens, np.fromiter(map(len, chunk), np.int64, len(chunk))
+
+
+class _ArrayWriter:
+    """Appends to one flat array file, hashing what it writes."""
+
+    def __init__(self, path: Path, dtype: np.dtype):
+        self.file = open(path, "wb")  # noqa: SIM115 (closed by close())
+        self.dtype = dtype
+        self.hash = hashlib.sha256()
+        self.count = 0
+
+    def write(self, values: np.ndarray) -> None:
+        data = np.ascontiguousarray(values, dtype=self.dtype).tobytes()
+        self.file.write(data)
+        self.hash.update(data)
+        self.count += len(values)
+
+    def close(self) -> dict:
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        return {"dtype": self.dtype.name, "length": self.count, "sha256": self.hash.hexdigest()}
+
+
+def _write_split(
+    folder: Path,
+    name: str,
+    paragraphs: Iterable[Paragraph],
+    tokenizer: Tokenizer,
+    progress: Callable[[int], None],
+) -> dict:
+    """Stream one split's paragraphs through the tokenizer into NAME.{tokens,...}."""
+    writers = {
+        "tokens": _ArrayWriter(folder / f"{name}.tokens", token_dtype(len(tokenizer.vocab))),
+        "sentences": _ArrayWriter(folder / f"{name}.sentences", np.dtype(np.int64)),
+        "paragraphs": _ArrayWriter(folder / f"{name}.paragraphs", np.dtype(np.int64)),
+    }
+    try:
+        n_tokens, n_sentences = 0, 0
+        writers["sentences"].write(np.zeros(1))
+        writers["paragraphs"].write(np.zeros(1))
+        for ids, lens, sizes in _encode_chunks(paragraphs, tokenizer):
+            writers["tokens"].write(ids)
+            writers["sentences"].write(n_tokens + np.cumsum(lens))
+            writers["paragraphs"].write(n_sentences + np.cumsum(sizes))
+            n_tokens += len(ids)
+            n_sentences += len(lens)
+            progress(len(ids))
+    finally:
+        meta = {k: w.close() for k, w in writers.items()}
+    return meta
+
+
+def _open_split(folder: Path, name: str, meta: dict, verify: bool) -> Split:
+    """A split's arrays, memory-mapped; a ValueError says how the files disagree with
+    `meta`."""
+    arrays = {}
+    for array in ARRAYS:
+        path, info = folder / f"{name}.{array}", meta[array]
+        dtype = np.dtype(info["dtype"])
+        size = path.stat().st_size
+        if size != info["length"] * dtype.itemsize:
+            raise ValueError(
+                f"{path.name} holds {size} bytes, its metadata says {info['length']} values"
+            )
+        if verify:
+            with open(path, "rb") as f:
+                if hashlib.file_digest(f, "sha256").hexdigest() != info["sha256"]:
+                    raise ValueError(f"{path.name} does not match its sha256")
+        arrays[array] = (
+            np.memmap(path, dtype=dtype, mode="r", shape=(info["length"],))
+            if info["length"]
+            else np.zeros(0, dtype)
+        )
+    return Split(**arrays)
+
+
+def store_key(corpus: Corpus, tokenizer: Tokenizer) -> str:
+    """Everything that changes a store: both splits' digests and the exact tokenizer."""
+    vocab = hashlib.sha256("\n".join(tokenizer.vocab).encode()).hexdigest()
+    settings = json.dumps(tokenizer.settings(), sort_keys=True)
+    parts = f"v{VERSION}|{corpus.train_digest}|{corpus.valid_digest}|{vocab}|{settings}"
+    return hashlib.sha256(parts.encode()).hexdigest()[:24]
+
+
+def open_store(path: Path, tokenizer: Tokenizer, verify: bool = True) -> Store:
+    """The store at `path`; a ValueError (or OSError) when it is incomplete or damaged."""
+    meta = json.loads((path / "meta.json").read_text())
+    if meta.get("version") != VERSION:
+        raise ValueError(f"it has layout version {meta.get('version')}, not {VERSION}")
+    train = _open_split(path, "train", meta["train"], verify)
+    valid = _open_split(path, "valid", meta["valid"], verify) if meta.get("valid") else None
+    return Store(tokenizer, train, valid, path)
+
+
+def prepare(corpus: Corpus, tokenizer: Tokenizer, cache_dir: Path | None) -> Store:
+    """The corpus's store for `tokenizer`: found in `cache_dir`, or built there. Without
+    a cache dir it is built in a temp folder that lives as long as the process."""
+    if cache_dir is None:
+        folder = Path(tempfile.mkdtemp(prefix="bertpretrain-store-"))
+        atexit.register(shutil.rmtree, folder, True)
+        return _build(corpus, tokenizer, folder / "store")
+    path = cache_dir / f"store-{store_key(corpus, tokenizer)}"
+    if path.is_dir():
+        try:
+            store = open_store(path, tokenizer)
+            log.info("prepared corpus from cache %s", path)
+            return store
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            log.warning("rebuilding the prepared corpus %s: %s", path, e)
+            shutil.rmtree(path, ignore_errors=True)
+    files.remove_orphans(cache_dir)
+    return _build(corpus, tokenizer, path)
+
+
+def _build(corpus: Corpus, tokenizer: Tokenizer, path: Path) -> Store:
+    """Write the store into a temp folder beside `path`, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = files.temp_name(path)
+    started = time.perf_counter()
+    try:
+        tmp.mkdir()
+        meta: dict = {"version": VERSION, "tokenizer": tokenizer.settings()}
+        with _progress(f"preparing {corpus.name}") as progress:
+            meta["train"] = _write_split(tmp, "train", corpus.read_train(), tokenizer, progress)
+            if corpus.read_valid is not None:
+                meta["valid"] = _write_split(tmp, "valid", corpus.read_valid(), tokenizer, progress)
+        files.atomic_write(tmp / "meta.json", lambda f: f.write(json.dumps(meta).encode()))
+        try:
+            os.rename(tmp, path)
+        except OSError:
+            if not path.is_dir():
+                raise
+            log.info("another process prepared %s first; using its store", path)
+        files.fsync_dir(path.parent)
+    except OSError as e:
+        raise UserError(
+            f"could not write the prepared corpus to {path.parent}: "
+            f"{files.failure(e, path.parent)}; free space there or set data.root to another "
+            "folder"
+        ) from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    tokens = meta["train"]["tokens"]["length"]
+    log.info(
+        "prepared %s: %d training tokens in %d sentences, %d paragraphs, in %.1f s (%s)",
+        corpus.name,
+        tokens,
+        meta["train"]["sentences"]["length"] - 1,
+        meta["train"]["paragraphs"]["length"] - 1,
+        time.perf_counter() - started,
+        path,
+    )
+    return open_store(path, tokenizer, verify=False)
+
+
+@contextlib.contextmanager
+def _progress(what: str) -> Iterator[Callable[[int], None]]:
+    """A tokens/s bar on a terminal; a log line every 30 s otherwise."""
+    if sys.stderr.isatty():
+        with tqdm(desc=what, unit=" tokens", unit_scale=True, dynamic_ncols=True) as bar:
+            yield bar.update
+        return
+    state = {"tokens": 0, "start": time.perf_counter(), "said": time.perf_counter()}
+
+    def update(n: int) -> None:
+        state["tokens"] += n
+        now = time.perf_counter()
+        if now - state["said"] >= 30:
+            rate = state["tokens"] / (now - state["start"])
+            log.info("%s: %d tokens so far, %.0f tokens/s", what, state["tokens"], rate)
+            state["said"] = now
+
+    yield update
