@@ -36,10 +36,9 @@ import torch
 
 from bertpretrain import checkpoint
 from bertpretrain.config import TokenizerConfig
-from bertpretrain.data.batches import BatchStream, to_tensors
+from bertpretrain.data.batches import BatchStream
 from bertpretrain.data.corpus import wikitext
-from bertpretrain.data.examples import Dataset, continuation_table, load_dataset
-from bertpretrain.data.masking import remask
+from bertpretrain.data.examples import Dataset, load_dataset
 from bertpretrain.model import BertConfig, BertForPretraining, flops_per_sequence
 from bertpretrain.train import PretrainingLosses, training_step
 
@@ -83,8 +82,8 @@ def real_batches(max_len: int, batch_size: int, count: int) -> tuple[list[dict],
     """`count` training batches from the real validation split, the vocabulary size, and
     the mean number of masked positions per example."""
     data = wikitext_dataset(SHARED / "wiki.valid.tokens", max_len)
-    stream = BatchStream(to_tensors(data.train), batch_size, seed=0)
-    preds = float(data.train.pred_weights.sum(1).mean())
+    stream = BatchStream(data.train, batch_size, seed=0)
+    preds = float(data.train.predictions().mean())
     return [stream.batch(i) for i in range(count)], len(data.vocab), preds
 
 
@@ -228,36 +227,30 @@ def bench_training(size, max_len, batch_size, precision, reps, steps, device, pe
     return rows
 
 
-def bench_dynamic_masking(reps: int) -> list[dict]:
-    """What data.masking=dynamic adds to every step: redrawing the masks of one batch."""
-    batches, vocab, _ = real_batches(64, 512, 1)
-    times = []
-    for rep in range(max(reps, 5)):
-        t0 = time.perf_counter()
-        remask(batches[0], vocab, torch.Generator().manual_seed(rep))
-        times.append(time.perf_counter() - t0)
-    rows = [
-        {
-            "what": "dynamic masking, tiny batch",
-            "contender": "remask 512 x 64 per step",
-            "seconds": statistics.median(times),
-        }
-    ]
-    data = wikitext_dataset(SHARED / "wiki.valid.tokens", 64, WORDPIECE)
-    batch = BatchStream(to_tensors(data.train), 512, seed=0).batch(0)
-    table = continuation_table(data.tokenizer, True)
-    times = []
-    for rep in range(max(reps, 5)):
-        t0 = time.perf_counter()
-        remask(batch, len(data.vocab), torch.Generator().manual_seed(rep), table)
-        times.append(time.perf_counter() - t0)
-    rows.append(
-        {
-            "what": "dynamic masking, tiny batch",
-            "contender": "remask 512 x 64, WordPiece 8000, whole words",
-            "seconds": statistics.median(times),
-        }
-    )
+def bench_batches(reps: int) -> list[dict]:
+    """What making a batch costs the loop (or a DataLoader worker): cutting 512 pairs out
+    of the memory-mapped store, padding them to 64 and masking them."""
+    rows = []
+    for label, tokenizer, wwm, dynamic in (
+        ("word, static masks", WORD, False, False),
+        ("WordPiece 8000, whole words, dynamic", WORDPIECE, True, True),
+    ):
+        data = load_dataset(
+            wikitext(SHARED / "wiki.valid.tokens", None), tokenizer, 64, 0, None, wwm
+        )
+        stream = BatchStream(data.train, 512, seed=0, dynamic=dynamic)
+        times = []
+        for rep in range(max(reps, 5)):
+            t0 = time.perf_counter()
+            stream.batch(rep)
+            times.append(time.perf_counter() - t0)
+        rows.append(
+            {
+                "what": "making a batch of 512 x 64",
+                "contender": label,
+                "seconds": statistics.median(times),
+            }
+        )
     return rows
 
 
@@ -434,7 +427,7 @@ def main() -> None:
                     )
     if "examples" in only:
         rows += bench_examples(args.reps)
-        rows += bench_dynamic_masking(args.reps)
+        rows += bench_batches(args.reps)
     if "encode" in only:
         rows += bench_encode_start(args.reps)
     if "memory" in only:

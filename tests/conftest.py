@@ -5,11 +5,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import dataclass, fields
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from bertpretrain.config import TokenizerConfig
+from bertpretrain.data.examples import Examples
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_WIKITEXT = REPO.parent / "shared" / "data" / "wikitext-2"
@@ -44,6 +47,27 @@ def build_wikitext(
         name="word", lowercase=True, min_freq=min_freq, vocab_size=None
     )
     return load_dataset(wikitext(train, valid), cfg, max_len, seed, cache_dir)
+
+
+@dataclass
+class All:
+    """Every example of a split at once, as numpy arrays (what a batch of all would hold)."""
+
+    tokens: np.ndarray
+    segments: np.ndarray
+    valid_lens: np.ndarray
+    pred_positions: np.ndarray
+    pred_labels: np.ndarray
+    pred_weights: np.ndarray
+    nsp_labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.nsp_labels)
+
+
+def every(examples: Examples) -> All:
+    batch = examples.batch(np.arange(len(examples)))
+    return All(**{f.name: batch[f.name].numpy() for f in fields(All)})
 
 
 @pytest.fixture(scope="session")

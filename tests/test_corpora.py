@@ -61,14 +61,14 @@ def test_changing_a_text_file_rebuilds_instead_of_reusing_the_cache(files, tmp_p
     caplog.set_level(logging.INFO)
     first = data.load(cfg.data, cfg.tokenizer, 0)
     assert data.load(cfg.data, cfg.tokenizer, 0).vocab == first.vocab
-    assert "examples from cache" in caplog.text
+    assert "prepared corpus from cache" in caplog.text
     caplog.clear()
     with copy.open("a", encoding="utf-8") as f:
         f.write("A new paragraph starts here. It has two sentences.\n")
     changed = data.load(cfg.data, cfg.tokenizer, 0)
-    assert "examples from cache" not in caplog.text
+    assert "prepared corpus from cache" not in caplog.text
     assert len(changed.train) != len(first.train) or changed.corpus_digest != first.corpus_digest
-    assert len(list((tmp_path / "data" / "cache").glob("examples-*.npz"))) == 2
+    assert len(list((tmp_path / "data" / "cache").glob("store-*"))) == 2
 
 
 @pytest.fixture

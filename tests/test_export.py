@@ -13,6 +13,7 @@ import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import build_wikitext, run_cli
@@ -102,10 +103,8 @@ def no_warnings():
 
 def real_batch(dataset, n: int = 16):
     """The first n examples of the WikiText valid split: tokens, segments and lengths."""
-    ex = dataset.train
-    tokens = torch.from_numpy(ex.tokens[:n]).long()  # (B, L)
-    segments = torch.from_numpy(ex.segments[:n]).long()
-    valid_lens = torch.from_numpy(ex.valid_lens[:n]).long()
+    batch = dataset.train.batch(np.arange(n))
+    tokens, segments, valid_lens = batch["tokens"], batch["segments"], batch["valid_lens"]
     real = torch.arange(tokens.shape[1]) < valid_lens[:, None]  # (B, L)
     assert len(set(valid_lens.tolist())) > 1  # padding is exercised
     return tokens, segments, valid_lens, real

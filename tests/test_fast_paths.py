@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from conftest import build_wikitext
 
-from bertpretrain.data.batches import BatchStream, to_tensors
+from bertpretrain.data.batches import BatchStream
 from bertpretrain.model import BertConfig, BertForPretraining, dropout
 
 
@@ -53,7 +53,7 @@ def plain_losses(model: BertForPretraining, batch: dict) -> tuple[torch.Tensor, 
 @pytest.fixture(scope="module")
 def batch(wikitext_dir):
     data = build_wikitext(wikitext_dir / "wiki.valid.tokens", None, 64, 5, 0)
-    return BatchStream(to_tensors(data.train), 128, seed=0).batch(0), len(data.vocab)
+    return BatchStream(data.train, 128, seed=0).batch(0), len(data.vocab)
 
 
 def test_packed_losses_equal_the_plain_padded_computation(batch):

@@ -6,10 +6,11 @@ Rows are synthetic: `<cls> a.. <sep> b.. <sep>` plus padding, over a vocabulary 
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
-from bertpretrain.data.masking import candidates, mask_tokens, remask, word_starts
+from bertpretrain.data.masking import candidates, hashed_draws, mask_tokens, word_starts
 from bertpretrain.data.vocab import CLS_ID, MASK_ID, PAD_ID, RESERVED, SEP_ID
 
 VOCAB = 200
@@ -213,32 +214,35 @@ def test_whole_word_masking_corrupts_each_piece_on_its_own():
     assert 0.0 < piece_masked[is_piece].float().mean().item() < 1.0
 
 
-def test_remask_keeps_whole_words_and_restores_the_originals_first():
-    tokens, segments, valid = make_rows(300, 64, seed=5)
+def test_hashed_draws_are_uniform_per_row_and_keep_the_masking_rules():
+    tokens, segments, valid = make_rows(3000, 64, seed=5)
+    indices = np.arange(3000)
+    keys, u, words = hashed_draws(11, np.zeros(3000), indices, 64, 10, VOCAB)
+    for draws in (keys, u):
+        assert draws.min() >= 0.0 and draws.max() < 1.0
+        assert abs(draws.mean().item() - 0.5) < 0.01
+    assert words.min() >= len(RESERVED) and words.max() < VOCAB
+    # a row is a function of (seed, epoch, index) alone: not of the batch around it
+    alone = hashed_draws(11, np.zeros(2), np.array([7, 3]), 64, 10, VOCAB)
+    assert all(
+        torch.equal(a[0], d[7]) and torch.equal(a[1], d[3]) for a, d in zip(alone, (keys, u, words))
+    )
+    other_epoch = hashed_draws(11, np.ones(3000), indices, 64, 10, VOCAB)
+    assert not torch.equal(other_epoch[0], keys)
+
     out, positions, labels, weights = mask_tokens(
-        tokens, segments, valid, VOCAB, 10, torch.Generator().manual_seed(5), CONTINUATION
+        tokens, segments, valid, VOCAB, 10, (keys, u, words), CONTINUATION
     )
-    batch = {
-        "tokens": out,
-        "segments": segments,
-        "valid_lens": valid,
-        "pred_positions": positions,
-        "pred_labels": labels,
-        "pred_weights": weights,
-    }
-    again = remask(batch, VOCAB, torch.Generator().manual_seed(6), continuation=CONTINUATION)
-    real = again["pred_weights"] > 0
+    real = weights > 0
     rows = torch.arange(len(tokens))[:, None].expand_as(real)
-    assert torch.equal(
-        again["pred_labels"][real], tokens[rows[real], again["pred_positions"][real]]
-    )
-    restored = again["tokens"].clone()
-    restored[rows[real], again["pred_positions"][real]] = again["pred_labels"][real]
-    assert torch.equal(restored, tokens)
-    assert not torch.equal(again["pred_positions"], positions)  # fresh masks
-    chosen = chosen_positions(again["pred_weights"], again["pred_positions"])
-    for words, picked in zip(words_of(tokens, segments, valid), chosen, strict=True):
-        assert all(set(w) <= picked or not set(w) & picked for w in words)
+    assert torch.equal(labels[real], tokens[rows[real], positions[real]])
+    corrupted = out[rows[real], positions[real]]
+    masked = (corrupted == MASK_ID).float().mean().item()
+    kept = (corrupted == labels[real]).float().mean().item()
+    assert 0.77 < masked < 0.83 and 0.08 < kept < 0.13
+    chosen = chosen_positions(weights, positions)
+    for words_, picked in zip(words_of(tokens, segments, valid), chosen, strict=True):
+        assert all(set(w) <= picked or not set(w) & picked for w in words_)
 
 
 def test_whole_word_masking_is_deterministic_in_the_seed():

@@ -18,10 +18,10 @@ from test_distributed import losses
 
 from bertpretrain import plan
 from bertpretrain.config import compose
-from bertpretrain.data.batches import BatchStream, to_tensors
+from bertpretrain.data.batches import BatchStream
 from bertpretrain.errors import UserError
 from bertpretrain.model import BertConfig, BertForPretraining
-from bertpretrain.train import PretrainingLosses, distributed, split_batch, training_step
+from bertpretrain.train import PretrainingLosses, split_batch, training_step
 
 TINY_512 = ["model=tiny", "data.max_len=512", "trainer.batch_size=64"]
 VOCAB, FILL = 4271, 0.1  # WikiText-2's word vocabulary; about its fill at max_len 512
@@ -113,12 +113,12 @@ def test_what_cannot_fit_at_all_says_what_would():
 
 def test_a_stop_between_micro_batches_drops_the_step_untouched():
     data = build_wikitext(SHARED_WIKITEXT / "wiki.valid.tokens", None)
-    batch = BatchStream(to_tensors(data.train), 12, 0).batch(0)
+    batch = BatchStream(data.train, 12, 0).batch(0)
     torch.manual_seed(0)
     model = BertForPretraining(BertConfig(len(data.vocab), 1, 16, 2, 32))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
-    micro = split_batch(batch, distributed.Ranks(), 3)
+    micro = split_batch(batch, 3)
     asked = []
     losses_, finite = training_step(
         PretrainingLosses(model), optimizer, micro, contextlib.nullcontext, 1.0,

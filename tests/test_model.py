@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from bertpretrain.config import conf_dir
-from bertpretrain.data.batches import BatchStream, to_tensors
+from bertpretrain.data.batches import BatchStream
 from bertpretrain.model import BertConfig, BertForPretraining, count_parameters
 
 BERT_VOCAB = 30522  # the WordPiece vocabulary of the original BERT
@@ -259,7 +259,7 @@ def test_losses_are_cross_entropy_averaged_over_real_predictions():
 def real_batch(wikitext_dir) -> tuple[dict[str, torch.Tensor], int]:
     """A batch of 32 real examples (valid split, max_len 64) and the vocabulary size."""
     data = build_wikitext(wikitext_dir / "wiki.valid.tokens", None, 64, 5, seed=0)
-    batch = BatchStream(to_tensors(data.train), batch_size=32, seed=0).batch(0)
+    batch = BatchStream(data.train, batch_size=32, seed=0).batch(0)
     return batch, len(data.vocab)
 
 

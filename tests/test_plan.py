@@ -13,7 +13,7 @@ import torch
 from conftest import build_wikitext, run_cli
 
 from bertpretrain import plan
-from bertpretrain.data.batches import BatchStream, to_tensors
+from bertpretrain.data.batches import BatchStream
 from bertpretrain.errors import UserError
 from bertpretrain.model import BertConfig, BertForPretraining, BertModel, count_parameters
 
@@ -186,9 +186,9 @@ def measurements(tmp_path_factory, wikitext_dir):
         max_len = cfg.data.max_len
         if max_len not in datasets:
             data = build_wikitext(wikitext_dir / "wiki.valid.tokens", None, max_len, 5, 0)
-            datasets[max_len] = (len(data.vocab), to_tensors(data.train))
-        vocab, tensors = datasets[max_len]
-        batch = BatchStream(tensors, cfg.trainer.batch_size, 0).batch(0)
+            datasets[max_len] = (len(data.vocab), data.train)
+        vocab, examples = datasets[max_len]
+        batch = BatchStream(examples, cfg.trainer.batch_size, 0).batch(0)
         torch.save(batch, folder / f"{case}.pt")
         fill = float(batch["valid_lens"].sum()) / batch["tokens"].numel()
         m = cfg.model

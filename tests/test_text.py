@@ -416,7 +416,7 @@ def test_a_cached_hf_corpus_is_not_read_again(folder, offline, monkeypatch, tmp_
     assert "kept" in caplog.text
     caplog.clear()
     again = data.load(cfg.data, cfg.tokenizer, 0)
-    assert "examples from cache" in caplog.text and "kept" not in caplog.text
+    assert "prepared corpus from cache" in caplog.text and "kept" not in caplog.text
     assert again.corpus_digest == first.corpus_digest and again.vocab == first.vocab
     (folder / "train.txt").write_text("A changed corpus. It has new words.\n" * 3)
     changed = data.load(cfg.data, cfg.tokenizer, 0)

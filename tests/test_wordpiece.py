@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_ARGS, run_cli
+from conftest import TINY_ARGS, every, run_cli
 
 from bertpretrain import checkpoint
 from bertpretrain.config import TokenizerConfig
@@ -154,7 +154,7 @@ def test_whole_word_masking_predicts_every_piece_of_a_chosen_word(wikitext_dir, 
         whole_word_mask=True,
         tokenizer=trained,
     )
-    ex = data.train
+    ex = every(data.train)
     original = ex.tokens.copy()
     rows, slots = np.nonzero(ex.pred_weights)
     original[rows, ex.pred_positions[rows, slots]] = ex.pred_labels[rows, slots]
@@ -181,8 +181,10 @@ def test_whole_word_masking_predicts_every_piece_of_a_chosen_word(wikitext_dir, 
 
 def test_whole_word_masking_changes_the_examples_only_for_word_pieces(wikitext_dir, trained):
     corpus = wikitext(wikitext_dir / "wiki.valid.tokens", None)
-    plain = load_dataset(corpus, WORDPIECE, 64, 0, tokenizer=trained).train
-    whole = load_dataset(corpus, WORDPIECE, 64, 0, whole_word_mask=True, tokenizer=trained).train
+    plain = every(load_dataset(corpus, WORDPIECE, 64, 0, tokenizer=trained).train)
+    whole = every(
+        load_dataset(corpus, WORDPIECE, 64, 0, whole_word_mask=True, tokenizer=trained).train
+    )
     assert np.array_equal(plain.nsp_labels, whole.nsp_labels)
     assert not np.array_equal(plain.pred_positions, whole.pred_positions)
 

@@ -147,7 +147,7 @@ FREE_ON_RESUME = frozenset(
         *(f"data.{k}" for k in ("revision", "files", "train_split", "valid_split", "valid_files")),
         *(f"trainer.{k}" for k in ("max_steps", "grad_accum", "device", "precision", "resume")),
         *(f"trainer.{k}" for k in ("log_every", "eval_every", "eval_batches", "save_every")),
-        *(f"trainer.{k}" for k in ("keep_last", "skip_nonfinite", "memory_budget")),
+        *(f"trainer.{k}" for k in ("keep_last", "skip_nonfinite", "memory_budget", "num_workers")),
     }
 )
 

@@ -44,6 +44,8 @@ class DataConfig:
     cache: bool = MISSING
     masking: str = MISSING
     whole_word_mask: bool = MISSING
+    pairing: str = MISSING  # d2l (the reference's rules) or bert (google-research/bert's)
+    short_seq_prob: float = MISSING  # bert pairing: how often a segment aims shorter
 
 
 @dataclass
@@ -105,13 +107,14 @@ class TrainerConfig:
     seed: int = MISSING
     device: str = MISSING
     precision: str = MISSING
+    num_workers: int = MISSING  # speed only: batches are the same in any process
     log_every: int = MISSING
     eval_every: int = MISSING
     eval_batches: int = MISSING
     save_every: int = MISSING
     keep_last: int = MISSING
-    resume: Any = MISSING
-    skip_nonfinite: int = MISSING  # false, true (newest checkpoint of the run dir) or a path
+    resume: Any = MISSING  # false, true (newest checkpoint of the run dir) or a path
+    skip_nonfinite: int = MISSING
 
 
 @dataclass
@@ -168,6 +171,7 @@ def check(cfg: Config) -> None:
         ("optim.warmup_steps", o.warmup_steps),
         ("trainer.seed", t.seed),
         ("trainer.skip_nonfinite", t.skip_nonfinite),
+        ("trainer.num_workers", t.num_workers),
     ]:
         _require(value >= 0, f"{key}={value} must be >= 0 (0 means: see conf/trainer/default.yaml)")
     _require(
@@ -188,6 +192,15 @@ def check(cfg: Config) -> None:
     _require(
         d.masking in ("static", "dynamic"),
         f"data.masking={d.masking!r} is unknown; use static or dynamic",
+    )
+    _require(
+        d.pairing in ("d2l", "bert"),
+        f"data.pairing={d.pairing!r} is unknown; use d2l (the reference) or bert "
+        "(google-research/bert's create_pretraining_data.py)",
+    )
+    _require(
+        0.0 <= d.short_seq_prob <= 1.0,
+        f"data.short_seq_prob={d.short_seq_prob} must be in [0, 1] (BERT's is 0.1)",
     )
     _check_data(d)
     _check_tokenizer(k)

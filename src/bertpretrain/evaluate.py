@@ -13,13 +13,14 @@ from collections.abc import Callable
 import torch
 
 from bertpretrain.data.batches import eval_batches
+from bertpretrain.data.examples import Examples
 from bertpretrain.model import BertForPretraining
 
 
 @torch.no_grad()
 def evaluate(
     model: BertForPretraining,
-    tensors,
+    examples: Examples,
     batch_size: int,
     max_batches: int,
     device,
@@ -37,7 +38,7 @@ def evaluate(
     # mlm loss, mlm correct, mlm count, nsp loss, nsp correct, token spread
     sums = torch.zeros(6, dtype=torch.float64)
     n = 0
-    for batch in eval_batches(tensors, batch_size, max_batches):
+    for batch in eval_batches(examples, batch_size, max_batches):
         if stop is not None and stop():
             model.train()
             return None

@@ -24,9 +24,8 @@ from tqdm import tqdm
 
 from bertpretrain import checkpoint, data, distributed, plan, rundir
 from bertpretrain.config import Config, OptimConfig, to_dict
-from bertpretrain.data.batches import BatchStream, to_tensors
-from bertpretrain.data.examples import Dataset, continuation_table
-from bertpretrain.data.masking import remask
+from bertpretrain.data.batches import BatchStream, batch_loader
+from bertpretrain.data.examples import Dataset
 from bertpretrain.data.tokenizer import from_state as tokenizer_from_state
 from bertpretrain.device import bf16_is_native, pick_device
 from bertpretrain.errors import Interrupted, UserError
@@ -206,14 +205,10 @@ class PretrainingLosses(torch.nn.Module):
         return self.model.losses(batch, mlm_count, nsp_count)
 
 
-def split_batch(batch: dict, ranks: distributed.Ranks, accum: int) -> list[dict]:
-    """This rank's micro-batches: the global batch cut into world * accum equal pieces."""
-    size = len(batch["nsp_labels"]) // (ranks.world * accum)
-    first = ranks.rank * accum
-    return [
-        {k: v[(first + m) * size : (first + m + 1) * size] for k, v in batch.items()}
-        for m in range(accum)
-    ]
+def split_batch(batch: dict, accum: int) -> list[dict]:
+    """A rank's share of the batch cut into `accum` equal micro-batches."""
+    size = len(batch["nsp_labels"]) // accum
+    return [{k: v[m * size : (m + 1) * size] for k, v in batch.items()} for m in range(accum)]
 
 
 def training_step(
@@ -337,13 +332,19 @@ def _train(cfg: Config, run_dir: Path, stop: list[int], accepted: Callable[[], N
     dataset = load_data(cfg, resume)
     if ranks.main:
         accepted()  # the run continues or starts this dir: its log and record go there now
-    train_tensors = to_tensors(dataset.train)
-    valid_tensors = to_tensors(dataset.valid) if dataset.valid is not None else None
     log.info(
-        "data: %d training examples, %d validation examples, vocabulary of %d",
+        "data: %d training examples (%s pairing), %d validation examples, vocabulary of %d; "
+        "real tokens per example %.1f of %d (fill %.2f)%s",
         len(dataset.train),
+        cfg.data.pairing,
         len(dataset.valid) if dataset.valid is not None else 0,
         len(dataset.vocab),
+        dataset.train.valid_lens.mean(),
+        cfg.data.max_len,
+        dataset.train.valid_lens.mean() / cfg.data.max_len,
+        f", validation fill {dataset.valid.valid_lens.mean() / cfg.data.max_len:.2f}"
+        if dataset.valid is not None
+        else "",
     )
     accum, planned = plan_memory(cfg, dataset, device, ranks)
 
@@ -379,15 +380,14 @@ def _train(cfg: Config, run_dir: Path, stop: list[int], accepted: Callable[[], N
     def autocast():
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
 
-    stream = BatchStream(train_tensors, t.batch_size, t.seed)
-    continuation = continuation_table(dataset.tokenizer, cfg.data.whole_word_mask)
+    stream = BatchStream(dataset.train, t.batch_size, t.seed, cfg.data.masking == "dynamic")
     # Steps up to `start` were logged by the interrupted run; drop anything it logged later
     # (everything, when a killed run left no checkpoint and we start again from 0).
     writer = (
         SummaryWriter(str(run_dir / "tensorboard"), purge_step=start + 1) if ranks.main else None
     )
     flops = flops_per_sequence(
-        model.config, cfg.data.max_len, float(dataset.train.pred_weights.sum(1).mean())
+        model.config, cfg.data.max_len, float(dataset.train.predictions().mean())
     )
     config_dict = to_dict(cfg)
     saved: list[Path] = checkpoint.list_checkpoints(run_dir)[-1:]
@@ -423,11 +423,11 @@ def _train(cfg: Config, run_dir: Path, stop: list[int], accepted: Callable[[], N
         return path
 
     def run_eval(step: int) -> dict:
-        if valid_tensors is None:
+        if dataset.valid is None:
             return {}
         micro = t.batch_size // (ranks.world * accum)  # what the memory plan allowed
         metrics = evaluate(
-            model, valid_tensors, micro, t.eval_batches * accum, device, autocast, lambda: stop
+            model, dataset.valid, micro, t.eval_batches * accum, device, autocast, lambda: stop
         )
         if metrics is None:  # a signal arrived: the caller stops
             return {}
@@ -453,16 +453,18 @@ def _train(cfg: Config, run_dir: Path, stop: list[int], accepted: Callable[[], N
     last = {"mlm_loss": math.nan, "nsp_loss": math.nan}
     speeds: list[float] = []
     skipped = 0
-    for step in range(start, t.max_steps):
+    steps = range(start, t.max_steps)
+    loader = batch_loader(
+        stream, steps, ranks.rank, ranks.world, t.num_workers, device.type == "cuda"
+    )
+    for step, batch in zip(steps, loader, strict=True):
         done = step + 1
-        batch = stream.batch(step)
-        if cfg.data.masking == "dynamic":  # a pure function of (seed, step): resumes exactly
-            generator = torch.Generator().manual_seed(t.seed * 1_000_003 + step)
-            batch = remask(batch, len(dataset.vocab), generator, continuation)
-        counts = ((batch["pred_weights"] > 0).sum().to(device), len(batch["nsp_labels"]))
+        # the global batch's masked positions and examples: the losses' denominators
+        local = torch.tensor([int((batch["pred_weights"] > 0).sum()), len(batch["nsp_labels"])])
+        counts = distributed.sum_over_ranks(local.to(device)).unbind()
         micro = [
             {k: v.to(device, non_blocking=True) for k, v in mb.items()}
-            for mb in split_batch(batch, ranks, accum)
+            for mb in split_batch(batch, accum)
         ]
         before = rng_state() if len(micro) > 1 else None
         losses, finite = training_step(
@@ -554,6 +556,7 @@ def _train(cfg: Config, run_dir: Path, stop: list[int], accepted: Callable[[], N
         "train_mlm_loss": last["mlm_loss"],
         "train_nsp_loss": last["nsp_loss"],
         **{f"val_{k}": v for k, v in metrics.items()},
+        "tokens_per_example": float(dataset.train.valid_lens.mean()),
         "seq_per_s": seq_s,
         "model_tflops": seq_s * flops / 1e12,
         "grad_accum": accum,

@@ -37,6 +37,8 @@ def load(
         cache_dir(cfg),
         cfg.whole_word_mask,
         tokenizer,
+        cfg.pairing,
+        cfg.short_seq_prob,
     )
 
 

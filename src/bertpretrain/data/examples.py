@@ -1,5 +1,4 @@
-"""Next-sentence pairs and masked-LM targets, built with vectorised numpy from the prepared
-corpus (data/store.py) and cached on disk.
+"""Next-sentence pairs and masked-LM examples, made on the fly from the prepared corpus.
 
 Semantics follow the reference (d2l.ai): for consecutive sentences (a, b) of a paragraph,
 b is kept with probability 0.5, otherwise replaced by a random sentence of a random
@@ -7,25 +6,35 @@ paragraph; pairs longer than `max_len` with `<cls> a <sep> b <sep>` are dropped.
 example, max(1, round(0.15 * len(tokens))) non-special positions are masked: 80% become
 `<mask>`, 10% a random word, 10% stay. NSP labels follow BERT/transformers: 0 = b follows a,
 1 = b is random.
+
+`data.pairing=bert` follows google-research/bert's create_pretraining_data.py instead
+(`bert_pairs`): segments of whole sentences filled up to max_len - 3 tokens (a shorter
+random target with probability `data.short_seq_prob`), split at a random sentence into
+A and B, B replaced half the time by sentences of another paragraph (the unused ones are
+put back), and the longer segment trimmed at a random end until the pair fits. Our
+paragraphs stand for its documents.
+
+A split's examples are stored as small arrays, the token ranges of a and b and the label
+(`Pairs`); `Examples.batch` cuts the tokens out of the memory-mapped store, pads them and
+masks them when a batch is asked for, so no padded example is ever stored. Masks are a
+pure function of (seed, epoch, index) (`masking.hashed_draws`).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from bertpretrain import files
 from bertpretrain.data.corpus import Corpus
-from bertpretrain.data.masking import MASK_RATE, mask_tokens
+from bertpretrain.data.masking import MASK_RATE, hashed_draws, mask_tokens
 from bertpretrain.data.store import Split, prepare
 from bertpretrain.data.tokenizer import Tokenizer, train_tokenizer
 from bertpretrain.data.tokenizer import load as load_tokenizer
@@ -38,33 +47,93 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 3  # bump when the building rules change, so stale caches are not reused
-
-
-@dataclass
-class Examples:
-    tokens: np.ndarray  # (N, L) int32, <pad>-filled
-    segments: np.ndarray  # (N, L) int8: 0 for <cls> a <sep>, 1 for b <sep>
-    valid_lens: np.ndarray  # (N,) int32: real tokens per row
-    pred_positions: np.ndarray  # (N, P) int32: masked positions, 0 where padded
-    pred_labels: np.ndarray  # (N, P) int32: original token ids, 0 where padded
-    pred_weights: np.ndarray  # (N, P) float32: 1 for a real prediction, 0 for padding
-    nsp_labels: np.ndarray  # (N,) int8: 0 = is next, 1 = random
-
-    def __len__(self) -> int:
-        return len(self.nsp_labels)
+CACHE_VERSION = 4  # bump when the building rules change, so stale caches are not reused
+Batch = dict[str, torch.Tensor]
 
 
 def max_predictions(max_len: int) -> int:
     return max(1, round(MASK_RATE * max_len))
 
 
-def _shuffled(split: Split, order: np.ndarray):
-    """Each sentence's start and length in the tokens, and its paragraph's rank, with the
-    paragraphs taken in `order`."""
-    par_of, offset = _ragged(split.paragraph_sizes[order])
-    sentence = split.paragraphs[:-1][order][par_of] + offset
-    return split.sentences[:-1][sentence], split.sentence_lens[sentence], par_of
+@dataclass
+class Pairs:
+    """A split's examples as token ranges of its store."""
+
+    a_start: np.ndarray  # (N,) int64: where segment a starts in the split's tokens
+    a_len: np.ndarray  # (N,) int64: its length
+    b_start: np.ndarray
+    b_len: np.ndarray
+    nsp: np.ndarray  # (N,) int8: 0 = b follows a, 1 = b is random
+
+
+@dataclass
+class Examples:
+    """One split's NSP + MLM examples, made a batch at a time from the store."""
+
+    split: Split
+    pairs: Pairs
+    max_len: int
+    vocab_size: int
+    seed: int  # of the masks: a pure function of (seed, epoch, index)
+    continuation: torch.Tensor | None = None  # whole-word masking's table
+
+    def __len__(self) -> int:
+        return len(self.pairs.nsp)
+
+    @property
+    def valid_lens(self) -> np.ndarray:
+        """(N,) real tokens of every example, <cls> and <sep>s included."""
+        return self.pairs.a_len + self.pairs.b_len + 3
+
+    def predictions(self) -> np.ndarray:
+        """(N,) masked positions of every example: 15% of its tokens, at least 1, at most
+        its word positions and max_predictions."""
+        valid = self.valid_lens
+        wanted = np.maximum(1, np.round(MASK_RATE * valid))
+        return np.minimum(np.minimum(wanted, valid - 3), max_predictions(self.max_len))
+
+    def batch(self, indices: np.ndarray, epochs: np.ndarray | int = 0) -> Batch:
+        """Examples `indices`, padded to max_len and masked with the draws of `epochs`
+        (0 for every epoch under static masking), as the model's tensors."""
+        indices = np.asarray(indices, dtype=np.int64)
+        epochs = np.broadcast_to(np.asarray(epochs, dtype=np.int64), indices.shape)
+        tokens, segments, valid_lens = self._padded(indices)
+        max_preds = max_predictions(self.max_len)
+        draws = hashed_draws(self.seed, epochs, indices, self.max_len, max_preds, self.vocab_size)
+        tokens, positions, labels, weights = mask_tokens(
+            tokens, segments, valid_lens, self.vocab_size, max_preds, draws, self.continuation
+        )
+        return {
+            "tokens": tokens,
+            "segments": segments,
+            "valid_lens": valid_lens,
+            "pred_positions": positions,
+            "pred_labels": labels,
+            "pred_weights": weights,
+            "nsp_labels": torch.from_numpy(self.pairs.nsp[indices].astype(np.int64)),
+        }
+
+    def _padded(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`<cls> a <sep> b <sep> <pad>...` and its segment ids, vectorised over the batch."""
+        p = self.pairs
+        la, lb = p.a_len[indices], p.b_len[indices]
+        n, rows = len(indices), np.arange(len(indices))
+        tokens = np.full((n, self.max_len), PAD_ID, dtype=np.int64)
+        tokens[:, 0] = CLS_ID
+        tokens[rows, la + 1] = SEP_ID
+        tokens[rows, la + lb + 2] = SEP_ID
+        r, off = _ragged(la)
+        tokens[r, 1 + off] = self.split.tokens[p.a_start[indices][r] + off]
+        r, off = _ragged(lb)
+        tokens[r, la[r] + 2 + off] = self.split.tokens[p.b_start[indices][r] + off]
+        valid_lens = la + lb + 3
+        cols = np.arange(self.max_len)[None, :]
+        segments = (cols >= la[:, None] + 2) & (cols < valid_lens[:, None])
+        return (
+            torch.from_numpy(tokens),
+            torch.from_numpy(segments.astype(np.int64)),
+            torch.from_numpy(valid_lens.astype(np.int64)),
+        )
 
 
 def _ragged(lens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -74,7 +143,7 @@ def _ragged(lens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return rows, np.arange(len(rows)) - np.repeat(firsts, lens)
 
 
-def _nsp_pairs(starts, lens, par_of, max_len: int, rng: np.random.Generator):
+def _nsp_pairs(lens, par_of, max_len: int, rng: np.random.Generator):
     """Sentence indices (a, b) and NSP labels of every kept pair."""
     a = np.flatnonzero(par_of[:-1] == par_of[1:])  # a sentence with a successor in its paragraph
     is_random = rng.random(len(a)) >= 0.5
@@ -87,51 +156,76 @@ def _nsp_pairs(starts, lens, par_of, max_len: int, rng: np.random.Generator):
     return a[keep], b[keep], is_random[keep].astype(np.int8)
 
 
-def build_examples(
-    split: Split,
-    tokenizer: Tokenizer,
-    max_len: int,
-    rng: np.random.Generator,
-    whole_word_mask: bool = False,
-) -> Examples:
-    """NSP pairs and MLM targets of one prepared corpus split, vectorised over examples."""
+def d2l_pairs(split: Split, max_len: int, rng: np.random.Generator) -> Pairs:
+    """The reference's pairs of one split: paragraphs shuffled, then each sentence with its
+    successor or (half the time) a random sentence, pairs over max_len dropped."""
     order = rng.permutation(len(split))  # the reference shuffles paragraphs first
-    starts, lens, par_of = _shuffled(split, order)
-    ids = split.tokens
-    a, b, nsp = _nsp_pairs(starts, lens, par_of, max_len, rng)
-    la, lb = lens[a], lens[b]
-    n = len(a)
-    tokens = np.full((n, max_len), PAD_ID, dtype=np.int32)
-    segments = np.zeros((n, max_len), dtype=np.int8)
-    rows = np.arange(n)
-    tokens[:, 0] = CLS_ID
-    tokens[rows, la + 1] = SEP_ID
-    tokens[rows, la + lb + 2] = SEP_ID
-    r, off = _ragged(la)
-    tokens[r, 1 + off] = ids[starts[a][r] + off]
-    r, off = _ragged(lb)
-    tokens[r, la[r] + 2 + off] = ids[starts[b][r] + off]
-    valid_lens = (la + lb + 3).astype(np.int32)
-    cols = np.arange(max_len)[None, :]
-    segments[(cols >= la[:, None] + 2) & (cols < valid_lens[:, None])] = 1
-    generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
-    masked = mask_tokens(
-        *(torch.from_numpy(a).long() for a in (tokens, segments, valid_lens)),
-        len(tokenizer.vocab),
-        max_predictions(max_len),
-        generator,
-        continuation_table(tokenizer, whole_word_mask),
-    )
-    tokens, positions, labels, weights = (t.numpy() for t in masked)
-    return Examples(
-        tokens.astype(np.int32),
-        segments,
-        valid_lens,
-        positions.astype(np.int32),
-        labels.astype(np.int32),
-        weights.astype(np.float32),
-        nsp,
-    )
+    par_of, offset = _ragged(split.paragraph_sizes[order])
+    sentence = split.paragraphs[:-1][order][par_of] + offset  # store index, shuffled order
+    lens = split.sentence_lens[sentence]
+    a, b, nsp = _nsp_pairs(lens, par_of, max_len, rng)
+    starts = split.sentences[:-1][sentence]
+    return Pairs(starts[a], lens[a], starts[b], lens[b], nsp)
+
+
+def bert_pairs(
+    split: Split, max_len: int, rng: np.random.Generator, short_seq_prob: float = 0.1
+) -> Pairs:
+    """google-research/bert's instances (create_instances_from_document, one pass), with
+    our paragraphs as its documents. Sequential by nature: about a microsecond a sentence."""
+    most = max_len - 3
+    lens = np.asarray(split.sentence_lens)
+    starts = np.asarray(split.sentences)
+    par = np.asarray(split.paragraphs)
+    n_docs = len(split)
+    out: list[tuple[int, int, int, int, int]] = []
+    for doc in range(n_docs):
+        first, last = int(par[doc]), int(par[doc + 1])
+        target = most if rng.random() >= short_seq_prob else int(rng.integers(2, most + 1))
+        chunk, length, i = first, 0, first
+        while i < last:
+            length += int(lens[i])
+            if i == last - 1 or length >= target:
+                n = i - chunk + 1
+                a_end = chunk + (int(rng.integers(1, n)) if n >= 2 else 1)
+                a = [int(starts[chunk]), int(starts[a_end])]
+                if n == 1 or rng.random() < 0.5:
+                    nsp = 1
+                    other = doc
+                    for _ in range(10):  # as Google's: another document, if one comes up
+                        other = int(rng.integers(n_docs))
+                        if other != doc:
+                            break
+                    j = int(par[other]) + int(rng.integers(par[other + 1] - par[other]))
+                    wanted = target - (a[1] - a[0])
+                    b = [int(starts[j]), int(starts[j])]
+                    while j < par[other + 1]:
+                        b[1] = int(starts[j + 1])
+                        if b[1] - b[0] >= wanted:
+                            break
+                        j += 1
+                    i -= i + 1 - a_end  # the chunk's unused sentences start the next one
+                else:
+                    nsp = 0
+                    b = [a[1], int(starts[i + 1])]
+                _truncate_pair(a, b, most, rng)
+                if a[1] > a[0] and b[1] > b[0]:
+                    out.append((a[0], a[1] - a[0], b[0], b[1] - b[0], nsp))
+                chunk, length = i + 1, 0
+            i += 1
+    rows = np.array(out, dtype=np.int64).reshape(-1, 5)
+    return Pairs(*(rows[:, k] for k in range(4)), rows[:, 4].astype(np.int8))
+
+
+def _truncate_pair(a: list[int], b: list[int], most: int, rng: np.random.Generator) -> None:
+    """Google's truncate_seq_pair on [start, end) ranges: trim the longer segment, at a
+    random end, one token at a time, until both fit in `most`."""
+    while (a[1] - a[0]) + (b[1] - b[0]) > most:
+        longer = a if a[1] - a[0] > b[1] - b[0] else b
+        if rng.random() < 0.5:
+            longer[0] += 1
+        else:
+            longer[1] -= 1
 
 
 def continuation_table(tokenizer: Tokenizer, whole_word_mask: bool) -> torch.Tensor | None:
@@ -161,43 +255,6 @@ def _key(*parts: object) -> str:
 def tokenizer_key(corpus: Corpus, cfg: TokenizerConfig) -> str:
     """Everything that changes a trained vocabulary: the training split and the settings."""
     return _key(corpus.train_digest, cfg.name, cfg.lowercase, cfg.min_freq, cfg.vocab_size)
-
-
-def examples_key(
-    corpus: Corpus, tokenizer: Tokenizer, max_len: int, whole_word_mask: bool, seed: int
-) -> str:
-    """Everything that changes the built examples: both splits, the exact vocabulary (a
-    resumed run brings its own) and the building knobs."""
-    vocab = hashlib.sha256("\n".join(tokenizer.vocab).encode()).hexdigest()
-    settings = sorted(tokenizer.settings().items())
-    wwm = whole_word_mask and tokenizer.kind == "wordpiece"  # words have no pieces to join
-    return _key(corpus.train_digest, corpus.valid_digest, vocab, settings, max_len, wwm, seed)
-
-
-def _save(data: Dataset, path: Path) -> None:
-    arrays = {
-        "vocab": np.array(data.vocab),
-        "tokenizer": np.array(json.dumps(data.tokenizer.settings())),
-    }
-    for name, ex in (("train", data.train), ("valid", data.valid)):
-        if ex is not None:
-            for f in fields(Examples):
-                arrays[f"{name}.{f.name}"] = getattr(ex, f.name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    files.atomic_write(path, lambda f: np.savez(f, **arrays))
-
-
-def _load(path: Path, tokenizer: Tokenizer, digest: str) -> Dataset:
-    with np.load(path, allow_pickle=False) as z:
-        if [str(t) for t in z["vocab"]] != tokenizer.vocab:
-            raise ValueError("its vocabulary is not this run's")
-        split = {
-            name: Examples(**{f.name: z[f"{name}.{f.name}"] for f in fields(Examples)})
-            if f"{name}.tokens" in z
-            else None
-            for name in ("train", "valid")
-        }
-        return Dataset(tokenizer, split["train"], split["valid"], digest)
 
 
 def _cached(path: Path | None, what: str, load: Callable, build: Callable, save: Callable):
@@ -248,46 +305,38 @@ def load_dataset(
     cache_dir: Path | None = None,
     whole_word_mask: bool = False,
     tokenizer: Tokenizer | None = None,
+    pairing: str = "d2l",
+    short_seq_prob: float = 0.1,
 ) -> Dataset:
-    """The tokenizer (given, cached or trained) and the examples (cached or built).
+    """The tokenizer (given, cached or trained), the prepared store (cached or built) and
+    each split's pairs (made in a moment: only they depend on max_len and the seed).
 
     `tokenizer` is a resumed run's or another rank's: the run keeps its vocabulary.
     """
     if tokenizer is None:
         tokenizer = get_tokenizer(corpus, tokenizer_cfg, cache_dir)
+    store = prepare(corpus, tokenizer, cache_dir)
+    table = continuation_table(tokenizer, whole_word_mask)
 
-    def build() -> Dataset:
-        store = prepare(corpus, tokenizer, cache_dir)
-        train = build_examples(
-            store.train, tokenizer, max_len, np.random.default_rng([seed, 0]), whole_word_mask
+    def examples(split: Split, stream: int) -> Examples:
+        rng = np.random.default_rng([seed, stream])
+        if pairing == "bert":
+            pairs = bert_pairs(split, max_len, rng, short_seq_prob)
+        else:
+            pairs = d2l_pairs(split, max_len, rng)
+        mask_seed = int(np.random.default_rng([seed, stream, 1]).integers(2**62))
+        return Examples(split, pairs, max_len, len(tokenizer.vocab), mask_seed, table)
+
+    train = examples(store.train, 0)
+    if len(train) == 0:
+        raise UserError(
+            f"no sentence pair of {corpus.name} fits data.max_len={max_len}; raise data.max_len"
         )
-        if len(train) == 0:
-            raise UserError(
-                f"no sentence pair of {corpus.name} fits data.max_len={max_len}; raise data.max_len"
-            )
-        valid = None
-        if store.valid is not None:
-            valid = build_examples(
-                store.valid,
-                tokenizer,
-                max_len,
-                np.random.default_rng([seed, 1]),
-                whole_word_mask,
-            )
-        return Dataset(tokenizer, train, valid, corpus.train_digest)
-
-    if cache_dir is not None:
-        files.remove_orphans(cache_dir)  # temp files of cache writes that a kill interrupted
-
-    key = examples_key(corpus, tokenizer, max_len, whole_word_mask, seed)
-    path = cache_dir / f"examples-{key}.npz" if cache_dir else None
-    dataset = _cached(
-        path, "examples", lambda p: _load(p, tokenizer, corpus.train_digest), build, _save
-    )
-    if dataset.valid is not None and len(dataset.valid) == 0:
+    valid = examples(store.valid, 1) if store.valid is not None else None
+    if valid is not None and len(valid) == 0:
         raise UserError(
             "the validation split has no sentence pair that fits "
             f"data.max_len={max_len}; raise data.max_len, or skip validation with "
             "data.valid_split=null"
         )
-    return dataset
+    return Dataset(tokenizer, train, valid, corpus.train_digest)

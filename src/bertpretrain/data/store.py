@@ -56,6 +56,14 @@ class Split:
     tokens: np.ndarray
     sentences: np.ndarray  # (S + 1,) offsets into tokens
     paragraphs: np.ndarray  # (P + 1,) offsets into sentences
+    source: tuple | None = None  # (folder, name, meta) of a memory-mapped split
+
+    def __reduce_ex__(self, protocol):
+        # A process that receives a mapped split (a DataLoader worker under spawn) maps the
+        # files itself; pickling np.memmap would copy the whole corpus into the message.
+        if self.source is not None:
+            return _open_split, (*self.source, False)
+        return super().__reduce_ex__(protocol)
 
     @property
     def sentence_lens(self) -> np.ndarray:
@@ -181,7 +189,7 @@ def _open_split(folder: Path, name: str, meta: dict, verify: bool) -> Split:
             if info["length"]
             else np.zeros(0, dtype)
         )
-    return Split(**arrays)
+    return Split(**arrays, source=(folder, name, meta))
 
 
 def store_key(corpus: Corpus, tokenizer: Tokenizer) -> str:
@@ -209,6 +217,7 @@ def prepare(corpus: Corpus, tokenizer: Tokenizer, cache_dir: Path | None) -> Sto
         folder = Path(tempfile.mkdtemp(prefix="bertpretrain-store-"))
         atexit.register(shutil.rmtree, folder, True)
         return _build(corpus, tokenizer, folder / "store")
+    files.remove_orphans(cache_dir)  # temp files and folders of writers that were killed
     path = cache_dir / f"store-{store_key(corpus, tokenizer)}"
     if path.is_dir():
         try:
@@ -218,7 +227,6 @@ def prepare(corpus: Corpus, tokenizer: Tokenizer, cache_dir: Path | None) -> Sto
         except (OSError, ValueError, KeyError, TypeError) as e:
             log.warning("rebuilding the prepared corpus %s: %s", path, e)
             shutil.rmtree(path, ignore_errors=True)
-    files.remove_orphans(cache_dir)
     return _build(corpus, tokenizer, path)
 
 

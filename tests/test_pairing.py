@@ -1,0 +1,124 @@
+"""data.pairing=bert: google-research/bert's create_pretraining_data.py rules, each checked
+on paragraphs whose sentence lengths make the rule visible; and both rules end to end."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import TINY_ARGS, run_cli
+
+from bertpretrain.data.examples import Pairs, bert_pairs
+from bertpretrain.data.store import Split, encode_split
+from bertpretrain.data.tokenizer import Tokenizer
+from bertpretrain.data.vocab import RESERVED
+
+WORDS = [f"w{i}" for i in range(50)]
+TOKENIZER = Tokenizer("word", RESERVED + WORDS)
+
+
+def corpus(paragraphs: int, sentences: int, words: int, seed: int = 0) -> Split:
+    """`paragraphs` paragraphs of `sentences` sentences of `words` random words each."""
+    rng = np.random.default_rng(seed)
+    text = [
+        [" ".join(rng.choice(WORDS, words)) for _ in range(sentences)] for _ in range(paragraphs)
+    ]
+    return encode_split(text, TOKENIZER)
+
+
+def paragraph_of(split: Split, token: np.ndarray) -> np.ndarray:
+    """The paragraph holding each token offset."""
+    sentence = np.searchsorted(split.sentences, token, side="right") - 1
+    return np.searchsorted(split.paragraphs, sentence, side="right") - 1
+
+
+def all_pairs(split: Split, max_len: int, short: float = 0.0, seeds=range(5)) -> list[Pairs]:
+    return [bert_pairs(split, max_len, np.random.default_rng(s), short) for s in seeds]
+
+
+def test_segments_fill_up_to_max_len_minus_3_and_never_beyond():
+    split = corpus(40, 12, 9)
+    for pairs in all_pairs(split, 64):
+        total = pairs.a_len + pairs.b_len
+        assert (total <= 61).all() and (pairs.a_len > 0).all() and (pairs.b_len > 0).all()
+        # a chunk stops once it reaches the target: all but a paragraph's last come close
+        assert np.median(total) >= 52
+
+
+def test_short_seq_prob_makes_that_share_of_paragraphs_aim_shorter():
+    split = corpus(300, 20, 9)
+    full = np.concatenate([p.a_len + p.b_len for p in all_pairs(split, 128, 0.0, range(2))])
+    short = np.concatenate([p.a_len + p.b_len for p in all_pairs(split, 128, 1.0, range(2))])
+    assert np.median(full) >= 110 and np.median(short) < 0.7 * np.median(full)
+    # at 0.1, a tenth of the paragraphs draw a target in [2, 125]; 70% of those are < 90
+    aiming_low = []
+    for pairs in all_pairs(split, 128, 0.1, range(2)):
+        doc = paragraph_of(split, pairs.a_start)
+        longest = np.zeros(len(split))
+        np.maximum.at(longest, doc, pairs.a_len + pairs.b_len)
+        aiming_low.append(longest < 90)
+    share = np.concatenate(aiming_low).mean()
+    assert 0.03 < share < 0.13, share
+
+
+def test_without_truncation_a_and_b_are_whole_sentences_split_at_a_random_one():
+    split = corpus(30, 6, 5)  # a paragraph (30 tokens) is one chunk at max_len 512
+    boundaries = set(split.sentences.tolist())
+    first_b = []
+    for pairs in all_pairs(split, 512):
+        for a0, la, b0, lb, nsp in zip(
+            pairs.a_start, pairs.a_len, pairs.b_start, pairs.b_len, pairs.nsp, strict=True
+        ):
+            assert {a0, a0 + la, b0, b0 + lb} <= boundaries
+            if nsp == 0:  # b is the rest of the chunk, right after a
+                assert b0 == a0 + la
+                first_b.append(int(np.searchsorted(split.sentences, b0)) % 6)
+    assert len(set(first_b)) >= 4  # the split point is drawn, not fixed
+
+
+def test_a_random_b_comes_from_another_paragraph_and_the_unused_sentences_are_put_back():
+    split = corpus(30, 6, 5)
+    sentence = {int(t): i for i, t in enumerate(split.sentences)}
+    randoms = 0
+    for pairs in all_pairs(split, 512):
+        doc_a = paragraph_of(split, pairs.a_start)
+        doc_b = paragraph_of(split, pairs.b_start)
+        assert (doc_b[pairs.nsp == 0] == doc_a[pairs.nsp == 0]).all()
+        assert (doc_b[pairs.nsp == 1] != doc_a[pairs.nsp == 1]).all()
+        for k in np.flatnonzero(pairs.nsp == 1):
+            a_end = sentence[int(pairs.a_start[k] + pairs.a_len[k])]
+            if a_end == split.paragraphs[doc_a[k] + 1]:
+                continue  # nothing unused: the chunk was a single sentence, or a ended it
+            # the next instance of this paragraph starts where a ended
+            assert k + 1 < len(pairs.nsp) and doc_a[k + 1] == doc_a[k]
+            assert sentence[int(pairs.a_start[k + 1])] == a_end
+            randoms += 1
+    assert randoms > 20
+
+
+def test_the_longer_segment_is_trimmed_at_a_random_end_until_the_pair_fits():
+    split = corpus(20, 3, 40)  # every sentence alone overflows max_len 32
+    boundaries = set(split.sentences.tolist())
+    front = back = 0
+    for pairs in all_pairs(split, 32):
+        assert (pairs.a_len + pairs.b_len == 29).all()
+        assert (abs(pairs.a_len - pairs.b_len) <= 1).all()  # the longer one was cut each time
+        front += sum(int(a) not in boundaries for a in pairs.a_start)
+        back += sum(int(a + n) not in boundaries for a, n in zip(pairs.a_start, pairs.a_len))
+    assert front > 10 and back > 10
+
+
+@pytest.mark.parametrize("pairing", ["d2l", "bert"])
+def test_both_pairing_rules_train_and_record_their_tokens_per_example(
+    pairing, tmp_path, cli_env, wikitext_dir
+):
+    args = [*TINY_ARGS, "data.max_len=128", f"data.pairing={pairing}", "trainer.max_steps=4"]
+    result = run_cli(["train", *args, "hydra.run.dir=run"], tmp_path, cli_env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert f"({pairing} pairing)" in (tmp_path / "run" / "train.log").read_text()
+    tokens = summary["tokens_per_example"]
+    # d2l pairs two sentences (about 50 tokens); bert fills segments towards 125, as far
+    # as a WikiText paragraph (a line, often shorter) allows: about 92
+    assert (tokens < 70) if pairing == "d2l" else (tokens > 80), tokens
