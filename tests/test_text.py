@@ -135,6 +135,11 @@ def test_wikitext_paragraphs_are_about_as_many_as_the_reference_split(wikitext_d
 # --- read_text_files -----------------------------------------------------------------------
 
 
+def list_text_files(paths):
+    """read_text_files read to its end, as the prepared corpus reads it."""
+    return list(read_text_files(paths))
+
+
 def write(path: Path, text: str) -> str:
     path.write_text(text, encoding="utf-8")
     return str(path)
@@ -146,7 +151,7 @@ def test_reads_files_in_order_with_crlf_bom_and_tilde(tmp_path, monkeypatch, cap
     a.write_bytes(b"\xef\xbb\xbfFirst one. First two.\r\nNot kept.\r\n\r\n")
     b = write(tmp_path / "b.txt", "Second one. Second two.\nThird one. Third two.")
     with caplog.at_level(logging.INFO, logger="bertpretrain.data.text"):
-        paragraphs = read_text_files(["~/a.txt", b])
+        paragraphs = list_text_files(["~/a.txt", b])
     assert paragraphs == [
         ["First one.", "First two."],
         ["Second one.", "Second two."],
@@ -158,7 +163,7 @@ def test_reads_files_in_order_with_crlf_bom_and_tilde(tmp_path, monkeypatch, cap
 
 def test_only_newline_splits_lines(tmp_path):
     path = write(tmp_path / "a.txt", "One. Two.\x0cThree.\u2028Four.\nFive. Six.\n")
-    paragraphs = read_text_files([path])  # \x0c and \u2028 are spaces inside a line
+    paragraphs = list_text_files([path])  # \x0c and \u2028 are spaces inside a line
     assert paragraphs == [["One.", "Two.", "Three.", "Four."], ["Five.", "Six."]]
 
 
@@ -171,32 +176,32 @@ def one_line_error(call) -> str:
 
 
 def test_no_files_is_a_user_error_saying_how_to_set_them():
-    message = one_line_error(lambda: read_text_files([]))
+    message = one_line_error(lambda: list_text_files([]))
     assert "data.files=[a.txt,b.txt]" in message
 
 
 def test_a_missing_file_is_a_user_error(tmp_path):
     good = write(tmp_path / "good.txt", "One. Two.\n")
-    message = one_line_error(lambda: read_text_files([good, str(tmp_path / "nope.txt")]))
+    message = one_line_error(lambda: list_text_files([good, str(tmp_path / "nope.txt")]))
     assert "nope.txt does not exist" in message and "fix the path" in message
 
 
 def test_a_folder_is_a_user_error_asking_for_its_files(tmp_path):
-    message = one_line_error(lambda: read_text_files([str(tmp_path)]))
+    message = one_line_error(lambda: list_text_files([str(tmp_path)]))
     assert "is a folder" in message and "data.files=[" in message
 
 
 def test_a_file_that_is_not_utf8_names_the_byte_offset(tmp_path):
     path = tmp_path / "latin1.txt"
     path.write_bytes("Fine. Line.\nCaf\u00e9. Bad.\n".encode("latin-1"))
-    message = one_line_error(lambda: read_text_files([str(path)]))
+    message = one_line_error(lambda: list_text_files([str(path)]))
     assert "not UTF-8" in message and "offset 15" in message and "convert it to UTF-8" in message
 
 
 def test_the_byte_offset_counts_a_leading_bom(tmp_path):
     path = tmp_path / "bom.txt"
     path.write_bytes(b"\xef\xbb\xbfAb\xff")
-    assert "offset 5" in one_line_error(lambda: read_text_files([str(path)]))
+    assert "offset 5" in one_line_error(lambda: list_text_files([str(path)]))
 
 
 @pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root reads any file")
@@ -204,20 +209,20 @@ def test_an_unreadable_file_is_a_user_error_about_permissions(tmp_path):
     path = tmp_path / "secret.txt"
     write(path, "One. Two.\n")
     path.chmod(0)
-    message = one_line_error(lambda: read_text_files([str(path)]))
+    message = one_line_error(lambda: list_text_files([str(path)]))
     assert "cannot read" in message and "permissions" in message
 
 
 @pytest.mark.skipif(not Path("/proc/self/mem").exists(), reason="Linux only")
 def test_a_read_error_after_opening_is_a_user_error():
-    message = one_line_error(lambda: read_text_files(["/proc/self/mem"]))  # EIO at offset 0
+    message = one_line_error(lambda: list_text_files(["/proc/self/mem"]))  # EIO at offset 0
     assert "cannot read /proc/self/mem" in message
 
 
 def test_no_paragraph_of_two_sentences_is_a_user_error_saying_what_a_paragraph_is(tmp_path):
     a = write(tmp_path / "a.txt", "just one sentence\n\nanother one.\n")
     b = write(tmp_path / "b.txt", "")
-    message = one_line_error(lambda: read_text_files([a, b]))
+    message = one_line_error(lambda: list_text_files([a, b]))
     assert "one paragraph per line" in message and "at least two sentences" in message
 
 

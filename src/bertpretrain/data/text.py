@@ -1,7 +1,7 @@
 """A user's own corpus as paragraphs of sentences: plain text files, or a `datasets` dataset.
 
-Both readers (`read_text_files` for `data=text`, `read_hf` for `data=hf`) give
-`list[list[str]]`: paragraphs, each a list of sentence strings in their original case,
+Both readers (`read_text_files` for `data=text`, a stream; `read_hf` for `data=hf`, a
+list) give paragraphs, each a list of sentence strings in their original case,
 stripped at both ends and not tokenised (the tokenizer lower-cases and splits them later).
 One line of a file, or of a row of a dataset's text column, is one paragraph. As in the
 reference (d2l.ai, "Pretraining BERT"), a paragraph is kept only if it has at least two
@@ -120,39 +120,52 @@ def _no_end_after(word: str) -> bool:
 def paragraphs_from_lines(lines: Iterable[str]) -> tuple[list[Paragraph], int]:
     """Each line split into sentences; the paragraphs with at least two, and the number of
     non-empty lines seen."""
-    paragraphs = []
-    seen = 0
+    tally = {"seen": 0, "kept": 0}
+    return list(iter_paragraphs(lines, tally)), tally["seen"]
+
+
+def iter_paragraphs(lines: Iterable[str], tally: dict[str, int]) -> Iterator[Paragraph]:
+    """`paragraphs_from_lines` as a stream; `tally` counts the non-empty lines "seen" and
+    the paragraphs "kept"."""
     for line in lines:
         line = line.strip()
         if not line:
             continue
-        seen += 1
+        tally["seen"] += 1
         sentences = split_sentences(line)
         if len(sentences) >= 2:
-            paragraphs.append(sentences)
-    return paragraphs, seen
+            tally["kept"] += 1
+            yield sentences
 
 
 # --- data=text: plain UTF-8 files, one paragraph per line --------------------------------
 
 
-def read_text_files(paths: Sequence[str], digest: str | None = None) -> list[Paragraph]:
-    """The paragraphs of every file in `paths`, in file order; a user's bad file or an empty
-    result ends in a UserError, and so do bytes whose `file_digest` is not `digest` (a file
-    changed since it was taken). A single string is read as one path."""
+def read_text_files(paths: Sequence[str], digest: str | None = None) -> Iterator[Paragraph]:
+    """The paragraphs of every file in `paths`, in file order, read a line at a time (a
+    corpus need not fit in memory). A user's bad file or an empty result ends in a
+    UserError, and so do bytes whose `file_digest` is not `digest` (a file changed since
+    it was taken): the last two can only be known at the end of the stream. A single
+    string is read as one path."""
     if isinstance(paths, str | os.PathLike):
         paths = [paths]
     if not paths:
         raise UserError("data=text needs files to read: set data.files=[a.txt,b.txt]")
-    paragraphs: list[Paragraph] = []
+    kept = 0
     read = hashlib.sha256()
     for name in paths:
         path = text_file(name)
-        kept, seen = paragraphs_from_lines(_utf8_lines(path, read))
+        tally = {"seen": 0, "kept": 0}
+        yield from iter_paragraphs(_utf8_lines(path, read), tally)
         read.update(b"\0")  # as file_digest marks a file boundary
-        log.info("read %d lines from %s: kept %d paragraphs of 2+ sentences", seen, path, len(kept))
-        paragraphs.extend(kept)
-    if not paragraphs:
+        log.info(
+            "read %d lines from %s: kept %d paragraphs of 2+ sentences",
+            tally["seen"],
+            path,
+            tally["kept"],
+        )
+        kept += tally["kept"]
+    if not kept:
         raise UserError(
             f"no paragraph with two sentences in data.files ({', '.join(map(str, paths))}): "
             "put one paragraph per line, each of at least two sentences ending in . ! or ? "
@@ -162,7 +175,6 @@ def read_text_files(paths: Sequence[str], digest: str | None = None) -> list[Par
         from bertpretrain.data.corpus import changed_while_read
 
         changed_while_read(", ".join(map(str, paths)), digest, read.hexdigest())
-    return paragraphs
 
 
 def text_file(name: str) -> Path:
