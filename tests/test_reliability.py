@@ -265,6 +265,37 @@ def test_a_signal_within_an_accumulated_step_drops_it_and_the_resume_matches(tmp
     assert_same_weights(run, tmp_path / "whole")
 
 
+def test_a_resume_across_an_epoch_boundary_with_workers_matches_the_uninterrupted_run(
+    tmp_path, env
+):
+    """A corpus of 2-3 batches an epoch: steps 1-3, then a resume to step 8 through two
+    more epochs, with batches made in a DataLoader worker and new masks each epoch, equals
+    one run of 8 steps made in the loop."""
+    corpus = tmp_path / "corpus.txt"
+    lines = (SHARED_WIKITEXT / "wiki.valid.tokens").read_text().split("\n")
+    corpus.write_text("\n".join(line for line in lines if line.count(" . ") >= 3)[:16_000])
+    run = {k: v for k, v in RUN.items() if not k.startswith("data.")} | {
+        "data": "text",
+        "data.files": f"[{corpus}]",
+        "data.masking": "dynamic",
+        "trainer.save_every": "0",
+    }
+    args = [f"{k}={v}" for k, v in run.items()]
+    whole = run_cli(["train", *args, "hydra.run.dir=whole"], tmp_path, env)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    log = (tmp_path / "whole" / "train.log").read_text()
+    examples = int(re.search(r"data: (\d+) training examples", log)[1])
+    assert 2 * 32 < examples <= 3 * 32, examples  # so 8 steps cross two epoch boundaries
+
+    first = [*args, "trainer.max_steps=3", "trainer.num_workers=1", "hydra.run.dir=run"]
+    assert run_cli(["train", *first], tmp_path, env).returncode == 0
+    again = [*args, "trainer.num_workers=1", "trainer.resume=true", "hydra.run.dir=run"]
+    resumed = run_cli(["train", *again], tmp_path, env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert losses(tmp_path / "run") == losses(tmp_path / "whole")
+    assert_same_weights(tmp_path / "run", tmp_path / "whole")
+
+
 # ---------------------------------------------------------------------------------------
 # a non-finite loss stops the run, or is skipped up to trainer.skip_nonfinite times
 
