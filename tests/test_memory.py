@@ -260,3 +260,12 @@ def test_plan_shows_the_accumulation_train_would_take(tmp_path, cli_env):
         refused.stdout,
         re.MULTILINE,
     ), refused.stdout
+
+
+@pytest.mark.skipif(
+    torch.cuda.is_available(), reason="checks the message on a machine without CUDA"
+)
+def test_the_cuda_budget_is_asked_of_the_device_training_runs_on():
+    """trainer.device=auto picks CUDA: the budget is that device's, not torch.device("auto")."""
+    with pytest.raises(UserError, match="is not available here"):
+        plan.memory_budget(config("trainer.device=auto"), torch.device("cuda"))

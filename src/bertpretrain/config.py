@@ -250,8 +250,9 @@ def _check_accum(t: TrainerConfig) -> None:
         parse_size(t.memory_budget, "trainer.memory_budget=")
 
 
-def parse_size(text: object, what: str = "--device-memory ") -> int:
-    """Bytes from `80GB` (decimal), `80GiB` or `80G` (binary), or a plain number of bytes."""
+def parse_size(text: object, what: str) -> int:
+    """Bytes from `80GB` (decimal), `80GiB` or `80G` (binary), or a plain number of bytes;
+    `what` names the setting in the error (`trainer.memory_budget=`)."""
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(?:([kmgt])(i?b)?)?\s*", str(text), re.IGNORECASE)
     size = 0
     if match:

@@ -267,15 +267,15 @@ def _largest(fits: Callable[[int], bool]) -> int:
     return lo
 
 
-def memory_budget(cfg: Config, device: str) -> tuple[int, str]:
-    """The bytes a run on `device` (cuda, cpu, mps) may plan for, and where that figure
-    comes from: trainer.memory_budget, or what the device has available now."""
+def memory_budget(cfg: Config, device: torch.device) -> tuple[int, str]:
+    """The bytes a run on `device` may plan for, and where that figure comes from:
+    trainer.memory_budget, or what the device has available now."""
     if cfg.trainer.memory_budget is not None:
         return config_parse_size(cfg.trainer.memory_budget, "trainer.memory_budget="), (
             f"trainer.memory_budget={cfg.trainer.memory_budget}"
         )
-    if device == "cuda":
-        return available_memory(torch.device(cfg.trainer.device)), "the GPU's free memory"
+    if device.type == "cuda":
+        return available_memory(device), "the GPU's free memory"
     local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # they share the RAM
     return available_memory(torch.device("cpu"), local_ranks), "the available RAM"
 
@@ -574,7 +574,8 @@ def main(argv: list[str]) -> None:
     if args.device_memory is not None:
         budget, source = parse_size(args.device_memory), f"--device-memory {args.device_memory}"
     else:
-        budget, source = memory_budget(cfg, device)
+        name = cfg.trainer.device
+        budget, source = memory_budget(cfg, torch.device(device if name == "auto" else name))
     refusal = None
     try:
         accum, plan = choose_accum(

@@ -170,7 +170,7 @@ def plan_memory(cfg: Config, dataset: Dataset, device: torch.device, ranks) -> t
     allocated (on a CPU the kernel would kill the process without a word).
     """
     fill = float(dataset.train.valid_lens.mean()) / cfg.data.max_len
-    budget, source = plan.memory_budget(cfg, device.type)
+    budget, source = plan.memory_budget(cfg, device)
     overhead = plan.process_overhead(device.type)
     accum, chosen = plan.choose_accum(
         cfg, len(dataset.vocab), fill, device.type, budget, source, ranks.world, overhead
@@ -332,6 +332,7 @@ def _train(cfg: Config, run_dir: Path, stop: list[int], accepted: Callable[[], N
     dataset = load_data(cfg, resume)
     if ranks.main:
         accepted()  # the run continues or starts this dir: its log and record go there now
+    tokens = float(dataset.train.valid_lens.mean())  # real tokens per example
     log.info(
         "data: %d training examples (%s pairing), %d validation examples, vocabulary of %d; "
         "real tokens per example %.1f of %d (fill %.2f)%s",
@@ -339,9 +340,9 @@ def _train(cfg: Config, run_dir: Path, stop: list[int], accepted: Callable[[], N
         cfg.data.pairing,
         len(dataset.valid) if dataset.valid is not None else 0,
         len(dataset.vocab),
-        dataset.train.valid_lens.mean(),
+        tokens,
         cfg.data.max_len,
-        dataset.train.valid_lens.mean() / cfg.data.max_len,
+        tokens / cfg.data.max_len,
         f", validation fill {dataset.valid.valid_lens.mean() / cfg.data.max_len:.2f}"
         if dataset.valid is not None
         else "",
@@ -556,7 +557,7 @@ def _train(cfg: Config, run_dir: Path, stop: list[int], accepted: Callable[[], N
         "train_mlm_loss": last["mlm_loss"],
         "train_nsp_loss": last["nsp_loss"],
         **{f"val_{k}": v for k, v in metrics.items()},
-        "tokens_per_example": float(dataset.train.valid_lens.mean()),
+        "tokens_per_example": tokens,
         "seq_per_s": seq_s,
         "model_tflops": seq_s * flops / 1e12,
         "grad_accum": accum,
