@@ -22,7 +22,9 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import os
 import platform
+import re
 import resource
 import statistics
 import subprocess
@@ -366,6 +368,196 @@ def bench_memory() -> list[dict]:
     return rows
 
 
+def big_corpus(folder: Path, tokens: int) -> Path:
+    """A WikiText-style corpus of about `tokens` whitespace tokens: the shared splits'
+    lines, shuffled afresh for each copy (so no two stretches repeat), as
+    wiki.train.tokens, with the real validation split beside it. Made, never committed."""
+    import random
+
+    lines = []
+    for split in ("valid", "test"):
+        lines += (SHARED / f"wiki.{split}.tokens").read_text(encoding="utf-8").splitlines(True)
+    copies = -(-tokens // sum(len(line.split()) for line in lines))
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(0)
+    with open(folder / "wiki.train.tokens", "w", encoding="utf-8") as f:
+        for _ in range(copies):
+            rng.shuffle(lines)
+            f.writelines(lines)
+    (folder / "wiki.valid.tokens").write_bytes((SHARED / "wiki.valid.tokens").read_bytes())
+    return folder
+
+
+def _cli(args: list[str], cwd: Path) -> tuple[float, str]:
+    """`bertpretrain ARGS` as a process: its wall time and its output (stdout + log)."""
+    t0 = time.perf_counter()
+    out = subprocess.run(
+        [sys.executable, "-m", "bertpretrain", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if out.returncode:
+        raise RuntimeError(f"bertpretrain {' '.join(args)} failed:\n{out.stderr[-3000:]}")
+    return time.perf_counter() - t0, out.stdout + out.stderr
+
+
+def _peak_mb(output: str) -> float:
+    return float(re.search(r"peak memory (\d+) MiB", output)[1])
+
+
+def _train(corpus: Path, root: Path, run: Path, *overrides: str) -> tuple[float, str, dict]:
+    """A tiny training run on `corpus` (L=128, batch 128, as the corpora issue measured)."""
+    seconds, output = _cli(
+        ["train", "model=tiny", f"data.dir={corpus}", f"data.root={root}", "data.max_len=128"]
+        + ["trainer.batch_size=128", "trainer.log_every=1", f"hydra.run.dir={run}", *overrides],
+        run.parent,
+    )
+    return seconds, output, json.loads((run / "summary.json").read_text())
+
+
+def bench_corpus(tokens: int, folder: Path | None) -> list[dict]:
+    """The corpora targets on a ~100M-token corpus: preparing it (word and WordPiece), the
+    second run's way to its first step, the memory of stepping on it against WikiText-2,
+    BERT's pairing at 512, and what users would use instead: datasets.map with
+    BertTokenizerFast and group_texts on 2 processes."""
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        corpus = folder or big_corpus(tmp / "corpus", tokens)
+        if not (corpus / "wiki.train.tokens").is_file():
+            big_corpus(corpus, tokens)
+        what = f"prepare {os.path.getsize(corpus / 'wiki.train.tokens') / 1e6:.0f} MB corpus"
+        for tokenizer in ("word", "wordpiece"):
+            seconds, output = _cli(
+                [
+                    "prepare",
+                    f"data.dir={corpus}",
+                    f"data.root={tmp / 'root'}",
+                    f"tokenizer={tokenizer}",
+                ],
+                tmp,
+            )
+            count = int(re.search(r"\((\d+) training tokens", output)[1])
+            rows.append(
+                {
+                    "what": what,
+                    "contender": f"bertpretrain prepare, {tokenizer}",
+                    "seconds": seconds,
+                    "peak_mb": _peak_mb(output),
+                    "tokens_per_s": count / seconds,
+                }
+            )
+        # The store is there now: time from launch to the first step's log line.
+        launched = time.time()
+        _, output, summary = _train(corpus, tmp / "root", tmp / "first", "trainer.max_steps=1")
+        stamp = re.search(r"\[([\d-]+ [\d:]+,\d+)\]\[bertpretrain.train\] step 1/", output)[1]
+        first = time.mktime(time.strptime(stamp[:-4], "%Y-%m-%d %H:%M:%S")) + int(stamp[-3:]) / 1e3
+        rows.append(
+            {
+                "what": "second run: launch to first step logged",
+                "contender": "bertpretrain train (store cached)",
+                "seconds": first - launched,
+            }
+        )
+        small = tmp / "wikitext-2-sized"
+        small.mkdir()
+        corpus_like_train(small)
+        (small / "wiki.valid.tokens").write_bytes((SHARED / "wiki.valid.tokens").read_bytes())
+        for label, where in (("WikiText-2-sized", small), ("100M-token", corpus)):
+            seconds, output, summary = _train(
+                where, tmp / "root", tmp / label, "trainer.max_steps=30", "trainer.eval_every=0"
+            )
+            rows.append(
+                {
+                    "what": "stepping 30 steps, tiny L=128 B=128",
+                    "contender": f"{label} corpus",
+                    "peak_mb": summary["peak_memory"] / 2**20,
+                    "seq_per_s": _last_seq_per_s(output),
+                }
+            )
+        seconds, output, summary = _train(
+            corpus,
+            tmp / "root",
+            tmp / "bert512",
+            "data.pairing=bert",
+            "data.max_len=512",
+            "trainer.batch_size=32",
+            "trainer.max_steps=3",
+        )
+        rows.append(
+            {
+                "what": "pairing=bert max_len=512, 3 steps of 32",
+                "contender": "100M-token corpus",
+                "seconds": seconds,
+                "peak_mb": summary["peak_memory"] / 2**20,
+                "tokens_per_example": summary["tokens_per_example"],
+            }
+        )
+        rows.append(_datasets_map(corpus, tmp))
+    return rows
+
+
+def _last_seq_per_s(output: str) -> float:
+    return float(re.findall(r"([\d.]+) seq/s", output)[-1])
+
+
+DATASETS_MAP = """
+import json, resource, sys, time
+from datasets import load_dataset
+from transformers import BertTokenizerFast
+
+if __name__ == "__main__":
+    corpus, vocab, max_len, cache = sys.argv[1:5]
+    t0 = time.perf_counter()
+    tok = BertTokenizerFast(vocab_file=vocab, do_lower_case=True, unk_token="<unk>",
+                            pad_token="<pad>", mask_token="<mask>", cls_token="<cls>",
+                            sep_token="<sep>")
+    ds = load_dataset("text", data_files={"train": corpus}, split="train", cache_dir=cache)
+
+    def tokenize(batch):
+        return tok(batch["text"], add_special_tokens=False, return_attention_mask=False,
+                   return_token_type_ids=False)
+
+    def group_texts(batch):  # run_mlm.py's: concatenate, cut into max_len blocks
+        ids = [i for row in batch["input_ids"] for i in row]
+        cut = len(ids) // int(max_len) * int(max_len)
+        return {"input_ids": [ids[i : i + int(max_len)] for i in range(0, cut, int(max_len))]}
+
+    ds = ds.map(tokenize, batched=True, num_proc=2, remove_columns=["text"])
+    ds = ds.map(group_texts, batched=True, num_proc=2)
+    seconds = time.perf_counter() - t0
+    kib = lambda who: resource.getrusage(who).ru_maxrss
+    print(json.dumps({"seconds": seconds, "blocks": len(ds),
+                      "peak_mb": max(kib(resource.RUSAGE_SELF), kib(resource.RUSAGE_CHILDREN)) / 1024}))
+"""
+
+
+def _datasets_map(corpus: Path, tmp: Path) -> dict:
+    """run_mlm.py's data path on the same corpus and a WordPiece vocabulary of ours."""
+    states = [json.loads(p.read_text()) for p in (tmp / "root" / "cache").glob("tokenizer-*")]
+    vocab = next(state["vocab"] for state in states if state["kind"] == "wordpiece")
+    path = tmp / "vocab.txt"
+    path.write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    script = tmp / "datasets_map.py"
+    script.write_text(DATASETS_MAP)
+    out = subprocess.run(
+        [sys.executable, str(script), str(corpus / "wiki.train.tokens"), str(path), "128"]
+        + [str(tmp / "hf-cache")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    return {
+        "what": "tokenise the corpus for MLM",
+        "contender": "datasets.map + BertTokenizerFast + group_texts, num_proc=2",
+        "seconds": result["seconds"],
+        "peak_mb": result["peak_mb"],
+    }
+
+
 def print_table(rows: list[dict]) -> None:
     print(f"{'what':<38} {'contender':<32} {'result'}")
     for r in rows:
@@ -382,11 +574,18 @@ def print_table(rows: list[dict]) -> None:
         elif "tflops" in r:
             result = f"{r['tflops'] * 1e3:8.1f} GFLOP/s"
         else:
-            result = f"{r['seconds']:8.3f} s"
+            units = {
+                "seconds": "{:8.3f} s",
+                "peak_mb": "peak {:.0f} MB",
+                "tokens_per_s": "{:.0f} tokens/s",
+                "seq_per_s": "{:.1f} seq/s",
+                "tokens_per_example": "{:.1f} tokens/example",
+            }
+            result = "  ".join(f.format(r[k]) for k, f in units.items() if k in r)
         print(f"{r['what']:<38} {r['contender']:<32} {result}")
     by_what: dict[str, dict] = {}
     for r in rows:
-        if "seq_per_s" in r:
+        if "step_s" in r:
             by_what.setdefault(r["what"], {})[r["contender"]] = r["seq_per_s"]
     for what, c in by_what.items():
         if "transformers" in c:
@@ -399,7 +598,13 @@ def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--only", choices=["train", "examples", "encode", "memory"], action="append")
+    p.add_argument(
+        "--only", choices=["train", "examples", "encode", "memory", "corpus"], action="append"
+    )
+    p.add_argument("--corpus-tokens", type=int, default=100_000_000, help="for --only corpus")
+    p.add_argument(
+        "--corpus-dir", type=Path, help="--only corpus: reuse (or make) the big corpus here"
+    )
     p.add_argument("--models", default="tiny,base")
     p.add_argument("--precisions", default="fp32,bf16")
     p.add_argument("--reps", type=int, default=3)
@@ -432,6 +637,8 @@ def main() -> None:
         rows += bench_encode_start(args.reps)
     if "memory" in only:
         rows += bench_memory()
+    if "corpus" in only:
+        rows += bench_corpus(args.corpus_tokens, args.corpus_dir)
     print_table(rows)
     sys.stdout.flush()
     machine = {

@@ -18,9 +18,9 @@ import pytest
 from conftest import SHARED_WIKITEXT, run_cli
 
 from bertpretrain.config import TokenizerConfig
-from bertpretrain.data import store
+from bertpretrain.data import parallel, store
 from bertpretrain.data.corpus import read_split, wikitext
-from bertpretrain.data.examples import get_tokenizer
+from bertpretrain.data.examples import make_tokenizer, tokenizer_and_store
 from bertpretrain.data.tokenizer import Tokenizer
 from bertpretrain.errors import UserError
 
@@ -31,8 +31,7 @@ TEST = SHARED_WIKITEXT / "wiki.test.tokens"
 
 def prepared(cache: Path, train: Path = VALID, valid: Path | None = TEST):
     corpus = wikitext(train, valid)
-    tokenizer = get_tokenizer(corpus, WORD, cache)
-    return corpus, tokenizer, store.prepare(corpus, tokenizer, cache)
+    return corpus, *tokenizer_and_store(corpus, WORD, cache)
 
 
 def test_the_store_holds_every_sentence_of_every_paragraph_in_order(tmp_path, wikitext_dir):
@@ -45,6 +44,29 @@ def test_the_store_holds_every_sentence_of_every_paragraph_in_order(tmp_path, wi
         assert split.sentence_lens.tolist() == lens.tolist()
         assert np.array_equal(split.tokens, ids)
     assert len(prepared_store.train) == 1673  # the reference's paragraphs of wiki.valid
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_learning_the_vocabulary_while_preparing_equals_learning_it_first(
+    tmp_path, monkeypatch, processes
+):
+    """The one-pass build (provisional ids, counted, then mapped onto the vocabulary) gives
+    the store and vocabulary of training the vocabulary and then tokenising, also when
+    chunks are tokenised in worker processes and numbered there."""
+    monkeypatch.setattr(store, "CHUNK", 200)  # many chunks, each numbering its own words
+    monkeypatch.setattr(parallel, "SERIAL_CHUNKS", 2)
+    monkeypatch.setattr(parallel, "workers", lambda: processes)
+    corpus = wikitext(VALID, TEST)
+    one_pass = store.prepare_learning_words(corpus, 3, True, tmp_path / "one")
+    tokenizer = make_tokenizer(corpus, TokenizerConfig("word", True, 3, None))
+    two_pass = store.prepare(corpus, tokenizer, tmp_path / "two")
+    assert one_pass.tokenizer == tokenizer
+    assert one_pass.path.name == two_pass.path.name  # the same key: the same store
+    for a, b in ((one_pass.train, two_pass.train), (one_pass.valid, two_pass.valid)):
+        for array in store.ARRAYS:
+            assert np.array_equal(getattr(a, array), getattr(b, array)), array
+    meta = [json.loads((s.path / "meta.json").read_text()) for s in (one_pass, two_pass)]
+    assert meta[0] == meta[1]  # digests included
 
 
 def test_a_vocabulary_beyond_65536_ids_is_stored_as_uint32():
@@ -87,7 +109,7 @@ def test_a_damaged_store_is_rebuilt_with_a_warning(tmp_path, caplog, damage, wik
 
 def test_a_failed_prepare_leaves_no_store_and_no_temp_files(tmp_path, monkeypatch, wikitext_dir):
     corpus = wikitext(VALID, None)
-    tokenizer = get_tokenizer(corpus, WORD, tmp_path)
+    tokenizer = make_tokenizer(corpus, WORD)
 
     def full(self, values):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -104,7 +126,7 @@ def test_a_corpus_that_changes_while_prepared_leaves_no_store(tmp_path, wikitext
     path = tmp_path / "wiki.train.tokens"
     path.write_bytes(VALID.read_bytes())
     corpus = wikitext(path, None)
-    tokenizer = get_tokenizer(corpus, WORD, tmp_path)
+    tokenizer = make_tokenizer(corpus, WORD)
     path.write_bytes(VALID.read_bytes().replace(b" the ", b" a ", 1))
     with pytest.raises(UserError, match="changed while this run read it"):
         store.prepare(corpus, tokenizer, tmp_path)

@@ -403,6 +403,28 @@ def test_without_the_datasets_library_says_what_to_install(monkeypatch):
     assert "pip install 'bertpretrain[hf]'" in message
 
 
+def test_a_hf_corpus_is_read_a_batch_of_rows_at_a_time(folder, offline, monkeypatch, tmp_path):
+    """data=hf streams (WikiText-103 or Wikipedia need not fit in memory): the first
+    paragraph comes after one batch of rows is read, not the whole split."""
+    import datasets
+
+    from bertpretrain import data
+    from bertpretrain.config import compose
+    from bertpretrain.data import text
+
+    write(folder / "train.txt", "".join(f"Line {i} starts. Line {i} ends.\n" for i in range(500)))
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", offline)
+    monkeypatch.setattr(text, "_BATCH_ROWS", 20)
+    read = []
+    rows = text._column_rows
+    monkeypatch.setattr(text, "_column_rows", lambda *a: (read.append(r) or r for r in rows(*a)))
+    cfg, _ = compose(["data=hf", f"data.name={folder}", f"data.root={tmp_path / 'ours'}"])
+    paragraphs = data.make_corpus(cfg.data).read_train()
+    assert next(paragraphs) == ["Line 0 starts.", "Line 0 ends."]
+    assert len(read) <= 20
+    assert len(list(paragraphs)) == 499 and len(read) == 500
+
+
 def test_a_cached_hf_corpus_is_not_read_again(folder, offline, monkeypatch, tmp_path, caplog):
     """The split's Arrow files define its text: a rerun hashes them instead of splitting
     every row into sentences again, and reads nothing when the examples are cached."""

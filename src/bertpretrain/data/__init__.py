@@ -45,11 +45,9 @@ def load(
 def prepare(cfg: DataConfig, tokenizer_cfg: TokenizerConfig) -> Store:
     """The corpus's tokenizer and prepared store, built once into the cache (or found
     there): what `bertpretrain prepare` does ahead of a training job."""
-    from bertpretrain.data.examples import get_tokenizer
-    from bertpretrain.data.store import prepare as prepare_store
+    from bertpretrain.data.examples import tokenizer_and_store
 
-    corpus, cache = make_corpus(cfg), cache_dir(cfg)
-    return prepare_store(corpus, get_tokenizer(corpus, tokenizer_cfg, cache), cache)
+    return tokenizer_and_store(make_corpus(cfg), tokenizer_cfg, cache_dir(cfg))[1]
 
 
 def cache_dir(cfg: DataConfig) -> Path | None:
@@ -94,8 +92,8 @@ def _text_files(cfg) -> Corpus:
 
 
 def _hf(cfg) -> Corpus:
-    """The splits are loaded (memory-mapped) up front to check them, but read into
-    paragraphs only when the cache lacks their examples."""
+    """The splits are loaded (memory-mapped Arrow files) up front to check them, and
+    streamed a batch of rows at a time when prepared."""
     from bertpretrain.data.corpus import Corpus
 
     train, train_digest = _hf_split(cfg, cfg.train_split)
@@ -106,13 +104,14 @@ def _hf(cfg) -> Corpus:
 
 def _hf_split(cfg, split: str):
     """A reader of one split's paragraphs and the split's digest."""
-    import functools
-
     from bertpretrain.data.corpus import text_digest
     from bertpretrain.data.text import hf_description, hf_digest, hf_paragraphs, load_hf
 
     ds = load_hf(cfg.name, cfg.config, split, cfg.text_column, cfg.revision)
     what = hf_description(cfg.name, cfg.config, split, cfg.text_column)
-    read = functools.cache(lambda: hf_paragraphs(ds, cfg.text_column, what))
-    digest = hf_digest(ds, split, cfg.text_column)
-    return read, digest or text_digest(read())  # held in memory only: hash its text
+
+    def read():
+        return hf_paragraphs(ds, cfg.text_column, what)
+
+    # A dataset held only in memory has no files to hash: hash its text, read once more.
+    return read, hf_digest(ds, split, cfg.text_column) or text_digest(read())

@@ -17,6 +17,7 @@ import stat
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from bertpretrain.data.download import fetch_wikitext2
 from bertpretrain.errors import UserError
@@ -95,8 +96,9 @@ def file_digest(*paths: Path) -> str:
     return h.hexdigest()
 
 
-def text_digest(paragraphs: list[Paragraph]) -> str:
-    """sha256 of paragraphs already in memory (a `datasets` corpus has no file of its own)."""
+def text_digest(paragraphs: Iterable[Paragraph]) -> str:
+    """sha256 of paragraphs read from a source without files of its own (a `datasets`
+    dataset held in memory)."""
     h = hashlib.sha256()
     for p in paragraphs:
         h.update("\t".join(p).encode())
@@ -116,6 +118,27 @@ def split_paragraphs(lines: list[str]) -> list[Paragraph]:
     return [line.strip().split(" . ") for line in lines if len(line.split(" . ")) >= 2]
 
 
+def line_blocks(f: BinaryIO, read: hashlib._Hash | None = None) -> Iterator[tuple[int, bytes]]:
+    """An open file's bytes in blocks of whole lines (about 1 MB, or one longer line), each
+    with its offset in the file; `read` hashes every byte. A block boundary never falls
+    inside a UTF-8 character (none contains the byte \n), and a block costs one Python
+    step where a line would cost one each."""
+    offset, rest = 0, bytearray()
+    while block := f.read(1 << 20):
+        if read is not None:
+            read.update(block)
+        cut = block.rfind(b"\n") + 1
+        if cut == 0:  # no line ends in this block
+            rest += block
+            continue
+        whole = bytes(rest) + block[:cut]
+        yield offset, whole
+        offset += len(whole)
+        rest = bytearray(block[cut:])
+    if rest:
+        yield offset, bytes(rest)
+
+
 def read_split(path: Path, digest: str | None = None) -> Iterator[Paragraph]:
     """The paragraphs of one `wiki.{split}.tokens` file, read line by line (a corpus need not
     fit in memory). A user's bad file ends in a UserError, and so do bytes whose
@@ -123,23 +146,20 @@ def read_split(path: Path, digest: str | None = None) -> Iterator[Paragraph]:
     known once the file is read, so they end the iteration."""
     read = hashlib.sha256()
     pairs = False  # whether some paragraph has two sentences, as a pair needs
-    offset = 0
     try:
         with path.open("rb") as f:
-            for raw in f:  # a UTF-8 character never contains the byte \n
-                read.update(raw)
+            for offset, raw in line_blocks(f, read):
                 try:
-                    line = raw.decode("utf-8")
+                    text = raw.decode("utf-8")
                 except UnicodeDecodeError as e:
                     raise UserError(
                         f"corpus file {path} is not UTF-8 text (byte {offset + e.start}); "
                         "convert it to UTF-8"
                     ) from None
-                offset += len(raw)
                 # Universal newlines, as the reference's open(...).readlines() reads the
                 # file; not splitlines(): \x0c etc. stay inside a line.
                 for paragraph in split_paragraphs(
-                    line.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+                    text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
                 ):
                     pairs = pairs or len(paragraph) >= 2
                     yield paragraph

@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import zipfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -35,7 +33,7 @@ import torch
 
 from bertpretrain.data.corpus import Corpus
 from bertpretrain.data.masking import MASK_RATE, hashed_draws, mask_tokens
-from bertpretrain.data.store import Split, prepare
+from bertpretrain.data.store import Split, Store, prepare, prepare_learning_words
 from bertpretrain.data.tokenizer import Tokenizer, train_tokenizer
 from bertpretrain.data.tokenizer import load as load_tokenizer
 from bertpretrain.data.tokenizer import save as save_tokenizer
@@ -257,30 +255,15 @@ def tokenizer_key(corpus: Corpus, cfg: TokenizerConfig) -> str:
     return _key(corpus.train_digest, cfg.name, cfg.lowercase, cfg.min_freq, cfg.vocab_size)
 
 
-def _cached(path: Path | None, what: str, load: Callable, build: Callable, save: Callable):
-    """`load(path)` when the cache holds a readable copy, else `build()`, then `save` it."""
-    if path is not None and path.is_file():
-        try:
-            value = load(path)
-            log.info("%s from cache %s", what, path)
-            return value
-        except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as e:
-            log.warning("ignoring unreadable %s cache %s (%s); rebuilding", what, path, e)
-    value = build()
-    if path is not None:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            save(value, path)
-        except OSError as e:  # a read-only cache must not stop training
-            log.warning("could not write %s cache %s: %s", what, path, e)
-    return value
-
-
 def make_tokenizer(corpus: Corpus, cfg: TokenizerConfig) -> Tokenizer:
     """A vocabulary trained on the training split, read as a stream of sentences."""
     log.info("training a %s vocabulary on %s", cfg.name, corpus.name)
     sentences = (s for p in corpus.read_train() for s in p)
     tokenizer = train_tokenizer(cfg.name, sentences, cfg.min_freq, cfg.vocab_size, cfg.lowercase)
+    return _learnt(tokenizer, corpus, cfg)
+
+
+def _learnt(tokenizer: Tokenizer, corpus: Corpus, cfg: TokenizerConfig) -> Tokenizer:
     if len(tokenizer.vocab) == len(RESERVED):
         raise UserError(
             f"no word of {corpus.name} appears {cfg.min_freq} times; lower data.min_freq "
@@ -289,12 +272,49 @@ def make_tokenizer(corpus: Corpus, cfg: TokenizerConfig) -> Tokenizer:
     return tokenizer
 
 
-def get_tokenizer(corpus: Corpus, cfg: TokenizerConfig, cache_dir: Path | None) -> Tokenizer:
-    """The vocabulary for `corpus`: from the cache, or trained on its training split."""
+def tokenizer_and_store(
+    corpus: Corpus,
+    cfg: TokenizerConfig,
+    cache_dir: Path | None,
+    tokenizer: Tokenizer | None = None,
+) -> tuple[Tokenizer, Store]:
+    """The run's tokenizer (given, cached or learnt from the training split) and the
+    corpus's prepared store (cached or built). A word vocabulary that is not cached yet is
+    learnt in the same pass that builds the store."""
     path = cache_dir / f"tokenizer-{tokenizer_key(corpus, cfg)}.json" if cache_dir else None
-    return _cached(
-        path, "vocabulary", load_tokenizer, lambda: make_tokenizer(corpus, cfg), save_tokenizer
-    )
+    if tokenizer is None:
+        tokenizer = _cached_tokenizer(path)
+    if tokenizer is None and cfg.name == "word":
+        log.info("learning a word vocabulary while preparing %s", corpus.name)
+        store = prepare_learning_words(corpus, cfg.min_freq, cfg.lowercase, cache_dir)
+        _save_tokenizer(_learnt(store.tokenizer, corpus, cfg), path)
+        return store.tokenizer, store
+    if tokenizer is None:
+        tokenizer = make_tokenizer(corpus, cfg)
+        _save_tokenizer(tokenizer, path)
+    return tokenizer, prepare(corpus, tokenizer, cache_dir)
+
+
+def _cached_tokenizer(path: Path | None) -> Tokenizer | None:
+    if path is None or not path.is_file():
+        return None
+    try:
+        tokenizer = load_tokenizer(path)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        log.warning("ignoring unreadable vocabulary cache %s (%s); rebuilding", path, e)
+        return None
+    log.info("vocabulary from cache %s", path)
+    return tokenizer
+
+
+def _save_tokenizer(tokenizer: Tokenizer, path: Path | None) -> None:
+    if path is None:
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_tokenizer(tokenizer, path)
+    except OSError as e:  # a read-only cache must not stop training
+        log.warning("could not write vocabulary cache %s: %s", path, e)
 
 
 def load_dataset(
@@ -313,9 +333,7 @@ def load_dataset(
 
     `tokenizer` is a resumed run's or another rank's: the run keeps its vocabulary.
     """
-    if tokenizer is None:
-        tokenizer = get_tokenizer(corpus, tokenizer_cfg, cache_dir)
-    store = prepare(corpus, tokenizer, cache_dir)
+    tokenizer, store = tokenizer_and_store(corpus, tokenizer_cfg, cache_dir, tokenizer)
     table = continuation_table(tokenizer, whole_word_mask)
 
     def examples(split: Split, stream: int) -> Examples:

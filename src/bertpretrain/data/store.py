@@ -20,6 +20,7 @@ layout follows nanoGPT's `train.bin` and Megatron-LM's indexed dataset (`.bin` +
 from __future__ import annotations
 
 import atexit
+import collections
 import contextlib
 import hashlib
 import itertools
@@ -38,8 +39,10 @@ import numpy as np
 from tqdm import tqdm
 
 from bertpretrain import files
+from bertpretrain.data import parallel
 from bertpretrain.data.corpus import Corpus, Paragraph
-from bertpretrain.data.tokenizer import Tokenizer
+from bertpretrain.data.tokenizer import END, Tokenizer, ids_and_lens, split_words
+from bertpretrain.data.vocab import build_vocab
 from bertpretrain.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -110,11 +113,16 @@ def _offsets(counts: np.ndarray) -> np.ndarray:
 def _encode_chunks(
     paragraphs: Iterable[Paragraph], tokenizer: Tokenizer
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """(ids, sentence lengths, paragraph sizes) of successive chunks of paragraphs."""
-    it = iter(paragraphs)
-    while chunk := list(itertools.islice(it, CHUNK)):
-        ids, lens = tokenizer.encode_sentences([s for p in chunk for s in p])
-        yield ids, lens, np.fromiter(map(len, chunk), np.int64, len(chunk))
+    """(ids, sentence lengths, paragraph sizes) of successive chunks of paragraphs,
+    tokenised on every core."""
+    return parallel.imap(_encode_chunk, tokenizer, parallel.chunked(paragraphs, CHUNK))
+
+
+def _encode_chunk(
+    tokenizer: Tokenizer, chunk: list[Paragraph]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    ids, lens = tokenizer.encode_sentences([s for p in chunk for s in p])
+    return ids, lens, np.fromiter(map(len, chunk), np.int64, len(chunk))
 
 
 class _ArrayWriter:
@@ -139,6 +147,26 @@ class _ArrayWriter:
         return {"dtype": self.dtype.name, "length": self.count, "sha256": self.hash.hexdigest()}
 
 
+class _SplitWriter:
+    """Appends chunks of (ids, sentence lengths, paragraph sizes) to a split's three files."""
+
+    def __init__(self, folder: Path, name: str, token_dtype: np.dtype):
+        self.tokens = _ArrayWriter(folder / f"{name}.tokens", token_dtype)
+        self.sentences = _ArrayWriter(folder / f"{name}.sentences", np.dtype(np.int64))
+        self.paragraphs = _ArrayWriter(folder / f"{name}.paragraphs", np.dtype(np.int64))
+        self.sentences.write(np.zeros(1))
+        self.paragraphs.write(np.zeros(1))
+
+    def write(self, ids: np.ndarray, lens: np.ndarray, sizes: np.ndarray) -> None:
+        tokens, sentences = self.tokens.count, self.sentences.count - 1  # before this chunk
+        self.tokens.write(ids)
+        self.sentences.write(tokens + np.cumsum(lens))
+        self.paragraphs.write(sentences + np.cumsum(sizes))
+
+    def close(self) -> dict:
+        return {a: getattr(self, a).close() for a in ARRAYS}
+
+
 def _write_split(
     folder: Path,
     name: str,
@@ -147,24 +175,77 @@ def _write_split(
     progress: Callable[[int], None],
 ) -> dict:
     """Stream one split's paragraphs through the tokenizer into NAME.{tokens,...}."""
-    writers = {
-        "tokens": _ArrayWriter(folder / f"{name}.tokens", token_dtype(len(tokenizer.vocab))),
-        "sentences": _ArrayWriter(folder / f"{name}.sentences", np.dtype(np.int64)),
-        "paragraphs": _ArrayWriter(folder / f"{name}.paragraphs", np.dtype(np.int64)),
-    }
+    writer = _SplitWriter(folder, name, token_dtype(len(tokenizer.vocab)))
     try:
-        n_tokens, n_sentences = 0, 0
-        writers["sentences"].write(np.zeros(1))
-        writers["paragraphs"].write(np.zeros(1))
         for ids, lens, sizes in _encode_chunks(paragraphs, tokenizer):
-            writers["tokens"].write(ids)
-            writers["sentences"].write(n_tokens + np.cumsum(lens))
-            writers["paragraphs"].write(n_sentences + np.cumsum(sizes))
-            n_tokens += len(ids)
-            n_sentences += len(lens)
+            writer.write(ids, lens, sizes)
             progress(len(ids))
     finally:
-        meta = {k: w.close() for k, w in writers.items()}
+        meta = writer.close()
+    return meta
+
+
+def _write_learning_words(
+    folder: Path,
+    paragraphs: Iterable[Paragraph],
+    min_freq: int,
+    lowercase: bool,
+    progress: Callable[[int], None],
+) -> tuple[dict, Tokenizer]:
+    """The training split, tokenised while its word vocabulary is learnt: in one pass, each
+    word gets a provisional id (the order of first appearance) and is counted; then the
+    vocabulary is taken from the counts, exactly as `train_tokenizer` takes it, and the
+    provisional ids are mapped onto it. Training the vocabulary and then tokenising would
+    read and split the corpus twice."""
+    writer = _SplitWriter(folder, "train", np.dtype(np.uint32))
+    first_seen: dict[str, int] = collections.defaultdict(itertools.count().__next__)
+    counts = np.zeros(0, np.int64)
+    try:
+        chunks = parallel.imap(_first_seen_chunk, lowercase, parallel.chunked(paragraphs, CHUNK))
+        for local, lens, sizes, words in chunks:
+            # Each chunk numbers its own words; map those numbers onto the corpus-wide ones.
+            ids = np.fromiter(map(first_seen.__getitem__, words), np.int64, len(words))[local]
+            counts = np.bincount(ids, minlength=len(first_seen)) + np.pad(
+                counts, (0, len(first_seen) - len(counts))
+            )
+            writer.write(ids, lens, sizes)
+            progress(len(ids))
+    finally:
+        meta = writer.close()
+    words = list(first_seen)  # in provisional-id order
+    vocab = build_vocab(dict(zip(words, counts.tolist())), min_freq)
+    tokenizer = Tokenizer("word", vocab, lowercase)
+    final = np.fromiter(map(tokenizer.index.get, words, itertools.repeat(0)), np.int64, len(words))
+    meta["tokens"] = _map_tokens(folder / "train.tokens", final, token_dtype(len(vocab)))
+    return meta, tokenizer
+
+
+def _first_seen_chunk(
+    lowercase: bool, chunk: list[Paragraph]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """A chunk's words numbered in order of first appearance: (ids, sentence lengths,
+    paragraph sizes, the distinct words by number)."""
+    numbers: dict[str, int] = collections.defaultdict(itertools.count().__next__)
+    numbers[END] = -1
+    ids, lens = ids_and_lens(split_words([s for p in chunk for s in p], lowercase), numbers)
+    del numbers[END]
+    return ids, lens, np.fromiter(map(len, chunk), np.int64, len(chunk)), list(numbers)
+
+
+def _map_tokens(path: Path, table: np.ndarray, dtype: np.dtype) -> dict:
+    """Rewrite the uint32 token file at `path` as `table[token]` in `dtype`, reading a few
+    MB at a time (read, not mapped: mapped pages would count towards the resident memory);
+    the new file's metadata."""
+    table = table.astype(dtype)
+    mapped = path.with_name(path.name + ".mapped")
+    writer = _ArrayWriter(mapped, dtype)
+    try:
+        with open(path, "rb") as f:
+            while len(block := np.fromfile(f, np.uint32, count=1 << 20)):
+                writer.write(table[block])
+    finally:
+        meta = writer.close()
+    os.replace(mapped, path)
     return meta
 
 
@@ -213,62 +294,99 @@ def open_store(path: Path, tokenizer: Tokenizer, verify: bool = True) -> Store:
 def prepare(corpus: Corpus, tokenizer: Tokenizer, cache_dir: Path | None) -> Store:
     """The corpus's store for `tokenizer`: found in `cache_dir`, or built there. Without
     a cache dir it is built in a temp folder that lives as long as the process."""
-    if cache_dir is None:
-        folder = Path(tempfile.mkdtemp(prefix="bertpretrain-store-"))
-        atexit.register(shutil.rmtree, folder, True)
-        return _build(corpus, tokenizer, folder / "store")
-    files.remove_orphans(cache_dir)  # temp files and folders of writers that were killed
-    path = cache_dir / f"store-{store_key(corpus, tokenizer)}"
-    if path.is_dir():
-        try:
-            store = open_store(path, tokenizer)
-            log.info("prepared corpus from cache %s", path)
+    if cache_dir is not None:
+        files.remove_orphans(cache_dir)  # temp files and folders of writers that were killed
+        store = _cached(cache_dir / f"store-{store_key(corpus, tokenizer)}", tokenizer)
+        if store is not None:
             return store
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            log.warning("rebuilding the prepared corpus %s: %s", path, e)
-            shutil.rmtree(path, ignore_errors=True)
-    return _build(corpus, tokenizer, path)
+
+    def write_train(tmp: Path, progress: Callable[[int], None]) -> tuple[dict, Tokenizer]:
+        return _write_split(tmp, "train", corpus.read_train(), tokenizer, progress), tokenizer
+
+    return _build(corpus, cache_dir, write_train)
 
 
-def _build(corpus: Corpus, tokenizer: Tokenizer, path: Path) -> Store:
-    """Write the store into a temp folder beside `path`, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = files.temp_name(path)
+def prepare_learning_words(
+    corpus: Corpus, min_freq: int, lowercase: bool, cache_dir: Path | None
+) -> Store:
+    """A store built while its word vocabulary (`store.tokenizer`) is learnt, in one pass
+    over the corpus: for a corpus whose vocabulary is not cached yet."""
+    if cache_dir is not None:
+        files.remove_orphans(cache_dir)
+
+    def write_train(tmp: Path, progress: Callable[[int], None]) -> tuple[dict, Tokenizer]:
+        return _write_learning_words(tmp, corpus.read_train(), min_freq, lowercase, progress)
+
+    return _build(corpus, cache_dir, write_train)
+
+
+def _cached(path: Path, tokenizer: Tokenizer) -> Store | None:
+    """The store at `path` if it is whole; a damaged one is removed, with a warning."""
+    if not path.is_dir():
+        return None
+    try:
+        store = open_store(path, tokenizer)
+        log.info("prepared corpus from cache %s", path)
+        return store
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        log.warning("rebuilding the prepared corpus %s: %s", path, e)
+        shutil.rmtree(path, ignore_errors=True)
+        return None
+
+
+def _build(corpus: Corpus, cache_dir: Path | None, write_train: Callable) -> Store:
+    """Write the store into a temp folder in `cache_dir`, then rename it into place under
+    its key (known once the training split, and so the vocabulary, is written)."""
+    if cache_dir is None:
+        cache_dir = Path(tempfile.mkdtemp(prefix="bertpretrain-store-"))
+        atexit.register(shutil.rmtree, cache_dir, True)
+    tmp = files.temp_name(cache_dir / "store")
     started = time.perf_counter()
     try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
         tmp.mkdir()
-        meta: dict = {"version": VERSION, "tokenizer": tokenizer.settings()}
+        meta: dict = {"version": VERSION}
         with _progress(f"preparing {corpus.name}") as progress:
-            meta["train"] = _write_split(tmp, "train", corpus.read_train(), tokenizer, progress)
+            meta["train"], tokenizer = write_train(tmp, progress)
             if corpus.read_valid is not None:
                 meta["valid"] = _write_split(tmp, "valid", corpus.read_valid(), tokenizer, progress)
+        meta["tokenizer"] = tokenizer.settings()
         files.atomic_write(tmp / "meta.json", lambda f: f.write(json.dumps(meta).encode()))
-        try:
-            os.rename(tmp, path)
-        except OSError:
-            if not path.is_dir():
-                raise
-            log.info("another process prepared %s first; using its store", path)
-        files.fsync_dir(path.parent)
+        path = cache_dir / f"store-{store_key(corpus, tokenizer)}"
+        _publish(tmp, path, tokenizer)
     except OSError as e:
         raise UserError(
-            f"could not write the prepared corpus to {path.parent}: "
-            f"{files.failure(e, path.parent)}; free space there or set data.root to another "
+            f"could not write the prepared corpus to {cache_dir}: "
+            f"{files.failure(e, cache_dir)}; free space there or set data.root to another "
             "folder"
         ) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    tokens = meta["train"]["tokens"]["length"]
     log.info(
         "prepared %s: %d training tokens in %d sentences, %d paragraphs, in %.1f s (%s)",
         corpus.name,
-        tokens,
+        meta["train"]["tokens"]["length"],
         meta["train"]["sentences"]["length"] - 1,
         meta["train"]["paragraphs"]["length"] - 1,
         time.perf_counter() - started,
         path,
     )
     return open_store(path, tokenizer, verify=False)
+
+
+def _publish(tmp: Path, path: Path, tokenizer: Tokenizer) -> None:
+    """Rename the finished store into place; a whole one already there (another process
+    was first) is kept, a damaged one replaced."""
+    try:
+        os.rename(tmp, path)
+    except OSError:
+        if not path.is_dir():
+            raise
+        if _cached(path, tokenizer) is None:
+            os.rename(tmp, path)
+        else:
+            log.info("another process prepared %s first; using its store", path)
+    files.fsync_dir(path.parent)
 
 
 @contextlib.contextmanager

@@ -1,7 +1,7 @@
 """A user's own corpus as paragraphs of sentences: plain text files, or a `datasets` dataset.
 
-Both readers (`read_text_files` for `data=text`, a stream; `read_hf` for `data=hf`, a
-list) give paragraphs, each a list of sentence strings in their original case,
+Both readers (`read_text_files` for `data=text`, `hf_paragraphs` for `data=hf`) stream
+paragraphs, each a list of sentence strings in their original case,
 stripped at both ends and not tokenised (the tokenizer lower-cases and splits them later).
 One line of a file, or of a row of a dataset's text column, is one paragraph. As in the
 reference (d2l.ai, "Pretraining BERT"), a paragraph is kept only if it has at least two
@@ -55,6 +55,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
+from bertpretrain.data.corpus import line_blocks
 from bertpretrain.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -202,20 +203,16 @@ def _utf8_lines(path: Path, read: hashlib._Hash | None = None) -> Iterator[str]:
     UTF-8 or unreadable ends in a UserError that gives the byte offset or the reason."""
     try:
         with path.open("rb") as f:
-            offset = 0  # of `raw` in the file, for the error message
-            for raw in f:  # a UTF-8 character never contains the byte \n
-                if read is not None:
-                    read.update(raw)
+            for offset, raw in line_blocks(f, read):
                 body = raw[3:] if offset == 0 and raw.startswith(b"\xef\xbb\xbf") else raw
                 try:
-                    yield body.decode("utf-8")
+                    yield from body.decode("utf-8").split("\n")
                 except UnicodeDecodeError as e:
                     at = offset + len(raw) - len(body) + e.start
                     raise UserError(
                         f"data.files: {path} is not UTF-8 text (bad byte at offset {at}); "
                         "convert it to UTF-8, e.g. iconv -f latin1 -t utf-8"
                     ) from None
-                offset += len(raw)
     except OSError as e:
         raise UserError(
             f"data.files: cannot read {path}: {e.strerror}; check that it is readable (permissions)"
@@ -239,7 +236,7 @@ def read_hf(
     """The paragraphs of one split of a dataset loaded by the Hugging Face `datasets` library:
     `load_hf` then `hf_paragraphs`."""
     ds = load_hf(name, config, split, text_column, revision, cache_dir)
-    return hf_paragraphs(ds, text_column, hf_description(name, config, split, text_column))
+    return list(hf_paragraphs(ds, text_column, hf_description(name, config, split, text_column)))
 
 
 def load_hf(
@@ -283,18 +280,24 @@ def hf_description(name: str, config: str | None, split: str, text_column: str) 
     return f"{what}, split {split}, column {text_column}"
 
 
-def hf_paragraphs(ds: Any, text_column: str, what: str) -> list[Paragraph]:
-    """The paragraphs of a `load_hf` split: one per line of each row of the column; `what`
-    names the split in the log and the error."""
-    paragraphs, seen = paragraphs_from_lines(_column_rows(ds, text_column))
-    log.info("read %d lines of %s: kept %d paragraphs of 2+ sentences", seen, what, len(paragraphs))
-    if not paragraphs:
+def hf_paragraphs(ds: Any, text_column: str, what: str) -> Iterator[Paragraph]:
+    """The paragraphs of a `load_hf` split, one per line of each row of the column, read a
+    batch of rows at a time (a corpus need not fit in memory); `what` names the split in
+    the log and the error."""
+    tally = {"seen": 0, "kept": 0}
+    yield from iter_paragraphs(_column_rows(ds, text_column), tally)
+    log.info(
+        "read %d lines of %s: kept %d paragraphs of 2+ sentences",
+        tally["seen"],
+        what,
+        tally["kept"],
+    )
+    if not tally["kept"]:
         raise UserError(
             f"no row of {what} is a paragraph of two sentences; each row must hold sentences "
             "ending in . ! or ? followed by a capitalised word (or pick another "
             "data.text_column)"
         )
-    return paragraphs
 
 
 def hf_digest(ds: Any, split: str, text_column: str) -> str | None:

@@ -10,12 +10,13 @@ RESERVED = [UNK, PAD, MASK, CLS, SEP]  # ids 0..4 in every vocabulary
 UNK_ID, PAD_ID, MASK_ID, CLS_ID, SEP_ID = range(5)
 
 
-def build_vocab(tokens: Iterable[str], min_freq: int) -> list[str]:
+def build_vocab(tokens: Iterable[str] | Counter, min_freq: int) -> list[str]:
     """Reserved tokens, then every token seen at least `min_freq` times, most frequent first.
 
-    Ties are broken alphabetically so the same corpus always gives the same ids.
+    `tokens` is the tokens or their counts. Ties are broken alphabetically so the same
+    corpus always gives the same ids.
     """
-    counts = Counter(tokens)
+    counts = Counter(tokens)  # a copy: the reserved tokens are dropped from it
     for token in RESERVED:
         counts.pop(token, None)
     kept = [(t, c) for t, c in counts.items() if c >= min_freq]
