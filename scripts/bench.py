@@ -511,9 +511,7 @@ from transformers import BertTokenizerFast
 if __name__ == "__main__":
     corpus, vocab, max_len, cache = sys.argv[1:5]
     t0 = time.perf_counter()
-    tok = BertTokenizerFast(vocab_file=vocab, do_lower_case=True, unk_token="<unk>",
-                            pad_token="<pad>", mask_token="<mask>", cls_token="<cls>",
-                            sep_token="<sep>")
+    tok = BertTokenizerFast.from_pretrained(vocab)  # a folder: vocab.txt + tokenizer_config
     ds = load_dataset("text", data_files={"train": corpus}, split="train", cache_dir=cache)
 
     def tokenize(batch):
@@ -538,8 +536,12 @@ def _datasets_map(corpus: Path, tmp: Path) -> dict:
     """run_mlm.py's data path on the same corpus and a WordPiece vocabulary of ours."""
     states = [json.loads(p.read_text()) for p in (tmp / "root" / "cache").glob("tokenizer-*")]
     vocab = next(state["vocab"] for state in states if state["kind"] == "wordpiece")
-    path = tmp / "vocab.txt"
-    path.write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    path = tmp / "hf-tokenizer"
+    path.mkdir()
+    (path / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    keys = ["unk_token", "pad_token", "mask_token", "cls_token", "sep_token"]
+    specials = dict(zip(keys, vocab[:5]))  # our reserved tokens lead our vocabulary
+    (path / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": True} | specials))
     script = tmp / "datasets_map.py"
     script.write_text(DATASETS_MAP)
     out = subprocess.run(
