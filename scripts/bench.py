@@ -422,7 +422,7 @@ def bench_corpus(tokens: int, folder: Path | None) -> list[dict]:
     second run's way to its first step, the memory of stepping on it against WikiText-2,
     BERT's pairing at 512, and what users would use instead: datasets.map with
     BertTokenizerFast and group_texts on 2 processes."""
-    rows = []
+    rows = _Rows()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         corpus = folder or big_corpus(tmp / "corpus", tokens)
@@ -452,7 +452,7 @@ def bench_corpus(tokens: int, folder: Path | None) -> list[dict]:
         # The store is there now: time from launch to the first step's log line.
         launched = time.time()
         _, output, summary = _train(corpus, tmp / "root", tmp / "first", "trainer.max_steps=1")
-        stamp = re.search(r"\[([\d-]+ [\d:]+,\d+)\]\[bertpretrain.train\] step 1/", output)[1]
+        stamp = re.search(r"\[([\d-]+ [\d:]+,\d+)\]\[bertpretrain\.train\]\S* - step 1/", output)[1]
         first = time.mktime(time.strptime(stamp[:-4], "%Y-%m-%d %H:%M:%S")) + int(stamp[-3:]) / 1e3
         rows.append(
             {
@@ -497,6 +497,14 @@ def bench_corpus(tokens: int, folder: Path | None) -> list[dict]:
         )
         rows.append(_datasets_map(corpus, tmp))
     return rows
+
+
+class _Rows(list):
+    """Rows printed as they are measured: a long benchmark that fails keeps what it had."""
+
+    def append(self, row: dict) -> None:
+        print(json.dumps(row), flush=True)
+        super().append(row)
 
 
 def _last_seq_per_s(output: str) -> float:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 
 from bertpretrain.config import TokenizerConfig
 from bertpretrain.data.examples import Examples
+from bertpretrain.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_WIKITEXT = REPO.parent / "shared" / "data" / "wikitext-2"
@@ -119,3 +121,12 @@ def tiny_run(tmp_path_factory, cli_env, wikitext_dir) -> Path:
 def collapsed_run(tmp_path_factory, cli_env, wikitext_dir) -> Path:
     """The tiny run at the reference's optimizer (optim=d2l), which collapses the encoder."""
     return trained_run(tmp_path_factory.mktemp("collapsed-run"), [*TINY_ARGS, "optim=d2l"], cli_env)
+
+
+def one_line_error(call: Callable[[], object]) -> str:
+    """The message of the UserError that `call` raises, checked to be one line."""
+    with pytest.raises(UserError) as info:
+        call()
+    message = str(info.value)
+    assert "\n" not in message
+    return message

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import one_line_error
 
 from bertpretrain.data.text import (
     paragraphs_from_lines,
@@ -16,7 +17,6 @@ from bertpretrain.data.text import (
     read_text_files,
     split_sentences,
 )
-from bertpretrain.errors import UserError
 
 # --- split_sentences -----------------------------------------------------------------------
 
@@ -165,14 +165,6 @@ def test_only_newline_splits_lines(tmp_path):
     path = write(tmp_path / "a.txt", "One. Two.\x0cThree.\u2028Four.\nFive. Six.\n")
     paragraphs = list_text_files([path])  # \x0c and \u2028 are spaces inside a line
     assert paragraphs == [["One.", "Two.", "Three.", "Four."], ["Five.", "Six."]]
-
-
-def one_line_error(call) -> str:
-    with pytest.raises(UserError) as info:
-        call()
-    message = str(info.value)
-    assert "\n" not in message
-    return message
 
 
 def test_no_files_is_a_user_error_saying_how_to_set_them():

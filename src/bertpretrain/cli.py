@@ -86,6 +86,8 @@ def _precheck(args):
             _check_sweep(overrides, name)
             return None
         _, cfg = compose(overrides, name)
+        if cfg.init and not args.cfg:
+            _check_init_overrides(overrides, cfg)
         if not args.cfg:
             run_dir = _run_dir(cfg)
             checkpoint.check_not_in_use(run_dir)
@@ -94,6 +96,31 @@ def _precheck(args):
         if full_errors():
             raise
         fail(str(e))
+
+
+ARCHITECTURE = ("num_layers", "hidden_size", "num_heads", "ffn_size", "dropout", "max_position")
+
+
+def _check_init_overrides(overrides: list[str], cfg) -> None:
+    """With init=, the architecture is that model's: a `model=` or `model.X=` override that
+    asks for another is refused (one that agrees, or a speed setting, passes)."""
+    from bertpretrain import published
+
+    keys = [o.split("=", 1)[0].lstrip("+~") for o in overrides]
+    if not any(k == "model" or k.removeprefix("model.") in ARCHITECTURE for k in keys):
+        return
+    _, arch = published.init_architecture(cfg.init)
+    differ = [
+        f"model.{k}={getattr(cfg.model, k)}"
+        for k in ARCHITECTURE
+        if getattr(cfg.model, k) != getattr(arch, k)
+    ]
+    if differ:
+        mine = ", ".join(f"{k} {getattr(arch, k)}" for k in ARCHITECTURE)
+        raise UserError(
+            f"init={cfg.init} sets the architecture ({mine}), but the overrides ask for "
+            f"{', '.join(differ)}; drop the model override"
+        )
 
 
 def _run_dir(cfg) -> Path:
@@ -325,7 +352,12 @@ def prepare_main(argv: list[str]) -> None:
     logging.basicConfig(
         level=logging.INFO, stream=sys.stdout, format="[%(asctime)s][%(name)s] %(message)s"
     )
-    store = prepare(cfg.data, cfg.tokenizer)
+    tokenizer = None
+    if cfg.init:  # the corpus is prepared with that model's vocabulary
+        from bertpretrain import published
+
+        tokenizer = published.init_tokenizer(published.init_architecture(cfg.init)[0])
+    store = prepare(cfg.data, cfg.tokenizer, tokenizer)
     valid = f", {len(store.valid.tokens)} validation tokens" if store.valid is not None else ""
     print(
         f"prepared corpus: {store.path} ({len(store.train.tokens)} training tokens{valid}, "

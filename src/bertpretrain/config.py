@@ -119,6 +119,9 @@ class TrainerConfig:
 
 @dataclass
 class Config:
+    # A model to start from: a transformers BERT folder, a Hub name, or a run dir or
+    # checkpoint of ours. Its architecture and vocabulary replace model.* and tokenizer.*.
+    init: str | None = None
     model: ModelConfig = MISSING
     data: Any = MISSING  # one of DATA_SCHEMAS, chosen by data.source
     tokenizer: TokenizerConfig = MISSING

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bertpretrain import checkpoint, files
+from bertpretrain import checkpoint, files, published
 from bertpretrain.data.tokenizer import Tokenizer
 from bertpretrain.data.vocab import CLS, CLS_ID, PAD_ID, SEP, SEP_ID, UNK
 from bertpretrain.device import pick_device
@@ -109,14 +109,20 @@ class Encoder:
         device: str = "cpu",
         max_len: int | None = None,
     ) -> Encoder:
-        """From a checkpoint file or a run dir; None = the newest run under ./outputs.
+        """From a checkpoint file, a run dir or a published transformers BERT folder; None =
+        the newest run under ./outputs.
 
         `max_len` may lower the length limit below the checkpoint's training max_len.
         """
-        source = checkpoint.resolve(path) if path is not None else default_checkpoint()
         target = pick_device(device, "--device")
-        state = checkpoint.load(source)
-        model, tokenizer, trained_len = checkpoint.unpack(state, source)
+        folder = Path(path).expanduser() if path is not None else None
+        if folder is not None and published.is_model_folder(folder):
+            source, state = folder, {}
+            model, tokenizer, trained_len = published.load(folder)
+        else:
+            source = checkpoint.resolve(path) if path is not None else default_checkpoint()
+            state = checkpoint.load(source)
+            model, tokenizer, trained_len = checkpoint.unpack(state, source)
         limit = _limit(max_len, trained_len)
         metrics = state.get("val_metrics")
         return cls(

@@ -61,16 +61,15 @@ from bertpretrain.data.tokenizer import Tokenizer
 from bertpretrain.data.vocab import PAD_ID, RESERVED
 from bertpretrain.errors import ArgumentParser, UserError
 from bertpretrain.model import BertConfig
+from bertpretrain.published import (
+    SPECIAL_DEFAULTS,
+    SPECIAL_KEYS,
+    VOCAB_ROWS,
+    hf_names,
+    published_order,
+    published_vocab,
+)
 
-# Our reserved tokens (ids 0..4) under BERT's names, in the same order.
-HF_SPECIAL = ["[UNK]", "[PAD]", "[MASK]", "[CLS]", "[SEP]"]
-SPECIAL_TOKENS_MAP = {
-    "unk_token": "[UNK]",
-    "pad_token": "[PAD]",
-    "mask_token": "[MASK]",
-    "cls_token": "[CLS]",
-    "sep_token": "[SEP]",
-}
 MARKER = ".bertpretrain-export"  # what --force looks for before it replaces a folder
 FILES = [
     "config.json",
@@ -79,21 +78,6 @@ FILES = [
     "tokenizer_config.json",
     "special_tokens_map.json",
 ]
-
-# Inside `bert.layer.N` (ours) / `bert.encoder.layer.N` (transformers'); `qkv` is split.
-_LAYER = {
-    "attention_output": "attention.output.dense",
-    "attention_LayerNorm": "attention.output.LayerNorm",
-    "intermediate": "intermediate.dense",
-    "output": "output.dense",
-    "output_LayerNorm": "output.LayerNorm",
-}
-_TOP = {
-    "bert.pooler": "bert.pooler.dense",
-    "mlm_dense": "cls.predictions.transform.dense",
-    "mlm_LayerNorm": "cls.predictions.transform.LayerNorm",
-    "nsp": "cls.seq_relationship",
-}
 
 
 def export(
@@ -110,14 +94,14 @@ def export(
     save_file = _safetensors_writer()
     model, tokenizer, max_len = checkpoint.unpack(checkpoint.load(path), path)
     config, weights = model.config, model.state_dict()
-    tensors = hf_weights(weights)
+    tensors = hf_weights(weights, tokenizer)
     if encoder_only:  # keys without the `bert.` prefix, as BertModel.save_pretrained writes
         tensors = {k[5:]: t for k, t in tensors.items() if k.startswith("bert.")}
     texts = {
-        "config.json": _json(hf_config(config, encoder_only)),
-        "vocab.txt": "".join(f"{t}\n" for t in HF_SPECIAL + tokenizer.vocab[len(RESERVED) :]),
+        "config.json": _json(hf_config(config, encoder_only, tokenizer)),
+        "vocab.txt": "".join(f"{t}\n" for t in vocab_lines(tokenizer)),
         "tokenizer_config.json": _json(tokenizer_config(max_len, tokenizer)),
-        "special_tokens_map.json": _json(SPECIAL_TOKENS_MAP),
+        "special_tokens_map.json": _json(special_tokens_map(tokenizer)),
     }
 
     def write(folder: Path) -> None:
@@ -134,8 +118,11 @@ def export(
     return out
 
 
-def hf_config(c: BertConfig, encoder_only: bool = False) -> dict:
+def hf_config(
+    c: BertConfig, encoder_only: bool = False, tokenizer: Tokenizer | None = None
+) -> dict:
     """transformers' BertConfig fields for our config."""
+    published = tokenizer.published if tokenizer is not None else None
     return {
         "architectures": ["BertModel" if encoder_only else "BertForPreTraining"],
         "model_type": "bert",
@@ -144,56 +131,65 @@ def hf_config(c: BertConfig, encoder_only: bool = False) -> dict:
         "num_hidden_layers": c.num_layers,
         "num_attention_heads": c.num_heads,
         "intermediate_size": c.ffn_size,
-        "hidden_act": "gelu",  # the exact erf GELU, as F.gelu
+        # the exact erf GELU, as F.gelu, or its tanh approximation, as published
+        "hidden_act": "gelu" if c.hidden_act == "gelu" else "gelu_pytorch_tanh",
         "hidden_dropout_prob": c.dropout,
         "attention_probs_dropout_prob": c.dropout,
         "max_position_embeddings": c.max_position,
         "type_vocab_size": c.type_vocab_size,
         "layer_norm_eps": c.layer_norm_eps,
         "initializer_range": 0.02,
-        "pad_token_id": PAD_ID,
+        "pad_token_id": published["ids"][PAD_ID] if published else PAD_ID,
         "tie_word_embeddings": True,
     }
 
 
 def tokenizer_config(max_len: int, tokenizer: Tokenizer) -> dict:
     """BertTokenizer settings that give our ids (module docstring). A WordPiece tokenizer
-    is BERT's own pipeline, so BERT's defaults; a word-level one keeps what can be kept."""
+    is BERT's own pipeline, so BERT's defaults, or a published vocabulary's own settings;
+    a word-level one keeps what can be kept."""
     wordpiece = tokenizer.kind == "wordpiece"
+    published = tokenizer.published or {}
     return {
         "tokenizer_class": "BertTokenizer",
         "do_lower_case": tokenizer.lowercase,
-        "strip_accents": None if wordpiece else False,
-        "tokenize_chinese_chars": wordpiece,
+        "strip_accents": published.get("strip_accents") if wordpiece else False,
+        "tokenize_chinese_chars": published.get("chinese_chars", True) if wordpiece else False,
         "model_max_length": max_len,
-        **SPECIAL_TOKENS_MAP,
+        **special_tokens_map(tokenizer),
     }
 
 
-def hf_weights(ours: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Our BertForPretraining state dict under transformers' BertForPreTraining names.
+def special_tokens_map(tokenizer: Tokenizer) -> dict:
+    """Our reserved tokens (ids 0..4) under BERT's names, or a published vocabulary's own."""
+    names = tokenizer.published["names"] if tokenizer.published else SPECIAL_DEFAULTS
+    return dict(zip(SPECIAL_KEYS, names))
+
+
+def vocab_lines(tokenizer: Tokenizer) -> list[str]:
+    """vocab.txt, line n = id n: a published vocabulary in its own order and names; ours
+    with the reserved tokens under BERT's names."""
+    if tokenizer.published:
+        return published_vocab(tokenizer)
+    return SPECIAL_DEFAULTS + tokenizer.vocab[len(RESERVED) :]
+
+
+def hf_weights(ours: dict[str, torch.Tensor], tokenizer: Tokenizer) -> dict[str, torch.Tensor]:
+    """Our BertForPretraining state dict under transformers' BertForPreTraining names, the
+    vocabulary rows in vocab.txt's order (a published vocabulary's own; ours as it is).
 
     Every tensor is a float32 copy of its own (safetensors refuses shared storage).
     """
+    order = published_order(tokenizer) if tokenizer.published else None
     out: dict[str, torch.Tensor] = {}
     for name, tensor in ours.items():
         t = tensor.detach().to("cpu", torch.float32)
-        module, _, kind = name.rpartition(".")  # kind: weight or bias
-        parts = module.split(".")
-        if module.startswith("bert.embeddings."):
-            out[name] = t.clone()
-        elif module.startswith("bert.layer.") and len(parts) == 4:
-            prefix = f"bert.encoder.layer.{parts[2]}."
-            if parts[3] == "qkv":  # (3H, ...) -> query, key, value: (H, ...) each
-                for piece, x in zip(("query", "key", "value"), t.chunk(3)):
-                    out[f"{prefix}attention.self.{piece}.{kind}"] = x.clone()
-            else:
-                out[f"{prefix}{_LAYER[parts[3]]}.{kind}"] = t.clone()
-        elif name == "mlm_bias":
-            out["cls.predictions.bias"] = t.clone()
-            out["cls.predictions.decoder.bias"] = t.clone()
-        else:
-            out[f"{_TOP[module]}.{kind}"] = t.clone()
+        if order is not None and name in VOCAB_ROWS:
+            t = t[torch.from_numpy(order)]
+        names = hf_names(name)
+        for hf_name, piece in zip(names, t.chunk(len(names))):  # qkv: query, key, value
+            out[hf_name] = piece.clone()
+    out["cls.predictions.decoder.bias"] = out["cls.predictions.bias"].clone()
     out["cls.predictions.decoder.weight"] = out["bert.embeddings.word_embeddings.weight"].clone()
     return out
 

@@ -15,6 +15,9 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
+# Our activation names -> F.gelu's `approximate`.
+ACTIVATIONS = {"gelu": "none", "gelu_tanh": "tanh"}
+
 
 @dataclass
 class BertConfig:
@@ -27,6 +30,13 @@ class BertConfig:
     max_position: int = 512
     type_vocab_size: int = 2
     layer_norm_eps: float = 1e-12
+    hidden_act: str = "gelu"  # or "gelu_tanh", the tanh approximation some published BERTs use
+
+    def __post_init__(self):
+        if self.hidden_act not in ACTIVATIONS:
+            raise ValueError(
+                f"hidden_act {self.hidden_act!r} is not one of {', '.join(ACTIVATIONS)}"
+            )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -99,6 +109,7 @@ class Layer(nn.Module):
         super().__init__()
         self.num_heads = c.num_heads
         self.dropout_p = c.dropout
+        self.approximate = ACTIVATIONS[c.hidden_act]
         self.qkv = nn.Linear(c.hidden_size, 3 * c.hidden_size)
         self.attention_output = nn.Linear(c.hidden_size, c.hidden_size)
         self.attention_LayerNorm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
@@ -127,7 +138,7 @@ class Layer(nn.Module):
         p, training = self.dropout_p, self.training
         a = self.attention(self.qkv(x), packing)
         x = self.attention_LayerNorm(x + dropout(self.attention_output(a), p, training))
-        f = self.output(F.gelu(self.intermediate(x)))
+        f = self.output(F.gelu(self.intermediate(x), approximate=self.approximate))
         return self.output_LayerNorm(x + dropout(f, p, training))
 
 
@@ -177,7 +188,8 @@ class BertForPretraining(nn.Module):
 
     def mlm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Vocabulary logits of the given hidden vectors; the decoder is the word embedding."""
-        h = self.mlm_LayerNorm(F.gelu(self.mlm_dense(hidden)))
+        approximate = ACTIVATIONS[self.bert.config.hidden_act]
+        h = self.mlm_LayerNorm(F.gelu(self.mlm_dense(hidden), approximate=approximate))
         return F.linear(h, self.bert.embeddings.word_embeddings.weight, self.mlm_bias)
 
     def forward(self, tokens, segments, valid_lens, pred_positions):

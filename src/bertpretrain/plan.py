@@ -568,6 +568,10 @@ def main(argv: list[str]) -> None:
     if (args.vocab_size is not None and args.vocab_size < 1) or args.ranks < 1:
         raise UserError("--vocab-size and --ranks must be positive integers")
     cfg = compose_config(args.overrides)
+    if cfg.init:  # that model's architecture and vocabulary
+        from bertpretrain import published
+
+        args.vocab_size = args.vocab_size or published.adopt_architecture(cfg)[1].vocab_size
     if args.vocab_size is None:
         args.vocab_size = cfg.tokenizer.vocab_size or DEFAULT_VOCAB
     device = device_type(cfg.trainer.device)

@@ -22,10 +22,11 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from bertpretrain import checkpoint, data, distributed, plan, rundir
+from bertpretrain import checkpoint, data, distributed, plan, published, rundir
 from bertpretrain.config import Config, OptimConfig, to_dict
 from bertpretrain.data.batches import BatchStream, batch_loader
 from bertpretrain.data.examples import Dataset
+from bertpretrain.data.tokenizer import Tokenizer
 from bertpretrain.data.tokenizer import from_state as tokenizer_from_state
 from bertpretrain.device import bf16_is_native, pick_device
 from bertpretrain.errors import Interrupted, UserError
@@ -120,15 +121,16 @@ def _resume_state(cfg: Config, run_dir: Path) -> dict | None:
     return state
 
 
-def load_data(cfg: Config, resume: dict | None) -> Dataset:
+def load_data(cfg: Config, resume: dict | None, init: Tokenizer | None = None) -> Dataset:
     """The run's tokenizer and examples.
 
-    A resumed run keeps its checkpoint's tokenizer. Under torchrun rank 0 builds first and
-    the other ranks take its tokenizer: WordPiece training is not reproducible bit for
-    bit, and every rank must share one vocabulary.
+    A resumed run keeps its checkpoint's tokenizer, a run started from `init=` that
+    model's. Under torchrun rank 0 builds first and the other ranks take its tokenizer:
+    WordPiece training is not reproducible bit for bit, and every rank must share one
+    vocabulary.
     """
     ranks = distributed.ranks()
-    given = tokenizer_from_state(resume) if resume is not None else None
+    given = tokenizer_from_state(resume) if resume is not None else init
     if cfg.data.whole_word_mask and cfg.tokenizer.name == "word":
         log.warning(
             "data.whole_word_mask=true changes nothing with tokenizer=word: every token is a word"
@@ -327,9 +329,19 @@ def _train(cfg: Config, run_dir: Path, stop: list[int], accepted: Callable[[], N
             f"{fixed_accum} micro-steps (trainer.grad_accum); use a multiple of "
             f"{ranks.world * fixed_accum}"
         )
+    init_path = published.adopt_architecture(cfg)[0] if cfg.init else None
     resume = _resume_state(cfg, run_dir)
+    init_model, init_tokenizer = None, None
+    if init_path is not None and resume is None:
+        init_model, init_tokenizer = published.init_weights(init_path)
+        log.info(
+            "starting from %s: its weights and its vocabulary of %d tokens (tokenizer.* is not "
+            "used); a fresh optimizer and schedule",
+            init_path,
+            len(init_tokenizer.vocab),
+        )
 
-    dataset = load_data(cfg, resume)
+    dataset = load_data(cfg, resume, init_tokenizer)
     if ranks.main:
         accepted()  # the run continues or starts this dir: its log and record go there now
     tokens = float(dataset.train.valid_lens.mean())  # real tokens per example
@@ -349,7 +361,12 @@ def _train(cfg: Config, run_dir: Path, stop: list[int], accepted: Callable[[], N
     )
     accum, planned = plan_memory(cfg, dataset, device, ranks)
 
-    model = make_model(cfg, len(dataset.vocab)).to(device)
+    if resume is not None:  # the checkpoint's own architecture, activation and eps included
+        model = BertForPretraining(BertConfig(**resume["model_config"]))
+    else:
+        model = init_model or make_model(cfg, len(dataset.vocab))
+    del init_model
+    model = model.to(device)
     model.bert.gradient_checkpointing = cfg.model.gradient_checkpointing
     log.info("model %s: %s", cfg.model.name, describe(model.config, count_parameters(model)))
     optimizer = make_optimizer(model, cfg.optim)

@@ -42,12 +42,15 @@ def load(
     )
 
 
-def prepare(cfg: DataConfig, tokenizer_cfg: TokenizerConfig) -> Store:
+def prepare(
+    cfg: DataConfig, tokenizer_cfg: TokenizerConfig, tokenizer: Tokenizer | None = None
+) -> Store:
     """The corpus's tokenizer and prepared store, built once into the cache (or found
-    there): what `bertpretrain prepare` does ahead of a training job."""
+    there): what `bertpretrain prepare` does ahead of a training job. `tokenizer` (a
+    published model's) replaces training one."""
     from bertpretrain.data.examples import tokenizer_and_store
 
-    return tokenizer_and_store(make_corpus(cfg), tokenizer_cfg, cache_dir(cfg))[1]
+    return tokenizer_and_store(make_corpus(cfg), tokenizer_cfg, cache_dir(cfg), tokenizer)[1]
 
 
 def cache_dir(cfg: DataConfig) -> Path | None:

@@ -49,26 +49,45 @@ def _tokenizers():
     return tokenizers
 
 
-def _bert_pipeline(model, lowercase: bool):
+def _bert_pipeline(
+    model,
+    lowercase: bool,
+    specials: list[str] = RESERVED,
+    strip_accents: bool | None = None,
+    chinese_chars: bool = True,
+):
     """A `tokenizers.Tokenizer` with BERT's normaliser and pre-tokeniser around `model`."""
     tk = _tokenizers()
     tok = tk.Tokenizer(model)
-    tok.normalizer = tk.normalizers.BertNormalizer(lowercase=lowercase, strip_accents=None)
+    tok.normalizer = tk.normalizers.BertNormalizer(
+        lowercase=lowercase, strip_accents=strip_accents, handle_chinese_chars=chinese_chars
+    )
     tok.pre_tokenizer = tk.pre_tokenizers.BertPreTokenizer()
     # Registered as special tokens, a literal `<unk>` in the text (WikiText has many) is
     # the unknown token, as it is to the word-level vocabulary, instead of `< unk >`.
-    tok.add_special_tokens(RESERVED)
+    tok.add_special_tokens(specials)
     return tok
 
 
 class Tokenizer:
-    """A vocabulary and the rule that maps text onto it."""
+    """A vocabulary and the rule that maps text onto it.
 
-    def __init__(self, kind: str, vocab: list[str], lowercase: bool = True):
+    `published` describes a vocabulary read from a published BERT's `vocab.txt`
+    (published.py): "names", its special tokens in our reserved order (unk, pad, mask,
+    cls, sep), which take ids 0..4 here as ours do; "ids", their lines in vocab.txt (the
+    other tokens keep their order after them); "strip_accents" and "chinese_chars", its
+    normaliser's settings. So every id rule of ours holds, and export writes vocab.txt back
+    in its own order."""
+
+    def __init__(
+        self, kind: str, vocab: list[str], lowercase: bool = True, published: dict | None = None
+    ):
         if kind not in KINDS:
             raise ValueError(f"unknown tokenizer kind {kind!r}")
         self.kind = kind
-        self.vocab = check_vocab(vocab)
+        self.published = published
+        specials = published["names"] if published else RESERVED
+        self.vocab = check_vocab(vocab, specials)
         self.lowercase = lowercase
         self.index = token_index(vocab)
         # Out-of-vocabulary words -> int() == 0 == <unk>, without a Python call per token.
@@ -77,16 +96,26 @@ class Tokenizer:
         self._backend = None
         if kind == "wordpiece":
             tk = _tokenizers()
-            model = tk.models.WordPiece(self.index, unk_token=UNK, continuing_subword_prefix=PREFIX)
-            self._backend = _bert_pipeline(model, lowercase)
+            model = tk.models.WordPiece(
+                self.index, unk_token=specials[0], continuing_subword_prefix=PREFIX
+            )
+            options = published or {}
+            self._backend = _bert_pipeline(
+                model,
+                lowercase,
+                specials,
+                options.get("strip_accents"),
+                options.get("chinese_chars", True),
+            )
 
     def __reduce__(self):
         # Rebuilt from its definition: the `tokenizers` backend is derived state.
-        return Tokenizer, (self.kind, self.vocab, self.lowercase)
+        return Tokenizer, (self.kind, self.vocab, self.lowercase, self.published)
 
     def settings(self) -> dict:
         """What a checkpoint stores beside the vocabulary to rebuild this tokenizer."""
-        return {"kind": self.kind, "lowercase": self.lowercase}
+        published = {"published": self.published} if self.published else {}
+        return {"kind": self.kind, "lowercase": self.lowercase} | published
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Tokenizer) and (
@@ -228,4 +257,10 @@ def from_state(state: dict) -> Tokenizer:
     kind = settings.get("kind", "word")
     if kind not in ("word", "wordpiece"):
         raise ValueError(f"unknown tokenizer kind {kind!r}")
-    return Tokenizer(kind, vocab, bool(settings.get("lowercase", True)))
+    published = settings.get("published")
+    if published is not None and not (
+        isinstance(published, dict)
+        and len(published.get("names", ())) == len(published.get("ids", ())) == len(RESERVED)
+    ):
+        raise ValueError("its published-vocabulary settings are damaged")
+    return Tokenizer(kind, vocab, bool(settings.get("lowercase", True)), published)

@@ -28,14 +28,15 @@ def token_index(vocab: list[str]) -> dict[str, int]:
     return {t: i for i, t in enumerate(vocab)}
 
 
-def check_vocab(vocab: object) -> list[str]:
-    """A vocabulary read from a file: unique strings, the reserved ones first, and each a
-    single non-empty line without surrounding space (written out as `vocab.txt`, a token
-    with a line break would shift every later id by one)."""
+def check_vocab(vocab: object, specials: list[str] = RESERVED) -> list[str]:
+    """A vocabulary read from a file: unique strings, the reserved ones (`specials`: ours,
+    or a published vocabulary's names for them) first, and each a single non-empty line
+    without surrounding space (written out as `vocab.txt`, a token with a line break would
+    shift every later id by one)."""
     if not isinstance(vocab, list) or not all(isinstance(t, str) for t in vocab):
         raise ValueError("the vocabulary is not a list of strings")
-    if vocab[: len(RESERVED)] != RESERVED:
-        raise ValueError(f"the vocabulary does not start with {' '.join(RESERVED)}")
+    if vocab[: len(RESERVED)] != specials:
+        raise ValueError(f"the vocabulary does not start with {' '.join(specials)}")
     for i, token in enumerate(vocab):
         if not token or token.strip() != token or len(token.splitlines()) != 1:
             raise ValueError(

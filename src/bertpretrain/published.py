@@ -1,0 +1,388 @@
+"""Published BERTs in the `transformers` format: read a model folder, and the names export
+writes under.
+
+A folder as `save_pretrained` writes it (`config.json`, `model.safetensors` or
+`pytorch_model.bin`, `vocab.txt`, `tokenizer_config.json`) becomes our model and tokenizer:
+
+- the architecture comes from `config.json` (layers, hidden size, heads, FFN, positions,
+  type vocabulary, LayerNorm eps, activation); anything that is not BERT is refused;
+- the tokenizer is the folder's WordPiece `vocab.txt` with its normaliser settings, run
+  by the `tokenizers` library's BERT pipeline (data/tokenizer.py). Our code keeps the
+  special tokens at ids 0..4, so the vocabulary is reordered: [UNK] [PAD] [MASK] [CLS]
+  [SEP] first, every other token after them in its own order. The word embeddings and
+  the MLM bias are permuted the same way here and back on export, so the model computes
+  exactly what it computes in `transformers`, and export writes the very vocab.txt back;
+- the weights are read from safetensors, or from a `.bin` with `weights_only=True` (never
+  plain pickle, which runs code). `BertForPreTraining` loads whole; `BertForMaskedLM`
+  has no NSP head and no pooler, `BertModel` no MLM transform: those start fresh, and the
+  log says so. Any other missing or unexpected weight is an error.
+
+Names: ours follow transformers' except the fused `qkv` (query, key and value stacked in
+that order) and the tied decoder, which is the word embeddings plus `mlm_bias`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from bertpretrain.data.tokenizer import Tokenizer
+from bertpretrain.data.vocab import RESERVED
+from bertpretrain.errors import UserError
+from bertpretrain.model import BertConfig, BertForPretraining
+
+if TYPE_CHECKING:
+    from bertpretrain.config import Config
+
+log = logging.getLogger(__name__)
+
+# Inside `bert.layer.N` (ours) / `bert.encoder.layer.N` (transformers').
+LAYER = {
+    "attention_output": "attention.output.dense",
+    "attention_LayerNorm": "attention.output.LayerNorm",
+    "intermediate": "intermediate.dense",
+    "output": "output.dense",
+    "output_LayerNorm": "output.LayerNorm",
+}
+TOP = {
+    "bert.pooler": "bert.pooler.dense",
+    "mlm_dense": "cls.predictions.transform.dense",
+    "mlm_LayerNorm": "cls.predictions.transform.LayerNorm",
+    "nsp": "cls.seq_relationship",
+}
+QKV = ("query", "key", "value")
+VOCAB_ROWS = ("bert.embeddings.word_embeddings.weight", "mlm_bias")  # indexed by token id
+# Our special tokens' names in transformers' BertTokenizer, in our reserved order.
+SPECIAL_KEYS = ["unk_token", "pad_token", "mask_token", "cls_token", "sep_token"]
+SPECIAL_DEFAULTS = ["[UNK]", "[PAD]", "[MASK]", "[CLS]", "[SEP]"]
+# transformers' hidden_act -> ours
+ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
+# Weights a checkpoint may hold that the model does not use: the decoder is tied to the
+# word embeddings (its bias is `cls.predictions.bias`), and older transformers saved
+# position_ids buffers.
+IGNORED = {
+    "cls.predictions.decoder.weight",
+    "cls.predictions.decoder.bias",
+    "bert.embeddings.position_ids",
+}
+# Parts a published model may lack, which then start fresh: what each means to a user.
+OPTIONAL = {
+    "bert.pooler": "the pooler",
+    "nsp": "the NSP head",
+    "mlm_dense": "the MLM transform",
+    "mlm_LayerNorm": "the MLM transform",
+    "mlm_bias": "the MLM bias",
+}
+
+
+def hf_names(ours: str) -> list[str]:
+    """transformers' name(s) of one of our weights (three for a fused `qkv`)."""
+    if ours == "mlm_bias":
+        return ["cls.predictions.bias"]
+    module, _, kind = ours.rpartition(".")
+    parts = module.split(".")
+    if module.startswith("bert.embeddings."):
+        return [ours]
+    if module.startswith("bert.layer.") and len(parts) == 4:
+        prefix = f"bert.encoder.layer.{parts[2]}."
+        if parts[3] == "qkv":
+            return [f"{prefix}attention.self.{piece}.{kind}" for piece in QKV]
+        return [f"{prefix}{LAYER[parts[3]]}.{kind}"]
+    return [f"{TOP[module]}.{kind}"]
+
+
+def is_model_folder(path: Path) -> bool:
+    return path.is_dir() and (path / "config.json").is_file()
+
+
+def resolve(source: str) -> Path:
+    """A transformers folder: `source` itself, or a Hub name (`bert-base-uncased`) found in
+    (or, when online, downloaded into) the local Hugging Face cache."""
+    path = Path(source).expanduser()
+    if path.exists() or source.startswith(("/", ".", "~")):
+        return path
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise UserError(
+            f"init={source} is not a folder, and a Hub name needs huggingface_hub "
+            "(pip install huggingface_hub); or give init=/path/to/folder"
+        ) from None
+    patterns = ["config.json", "vocab.txt", "tokenizer_config.json", "*.safetensors"]
+    try:
+        return Path(snapshot_download(source, allow_patterns=patterns))
+    except Exception as e:  # offline, unknown name, no permission: huggingface_hub's many types
+        reason = " ".join(str(e).split())[:200]
+        raise UserError(
+            f"init={source} is neither a folder nor a model in the local Hugging Face cache, "
+            f"and it could not be downloaded ({type(e).__name__}: {reason}); download it where "
+            "there is a network and give init=/path/to/folder"
+        ) from None
+
+
+def read_config(folder: Path) -> BertConfig:
+    """Our BertConfig from a transformers `config.json`; not BERT is a UserError."""
+    try:
+        c = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read {folder / 'config.json'}: {e}") from None
+    kind = c.get("model_type")
+    if kind != "bert":
+        raise UserError(
+            f"{folder} holds a {kind or 'model without a model_type'}, not a BERT (model_type "
+            "bert): RoBERTa, DistilBERT and ALBERT differ in their layers or tokenizer; give a "
+            "BERT folder"
+        )
+    act = c.get("hidden_act", "gelu")
+    if act not in ACTIVATIONS:
+        raise UserError(
+            f"{folder}: hidden_act {act!r} is not supported (only {', '.join(ACTIVATIONS)})"
+        )
+    if c.get("position_embedding_type", "absolute") != "absolute":
+        raise UserError(
+            f"{folder}: position_embedding_type {c['position_embedding_type']!r} is not "
+            "supported (only absolute positions, as in BERT)"
+        )
+    try:
+        return BertConfig(
+            vocab_size=int(c["vocab_size"]),
+            num_layers=int(c["num_hidden_layers"]),
+            hidden_size=int(c["hidden_size"]),
+            num_heads=int(c["num_attention_heads"]),
+            ffn_size=int(c["intermediate_size"]),
+            dropout=float(c.get("hidden_dropout_prob", 0.1)),
+            max_position=int(c.get("max_position_embeddings", 512)),
+            type_vocab_size=int(c.get("type_vocab_size", 2)),
+            layer_norm_eps=float(c.get("layer_norm_eps", 1e-12)),
+            hidden_act=ACTIVATIONS[act],
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"{folder / 'config.json'} lacks a BERT setting ({e})") from None
+
+
+def read_tokenizer(folder: Path) -> Tokenizer:
+    """The folder's vocab.txt and BertTokenizer settings, with its special tokens at our
+    reserved ids (the module docstring)."""
+    try:
+        lines = (folder / "vocab.txt").read_text(encoding="utf-8").split("\n")
+    except OSError as e:
+        raise UserError(
+            f"{folder} has no readable vocab.txt ({e.strerror}); give a BERT folder"
+        ) from None
+    tokens = lines[:-1] if lines and lines[-1] == "" else lines
+    settings = _tokenizer_settings(folder)
+    names = [settings.get(key) or default for key, default in zip(SPECIAL_KEYS, SPECIAL_DEFAULTS)]
+    index = {t: i for i, t in enumerate(tokens)}
+    if len(index) != len(tokens):
+        raise UserError(f"{folder / 'vocab.txt'} lists a token twice")
+    missing = [n for n in names if n not in index]
+    if missing:
+        raise UserError(f"{folder / 'vocab.txt'} lacks the special token(s) {', '.join(missing)}")
+    ids = [index[n] for n in names]
+    vocab = names + [t for i, t in enumerate(tokens) if i not in set(ids)]
+    strip = settings.get("strip_accents")
+    published = {
+        "names": names,
+        "ids": ids,
+        "strip_accents": None if strip is None else bool(strip),
+        "chinese_chars": bool(settings.get("tokenize_chinese_chars", True)),
+    }
+    try:
+        return Tokenizer("wordpiece", vocab, bool(settings.get("do_lower_case", True)), published)
+    except ValueError as e:
+        raise UserError(f"{folder / 'vocab.txt'} is not a usable vocabulary: {e}") from None
+
+
+def _tokenizer_settings(folder: Path) -> dict:
+    settings: dict = {}
+    for name in ("special_tokens_map.json", "tokenizer_config.json"):
+        path = folder / name
+        if path.is_file():
+            try:
+                found = json.loads(path.read_text(encoding="utf-8"))
+            except ValueError as e:
+                raise UserError(f"{path} is not valid JSON ({e})") from None
+            # Special tokens may be written as {"content": "[CLS]", ...} (AddedToken).
+            settings |= {k: v["content"] if isinstance(v, dict) else v for k, v in found.items()}
+    return settings
+
+
+def published_order(tokenizer: Tokenizer) -> np.ndarray:
+    """For each line of the published vocab.txt, our id of its token."""
+    ids = tokenizer.published["ids"]
+    ours = np.empty(len(tokenizer.vocab), np.int64)
+    special = np.zeros(len(ours), bool)
+    special[ids] = True
+    ours[ids] = np.arange(len(RESERVED))
+    ours[~special] = np.arange(len(RESERVED), len(ours))
+    return ours
+
+
+def published_vocab(tokenizer: Tokenizer) -> list[str]:
+    """vocab.txt's lines, in the published order."""
+    return [tokenizer.vocab[i] for i in published_order(tokenizer)]
+
+
+def read_weights(folder: Path) -> dict[str, torch.Tensor]:
+    """The folder's weights under transformers' BertForPreTraining names (a BertModel's
+    keys gain the `bert.` prefix; TF-era `gamma`/`beta` become `weight`/`bias`)."""
+    safetensors, pickled = folder / "model.safetensors", folder / "pytorch_model.bin"
+    if safetensors.is_file():
+        from safetensors.torch import load_file
+
+        tensors = load_file(str(safetensors))
+    elif pickled.is_file():
+        try:
+            tensors = torch.load(pickled, map_location="cpu", weights_only=True)
+        except Exception as e:  # an unsafe or damaged pickle: torch's various errors
+            raise UserError(
+                f"{pickled} cannot be read as plain weights ({type(e).__name__}); convert it "
+                "to model.safetensors"
+            ) from None
+    else:
+        sharded = sorted(p.name for p in folder.glob("*.index.json"))
+        hint = f" (sharded weights, {sharded[0]}, are not supported)" if sharded else ""
+        raise UserError(f"{folder} has no model.safetensors or pytorch_model.bin{hint}")
+    if "cls.predictions.decoder.bias" in tensors:  # safetensors keeps one of two tied names
+        tensors.setdefault("cls.predictions.bias", tensors["cls.predictions.decoder.bias"])
+    bare = "embeddings.word_embeddings.weight" in tensors  # saved by BertModel
+    out = {}
+    for name, tensor in tensors.items():
+        name = name.replace("LayerNorm.gamma", "LayerNorm.weight").replace(
+            "LayerNorm.beta", "LayerNorm.bias"
+        )
+        if bare and not name.startswith("cls."):
+            name = f"bert.{name}"
+        out[name] = tensor
+    return out
+
+
+def load(folder: Path) -> tuple[BertForPretraining, Tokenizer, int]:
+    """Our model and tokenizer of a transformers BERT folder, and the longest input it was
+    trained for (its tokenizer's model_max_length, else its position table)."""
+    config = read_config(folder)
+    tokenizer = read_tokenizer(folder)
+    if len(tokenizer.vocab) != config.vocab_size:
+        raise UserError(
+            f"{folder}: vocab.txt has {len(tokenizer.vocab)} tokens but config.json says "
+            f"vocab_size {config.vocab_size}; the folder's files do not belong together"
+        )
+    model = BertForPretraining(config)
+    model.load_state_dict(_our_weights(read_weights(folder), model.state_dict(), tokenizer, folder))
+    limit = _tokenizer_settings(folder).get("model_max_length")
+    max_len = (
+        limit
+        if isinstance(limit, int) and 5 <= limit <= config.max_position
+        else config.max_position
+    )
+    return model, tokenizer, max_len
+
+
+def _our_weights(
+    tensors: dict[str, torch.Tensor],
+    fresh: dict[str, torch.Tensor],
+    tokenizer: Tokenizer,
+    folder: Path,
+) -> dict[str, torch.Tensor]:
+    """`fresh` (a new model's state dict) with every weight the folder has, permuted into
+    our vocabulary order; the parts it lacks stay fresh, with a log line."""
+    ours_of = published_order(tokenizer)
+    to_published = np.argsort(ours_of)  # for each of our ids, its line in vocab.txt
+    state, used, fresh_parts, missing = {}, set(), [], []
+    for name, tensor in fresh.items():
+        names = hf_names(name)
+        if not all(n in tensors for n in names):
+            part = OPTIONAL.get(name.rpartition(".")[0] if name != "mlm_bias" else name)
+            if part is None:
+                missing.append(names[0])
+            elif part not in fresh_parts:
+                fresh_parts.append(part)
+            state[name] = tensor
+            continue
+        value = torch.cat([tensors[n] for n in names]) if len(names) > 1 else tensors[names[0]]
+        if name in VOCAB_ROWS:
+            if value.shape[0] != len(to_published):
+                missing.append(f"{names[0]} with {len(to_published)} rows")
+                continue
+            value = value[torch.from_numpy(to_published)]
+        if value.shape != tensor.shape:
+            raise UserError(
+                f"{folder}: {names[0]} has shape {tuple(value.shape)}, config.json implies "
+                f"{tuple(tensor.shape)}; the folder's files do not belong together"
+            )
+        state[name] = value.to(tensor.dtype)
+        used.update(names)
+    if missing:
+        raise UserError(
+            f"{folder} lacks the weights {', '.join(missing[:4])}; give a whole BERT folder"
+        )
+    unexpected = sorted(set(tensors) - used - IGNORED)
+    if unexpected:
+        raise UserError(
+            f"{folder} holds weights that are not BERT's ({', '.join(unexpected[:4])}); "
+            "give a BertForPreTraining, BertForMaskedLM or BertModel folder"
+        )
+    if fresh_parts:
+        log.info(
+            "%s has no %s: %s start fresh",
+            folder,
+            " or ".join(fresh_parts),
+            "they" if len(fresh_parts) > 1 else "it",
+        )
+    return state
+
+
+def init_architecture(source: str) -> tuple[Path, BertConfig]:
+    """What `init=` names (a transformers folder, a Hub name, or one of our run dirs or
+    checkpoints) and its architecture, read without building the model."""
+    from bertpretrain import checkpoint
+
+    path = resolve(source)
+    if is_model_folder(path):
+        return path, read_config(path)
+    if not path.exists():
+        raise UserError(
+            f"init={source} does not exist; give a transformers BERT folder, a Hub name such "
+            "as bert-base-uncased, or a run dir or checkpoint of ours"
+        )
+    found = checkpoint.resolve(path)
+    model, _, _ = checkpoint.unpack(checkpoint.load(found), found)
+    return found, model.config
+
+
+def init_tokenizer(path: Path) -> Tokenizer:
+    """The tokenizer that `init_architecture` found at `path`, without the weights when it
+    is a transformers folder."""
+    return read_tokenizer(path) if is_model_folder(path) else init_weights(path)[1]
+
+
+def init_weights(path: Path) -> tuple[BertForPretraining, Tokenizer]:
+    """The model and tokenizer that `init_architecture` found at `path`."""
+    from bertpretrain import checkpoint
+
+    if is_model_folder(path):
+        model, tokenizer, _ = load(path)
+    else:
+        model, tokenizer, _ = checkpoint.unpack(checkpoint.load(path), path)
+    return model, tokenizer
+
+
+def adopt_architecture(cfg: Config) -> tuple[Path, BertConfig]:
+    """Where `init=` points and its architecture, which is written into cfg.model: the
+    run's record and checkpoints then say what was trained, and a resume compares it."""
+    path, arch = init_architecture(cfg.init)
+    m = cfg.model
+    m.name = "init"
+    m.num_layers, m.hidden_size, m.num_heads = arch.num_layers, arch.hidden_size, arch.num_heads
+    m.ffn_size, m.dropout, m.max_position = arch.ffn_size, arch.dropout, arch.max_position
+    if cfg.data.max_len > arch.max_position:
+        raise UserError(
+            f"data.max_len={cfg.data.max_len} is longer than init={cfg.init}'s "
+            f"{arch.max_position} positions; use data.max_len={arch.max_position} or less"
+        )
+    return path, arch
