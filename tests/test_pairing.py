@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from conftest import TINY_ARGS, run_cli
 
+from bertpretrain.data.corpus import BREAK, read_split, wikitext
 from bertpretrain.data.examples import Pairs, bert_pairs
 from bertpretrain.data.store import Split, encode_split
 from bertpretrain.data.tokenizer import Tokenizer
@@ -18,12 +19,16 @@ WORDS = [f"w{i}" for i in range(50)]
 TOKENIZER = Tokenizer("word", RESERVED + WORDS)
 
 
-def corpus(paragraphs: int, sentences: int, words: int, seed: int = 0) -> Split:
-    """`paragraphs` paragraphs of `sentences` sentences of `words` random words each."""
+def corpus(paragraphs: int, sentences: int, words: int, seed: int = 0, per_doc: int = 1) -> Split:
+    """`paragraphs` paragraphs of `sentences` sentences of `words` random words each, in
+    documents of `per_doc` paragraphs (one each by default: the rules below are seen per
+    document, and a paragraph is then one)."""
     rng = np.random.default_rng(seed)
-    text = [
-        [" ".join(rng.choice(WORDS, words)) for _ in range(sentences)] for _ in range(paragraphs)
-    ]
+    text = []
+    for i in range(paragraphs):
+        if i % per_doc == 0:
+            text.append(BREAK)
+        text.append([" ".join(rng.choice(WORDS, words)) for _ in range(sentences)])
     return encode_split(text, TOKENIZER)
 
 
@@ -109,6 +114,35 @@ def test_the_longer_segment_is_trimmed_at_a_random_end_until_the_pair_fits():
     assert front > 10 and back > 10
 
 
+def document_of(split: Split, token: np.ndarray) -> np.ndarray:
+    return np.searchsorted(split.documents, paragraph_of(split, token), side="right") - 1
+
+
+def test_a_document_of_several_paragraphs_fills_sequences_across_them_but_no_further():
+    split = corpus(60, 3, 5, per_doc=6)  # paragraphs of 15 tokens, documents of 90
+    assert len(split.documents) - 1 == 10
+    for pairs in all_pairs(split, 64):
+        same = pairs.nsp == 0
+        full = (pairs.a_len + pairs.b_len)[same] >= 55  # 4 paragraphs' worth, of 15 each
+        assert full.mean() >= 1 / 3
+        doc_a = document_of(split, pairs.a_start)
+        assert (document_of(split, pairs.a_start + pairs.a_len - 1) == doc_a).all()
+        assert (document_of(split, pairs.b_start)[same] == doc_a[same]).all()
+        assert (document_of(split, pairs.b_start)[~same] != doc_a[~same]).all()
+
+
+def test_wikitext_articles_are_the_documents_and_fill_512(tmp_path, wikitext_dir):
+    """The store keeps WikiText's articles (60 in the validation split), so BERT's rule
+    fills sequences from a whole article, not from one paragraph."""
+    path = wikitext_dir / "wiki.valid.tokens"
+    articles = encode_split(wikitext(path, None).read_train(), TOKENIZER)
+    paragraphs = encode_split(read_split(path), TOKENIZER)  # no breaks: one document
+    assert len(articles.documents) - 1 == 60 and len(paragraphs.documents) - 1 == 1
+    assert np.array_equal(articles.paragraphs, paragraphs.paragraphs)  # d2l's, unchanged
+    pairs = bert_pairs(articles, 512, np.random.default_rng(0))
+    assert np.mean(pairs.a_len + pairs.b_len) > 400
+
+
 @pytest.mark.parametrize("pairing", ["d2l", "bert"])
 def test_both_pairing_rules_train_and_record_their_tokens_per_example(
     pairing, tmp_path, cli_env, wikitext_dir
@@ -119,6 +153,6 @@ def test_both_pairing_rules_train_and_record_their_tokens_per_example(
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert f"({pairing} pairing)" in (tmp_path / "run" / "train.log").read_text()
     tokens = summary["tokens_per_example"]
-    # d2l pairs two sentences (about 50 tokens); bert fills segments towards 125, as far
-    # as a WikiText paragraph (a line, often shorter) allows: about 92
-    assert (tokens < 70) if pairing == "d2l" else (tokens > 80), tokens
+    # d2l pairs two sentences (about 50 tokens); bert fills segments towards 125 from
+    # whole articles (about 110; paragraphs alone allowed 92)
+    assert (tokens < 70) if pairing == "d2l" else (tokens > 100), tokens

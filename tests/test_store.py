@@ -66,6 +66,10 @@ def test_learning_the_vocabulary_while_preparing_equals_learning_it_first(
         for array in store.ARRAYS:
             assert np.array_equal(getattr(a, array), getattr(b, array)), array
     meta = [json.loads((s.path / "meta.json").read_text()) for s in (one_pass, two_pass)]
+    for m in meta:
+        for split in ("train", "valid"):
+            for info in m[split].values():
+                del info["mtime_ns"]  # when each was written
     assert meta[0] == meta[1]  # digests included
 
 
@@ -218,3 +222,18 @@ def test_kill_9_during_prepare_leaves_nothing_a_later_run_trusts(tmp_path, cli_e
     result = prepare_cli(folder, tmp_path, cli_env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert not [p for p in cache.iterdir() if p.name.endswith(".tmp")], "orphans left behind"
+
+
+def test_a_corpus_digest_is_remembered_until_the_file_changes(tmp_path, monkeypatch):
+    from bertpretrain.data import corpus
+
+    path, memo = tmp_path / "wiki.train.tokens", tmp_path / "cache" / "digests.json"
+    path.write_bytes(VALID.read_bytes())
+    first = corpus.file_digest(path, memo=memo)
+    assert first == corpus.file_digest(path)  # the same digest as hashing
+    hashed = []
+    real = corpus._hash_files
+    monkeypatch.setattr(corpus, "_hash_files", lambda paths: hashed.append(paths) or real(paths))
+    assert corpus.file_digest(path, memo=memo) == first and not hashed  # remembered
+    path.write_bytes(VALID.read_bytes().replace(b" the ", b" a ", 1))
+    assert corpus.file_digest(path, memo=memo) != first and hashed  # changed: hashed again

@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import one_line_error
 
@@ -440,3 +441,22 @@ def test_a_cached_hf_corpus_is_not_read_again(folder, offline, monkeypatch, tmp_
     (folder / "train.txt").write_text("A changed corpus. It has new words.\n" * 3)
     changed = data.load(cfg.data, cfg.tokenizer, 0)
     assert changed.corpus_digest != first.corpus_digest
+
+
+def test_blank_lines_and_file_ends_end_documents_in_the_store(tmp_path):
+    """google-research/bert's input format: blank lines between documents (BERT's pairing
+    fills sequences from a document); every file ends one too. The paragraphs are the same
+    as without document breaks."""
+    from bertpretrain.data.store import encode_split
+    from bertpretrain.data.tokenizer import Tokenizer
+    from bertpretrain.data.vocab import RESERVED
+
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    write(a, "One here. Two here.\nThree here. Four here.\n\n\nFive here. Six here.\n")
+    write(b, "Seven here. Eight here.\n")
+    tokenizer = Tokenizer("word", RESERVED + ["here."])
+    split = encode_split(read_text_files([a, b], breaks=True), tokenizer)
+    assert split.documents.tolist() == [0, 2, 3, 4]
+    plain = encode_split(read_text_files([a, b]), tokenizer)
+    assert plain.documents.tolist() == [0, 4]
+    assert np.array_equal(split.paragraphs, plain.paragraphs)

@@ -57,6 +57,12 @@ def cache_dir(cfg: DataConfig) -> Path | None:
     return Path(cfg.root).expanduser() / "cache" if cfg.cache else None
 
 
+def _digest_memo(cfg: DataConfig) -> Path | None:
+    """Where the corpus files' digests are remembered (`corpus.file_digest`)."""
+    cache = cache_dir(cfg)
+    return cache / "digests.json" if cache is not None else None
+
+
 def make_corpus(cfg: DataConfig) -> Corpus:
     """The configured corpus: its splits' readers and digests."""
     from bertpretrain.config import HFConfig, TextConfig
@@ -74,7 +80,7 @@ def _wikitext2(cfg) -> Corpus:
     folder = corpus_dir(cfg.dir, cfg.root, list(cfg.urls), cfg.sha1)
     train = split_path(folder, cfg.train_split)
     valid = split_path(folder, cfg.valid_split) if cfg.valid_split else None
-    return wikitext(train, valid)
+    return wikitext(train, valid, _digest_memo(cfg))
 
 
 def _text_files(cfg) -> Corpus:
@@ -83,13 +89,13 @@ def _text_files(cfg) -> Corpus:
 
     train = [text_file(f) for f in cfg.files]
     valid = [text_file(f) for f in cfg.valid_files]
-    train_digest = file_digest(*train)
-    valid_digest = file_digest(*valid) if valid else "-"
+    train_digest = file_digest(*train, memo=_digest_memo(cfg))
+    valid_digest = file_digest(*valid, memo=_digest_memo(cfg)) if valid else "-"
     return Corpus(
         ", ".join(map(str, train)),
-        lambda: read_text_files(cfg.files, train_digest),
+        lambda: read_text_files(cfg.files, train_digest, breaks=True),
         train_digest,
-        (lambda: read_text_files(cfg.valid_files, valid_digest)) if valid else None,
+        (lambda: read_text_files(cfg.valid_files, valid_digest, breaks=True)) if valid else None,
         valid_digest,
     )
 
@@ -114,7 +120,7 @@ def _hf_split(cfg, split: str):
     what = hf_description(cfg.name, cfg.config, split, cfg.text_column)
 
     def read():
-        return hf_paragraphs(ds, cfg.text_column, what)
+        return hf_paragraphs(ds, cfg.text_column, what, breaks=True)
 
     # A dataset held only in memory has no files to hash: hash its text, read once more.
     return read, hf_digest(ds, split, cfg.text_column) or text_digest(read())

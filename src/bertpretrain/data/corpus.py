@@ -10,21 +10,31 @@ are the parts of the stripped line. Sentences stay text: the tokenizer
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
+import json
 import logging
+import re
 import stat
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from bertpretrain import files
 from bertpretrain.data.download import fetch_wikitext2
 from bertpretrain.errors import UserError
 
 log = logging.getLogger(__name__)
 
 Paragraph = list[str]  # its sentences, as text
+# In a stream read with breaks=True, an empty paragraph marks the start of a new document
+# (a Wikipedia article): BERT's pairing fills its sequences from whole documents.
+BREAK: Paragraph = []
+# Where a WikiText article starts: before its title line, " = Title = " (section headings
+# are " = = Name = = "). Zero-width, so the title line stays where the reference reads it.
+ARTICLE = re.compile(r"(?=^ *= [^=\n][^\n]* = *$)", re.M)
 
 
 @dataclass
@@ -39,17 +49,17 @@ class Corpus:
     valid_digest: str = "-"
 
 
-def wikitext(train: Path, valid: Path | None) -> Corpus:
+def wikitext(train: Path, valid: Path | None, memo: Path | None = None) -> Corpus:
     """WikiText-style files (`wiki.{split}.tokens`) as a corpus. Each reader checks that it
     read the very bytes its digest was taken from, so a file replaced in between can never
     be cached under the other version's key."""
-    train_digest = file_digest(train)
-    valid_digest = file_digest(valid) if valid else "-"
+    train_digest = file_digest(train, memo=memo)
+    valid_digest = file_digest(valid, memo=memo) if valid else "-"
     return Corpus(
         str(train),
-        lambda: read_split(train, train_digest),
+        lambda: read_split(train, train_digest, breaks=True),
         train_digest,
-        (lambda: read_split(valid, valid_digest)) if valid else None,
+        (lambda: read_split(valid, valid_digest, breaks=True)) if valid else None,
         valid_digest,
     )
 
@@ -78,8 +88,47 @@ def changed_while_read(path: str, expected: str, read: str) -> None:
         )
 
 
-def file_digest(*paths: Path) -> str:
-    """sha256 of the files' bytes, in order."""
+def file_digest(*paths: Path, memo: Path | None = None) -> str:
+    """sha256 of the files' bytes, in order. With `memo` (a JSON file in the cache), files
+    whose path, size, inode and modification time are unchanged since they were hashed
+    keep their digest: hashing a 20 GB corpus at every start would take half a minute. A
+    store is only ever built from bytes that match the digest (`changed_while_read`)."""
+    key = _stat_key(paths) if memo is not None else None
+    known = _read_memo(memo) if key is not None else {}
+    if key in known:
+        return known[key]
+    digest = _hash_files(paths)
+    if key is not None:
+        known = dict(list(known.items())[-(MEMO_ENTRIES - 1) :]) | {key: digest}
+        with contextlib.suppress(OSError):  # a read-only cache only costs the hashing
+            memo.parent.mkdir(parents=True, exist_ok=True)
+            files.atomic_write(memo, lambda f: f.write(json.dumps(known).encode()))
+    return digest
+
+
+MEMO_ENTRIES = 256
+
+
+def _stat_key(paths: tuple[Path, ...]) -> str | None:
+    parts = []
+    for path in paths:
+        try:
+            st = path.stat()
+        except OSError:
+            return None  # hashing says what is wrong
+        parts.append(f"{path.resolve()}|{st.st_size}|{st.st_ino}|{st.st_mtime_ns}")
+    return "\n".join(parts)
+
+
+def _read_memo(memo: Path) -> dict:
+    try:
+        known = json.loads(memo.read_text())
+    except (OSError, ValueError):
+        return {}
+    return known if isinstance(known, dict) else {}
+
+
+def _hash_files(paths: tuple[Path, ...]) -> str:
     h = hashlib.sha256()
     for path in paths:
         try:
@@ -139,11 +188,12 @@ def line_blocks(f: BinaryIO, read: hashlib._Hash | None = None) -> Iterator[tupl
         yield offset, bytes(rest)
 
 
-def read_split(path: Path, digest: str | None = None) -> Iterator[Paragraph]:
+def read_split(path: Path, digest: str | None = None, breaks: bool = False) -> Iterator[Paragraph]:
     """The paragraphs of one `wiki.{split}.tokens` file, read line by line (a corpus need not
-    fit in memory). A user's bad file ends in a UserError, and so do bytes whose
-    `file_digest` is not `digest` (the file changed since it was taken): both can only be
-    known once the file is read, so they end the iteration."""
+    fit in memory); with `breaks`, a BREAK before each article (at its title line). A
+    user's bad file ends in a UserError, and so do bytes whose `file_digest` is not
+    `digest` (the file changed since it was taken): both can only be known once the file is
+    read, so they end the iteration."""
     read = hashlib.sha256()
     pairs = False  # whether some paragraph has two sentences, as a pair needs
     try:
@@ -158,11 +208,13 @@ def read_split(path: Path, digest: str | None = None) -> Iterator[Paragraph]:
                     ) from None
                 # Universal newlines, as the reference's open(...).readlines() reads the
                 # file; not splitlines(): \x0c etc. stay inside a line.
-                for paragraph in split_paragraphs(
-                    text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-                ):
-                    pairs = pairs or len(paragraph) >= 2
-                    yield paragraph
+                text = text.replace("\r\n", "\n").replace("\r", "\n")
+                for i, article in enumerate(ARTICLE.split(text) if breaks else [text]):
+                    if i:
+                        yield BREAK
+                    for paragraph in split_paragraphs(article.split("\n")):
+                        pairs = pairs or len(paragraph) >= 2
+                        yield paragraph
     except FileNotFoundError:
         raise UserError(
             f"corpus file {path} does not exist; point data.dir at a folder holding it"

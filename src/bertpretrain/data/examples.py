@@ -169,13 +169,15 @@ def d2l_pairs(split: Split, max_len: int, rng: np.random.Generator) -> Pairs:
 def bert_pairs(
     split: Split, max_len: int, rng: np.random.Generator, short_seq_prob: float = 0.1
 ) -> Pairs:
-    """google-research/bert's instances (create_instances_from_document, one pass), with
-    our paragraphs as its documents. Sequential by nature: about a microsecond a sentence."""
+    """google-research/bert's instances (create_instances_from_document, one pass) over the
+    store's documents (Wikipedia articles, blank-line separated texts): a document's
+    paragraphs are one stream of sentences, so sequences fill up to max_len. Sequential by
+    nature: about a microsecond a sentence."""
     most = max_len - 3
     lens = np.asarray(split.sentence_lens)
     starts = np.asarray(split.sentences)
-    par = np.asarray(split.paragraphs)
-    n_docs = len(split)
+    par = np.asarray(split.paragraphs)[np.asarray(split.documents)]  # documents' sentences
+    n_docs = len(par) - 1
     out: list[tuple[int, int, int, int, int]] = []
     for doc in range(n_docs):
         first, last = int(par[doc]), int(par[doc + 1])

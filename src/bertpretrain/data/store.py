@@ -1,7 +1,7 @@
 """The prepared corpus: every split tokenised once into memory-mapped arrays, then reused.
 
 A store is a folder in the cache, `store-KEY/`, keyed by the corpus's digests and the
-exact tokenizer. Each split is three flat arrays, written while the corpus streams past
+exact tokenizer. Each split is four flat arrays, written while the corpus streams past
 (chunks of paragraphs go through the tokenizer and onto disk, so memory does not grow
 with the corpus), and read back with `np.memmap`, so opening a store costs nothing and
 only the pages a batch touches are ever read:
@@ -10,8 +10,10 @@ only the pages a batch touches are ever read:
                       the vocabulary has more than 65536 entries)
     SPLIT.sentences   int64 offsets into tokens: sentence i is tokens[s[i]:s[i+1]]
     SPLIT.paragraphs  int64 offsets into sentences: paragraph j is sentences p[j]..p[j+1]
+    SPLIT.documents   int64 offsets into paragraphs: document k (a Wikipedia article, the
+                      text between blank lines, a file) is paragraphs d[k]..d[k+1]
 
-`meta.json` records each array's dtype, length and sha256. A store is built in a temp
+`meta.json` records each array's dtype, length, sha256 and modification time. A store is built in a temp
 folder and renamed into place whole, so a kill leaves nothing a later run trusts; one whose
 files disagree with its metadata (truncated, corrupted) is rebuilt with a warning. The
 layout follows nanoGPT's `train.bin` and Megatron-LM's indexed dataset (`.bin` + `.idx`).
@@ -47,9 +49,9 @@ from bertpretrain.errors import UserError
 
 log = logging.getLogger(__name__)
 
-VERSION = 1  # bump when the layout or the reading rules change
+VERSION = 2  # bump when the layout or the reading rules change
 CHUNK = 2_000  # paragraphs per tokenizer call: enough to amortise the call, few MB of text
-ARRAYS = ("tokens", "sentences", "paragraphs")
+ARRAYS = ("tokens", "sentences", "paragraphs", "documents")
 
 
 @dataclass
@@ -59,6 +61,7 @@ class Split:
     tokens: np.ndarray
     sentences: np.ndarray  # (S + 1,) offsets into tokens
     paragraphs: np.ndarray  # (P + 1,) offsets into sentences
+    documents: np.ndarray  # (D + 1,) offsets into paragraphs
     source: tuple | None = None  # (folder, name, meta) of a memory-mapped split
 
     def __reduce_ex__(self, protocol):
@@ -95,19 +98,10 @@ def token_dtype(vocab_size: int) -> np.dtype:
 
 def encode_split(paragraphs: Iterable[Paragraph], tokenizer: Tokenizer) -> Split:
     """A split in memory: what `prepare` writes to disk, for small corpora and tests."""
-    parts = list(_encode_chunks(paragraphs, tokenizer))
-    ids = [p[0] for p in parts] or [np.zeros(0, np.int32)]
-    lens = [p[1] for p in parts] or [np.zeros(0, np.int64)]
-    sizes = [p[2] for p in parts] or [np.zeros(0, np.int64)]
-    return Split(
-        np.concatenate(ids).astype(token_dtype(len(tokenizer.vocab))),
-        _offsets(np.concatenate(lens)),
-        _offsets(np.concatenate(sizes)),
-    )
-
-
-def _offsets(counts: np.ndarray) -> np.ndarray:
-    return np.concatenate([[0], np.cumsum(counts, dtype=np.int64)]).astype(np.int64)
+    with tempfile.TemporaryDirectory() as folder:
+        meta = _write_split(Path(folder), "split", paragraphs, tokenizer, lambda n: None)
+        mapped = _open_split(Path(folder), "split", meta, False)
+        return Split(*(np.array(getattr(mapped, array)) for array in ARRAYS))
 
 
 def _encode_chunks(
@@ -144,26 +138,45 @@ class _ArrayWriter:
         self.file.flush()
         os.fsync(self.file.fileno())
         self.file.close()
-        return {"dtype": self.dtype.name, "length": self.count, "sha256": self.hash.hexdigest()}
+        return {
+            "dtype": self.dtype.name,
+            "length": self.count,
+            "sha256": self.hash.hexdigest(),
+            "mtime_ns": os.stat(self.file.name).st_mtime_ns,
+        }
 
 
 class _SplitWriter:
-    """Appends chunks of (ids, sentence lengths, paragraph sizes) to a split's three files."""
+    """Appends chunks of (ids, sentence lengths, paragraph sizes) to a split's files; a
+    paragraph of size 0 (a BREAK of the corpus reader) starts a new document."""
 
     def __init__(self, folder: Path, name: str, token_dtype: np.dtype):
         self.tokens = _ArrayWriter(folder / f"{name}.tokens", token_dtype)
         self.sentences = _ArrayWriter(folder / f"{name}.sentences", np.dtype(np.int64))
         self.paragraphs = _ArrayWriter(folder / f"{name}.paragraphs", np.dtype(np.int64))
+        self.documents = _ArrayWriter(folder / f"{name}.documents", np.dtype(np.int64))
         self.sentences.write(np.zeros(1))
         self.paragraphs.write(np.zeros(1))
+        self.documents.write(np.zeros(1))
+        self.last_start = 0  # the paragraph where the current document starts
 
     def write(self, ids: np.ndarray, lens: np.ndarray, sizes: np.ndarray) -> None:
         tokens, sentences = self.tokens.count, self.sentences.count - 1  # before this chunk
+        paragraphs = self.paragraphs.count - 1
+        breaks = sizes == 0
+        kept = sizes[~breaks]
         self.tokens.write(ids)
         self.sentences.write(tokens + np.cumsum(lens))
-        self.paragraphs.write(sentences + np.cumsum(sizes))
+        self.paragraphs.write(sentences + np.cumsum(kept))
+        # The paragraph after each break starts a document, unless that one is empty.
+        for start in paragraphs + np.cumsum(~breaks)[breaks]:
+            if start > self.last_start:
+                self.documents.write(np.array([start]))
+                self.last_start = int(start)
 
     def close(self) -> dict:
+        if self.paragraphs.count - 1 > self.last_start:  # the last document ends here
+            self.documents.write(np.array([self.paragraphs.count - 1]))
         return {a: getattr(self, a).close() for a in ARRAYS}
 
 
@@ -261,7 +274,10 @@ def _open_split(folder: Path, name: str, meta: dict, verify: bool) -> Split:
             raise ValueError(
                 f"{path.name} holds {size} bytes, its metadata says {info['length']} values"
             )
-        if verify:
+        # Hashing a large store at every start would cost seconds (a Wikipedia-sized one
+        # minutes); as git and make do, a file not modified since it was written is
+        # trusted, and one that was (an edit, a copy) is hashed.
+        if verify and path.stat().st_mtime_ns != info.get("mtime_ns"):
             with open(path, "rb") as f:
                 if hashlib.file_digest(f, "sha256").hexdigest() != info["sha256"]:
                     raise ValueError(f"{path.name} does not match its sha256")

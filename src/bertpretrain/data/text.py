@@ -55,7 +55,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
-from bertpretrain.data.corpus import line_blocks
+from bertpretrain.data.corpus import ARTICLE, BREAK, line_blocks
 from bertpretrain.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -125,10 +125,16 @@ def paragraphs_from_lines(lines: Iterable[str]) -> tuple[list[Paragraph], int]:
     return list(iter_paragraphs(lines, tally)), tally["seen"]
 
 
-def iter_paragraphs(lines: Iterable[str], tally: dict[str, int]) -> Iterator[Paragraph]:
+def iter_paragraphs(
+    lines: Iterable[str], tally: dict[str, int], breaks: bool = False
+) -> Iterator[Paragraph]:
     """`paragraphs_from_lines` as a stream; `tally` counts the non-empty lines "seen" and
-    the paragraphs "kept"."""
+    the paragraphs "kept". With `breaks`, a blank line or a WikiText title line
+    (" = Title = ") yields a BREAK: a new document starts, as in google-research/bert's
+    input format (blank lines between documents)."""
     for line in lines:
+        if breaks and (not line.strip() or ARTICLE.match(line)):
+            yield BREAK
         line = line.strip()
         if not line:
             continue
@@ -142,12 +148,15 @@ def iter_paragraphs(lines: Iterable[str], tally: dict[str, int]) -> Iterator[Par
 # --- data=text: plain UTF-8 files, one paragraph per line --------------------------------
 
 
-def read_text_files(paths: Sequence[str], digest: str | None = None) -> Iterator[Paragraph]:
+def read_text_files(
+    paths: Sequence[str], digest: str | None = None, breaks: bool = False
+) -> Iterator[Paragraph]:
     """The paragraphs of every file in `paths`, in file order, read a line at a time (a
     corpus need not fit in memory). A user's bad file or an empty result ends in a
     UserError, and so do bytes whose `file_digest` is not `digest` (a file changed since
     it was taken): the last two can only be known at the end of the stream. A single
-    string is read as one path."""
+    string is read as one path. With `breaks`, documents end at blank lines and at the end
+    of each file (`iter_paragraphs`)."""
     if isinstance(paths, str | os.PathLike):
         paths = [paths]
     if not paths:
@@ -157,7 +166,9 @@ def read_text_files(paths: Sequence[str], digest: str | None = None) -> Iterator
     for name in paths:
         path = text_file(name)
         tally = {"seen": 0, "kept": 0}
-        yield from iter_paragraphs(_utf8_lines(path, read), tally)
+        yield from iter_paragraphs(_utf8_lines(path, read), tally, breaks)
+        if breaks:
+            yield BREAK
         read.update(b"\0")  # as file_digest marks a file boundary
         log.info(
             "read %d lines from %s: kept %d paragraphs of 2+ sentences",
@@ -280,12 +291,15 @@ def hf_description(name: str, config: str | None, split: str, text_column: str) 
     return f"{what}, split {split}, column {text_column}"
 
 
-def hf_paragraphs(ds: Any, text_column: str, what: str) -> Iterator[Paragraph]:
+def hf_paragraphs(
+    ds: Any, text_column: str, what: str, breaks: bool = False
+) -> Iterator[Paragraph]:
     """The paragraphs of a `load_hf` split, one per line of each row of the column, read a
     batch of rows at a time (a corpus need not fit in memory); `what` names the split in
-    the log and the error."""
+    the log and the error. With `breaks`, a row of several lines (Wikipedia's: an
+    article) is a document, and so is the text between WikiText title rows."""
     tally = {"seen": 0, "kept": 0}
-    yield from iter_paragraphs(_column_rows(ds, text_column), tally)
+    yield from iter_paragraphs(_column_rows(ds, text_column, breaks), tally, breaks)
     log.info(
         "read %d lines of %s: kept %d paragraphs of 2+ sentences",
         tally["seen"],
@@ -378,7 +392,7 @@ def _check_column(features: Any, column: str, what: str) -> None:
         )
 
 
-def _column_rows(ds: Any, column: str) -> Iterator[str]:
+def _column_rows(ds: Any, column: str, breaks: bool = False) -> Iterator[str]:
     """The lines of the non-null rows of one column, read in batches so memory stays
     bounded. A row holding a whole document (Wikipedia's) gives one paragraph per line; a
     row of WikiText is one line already."""
@@ -386,6 +400,8 @@ def _column_rows(ds: Any, column: str) -> Iterator[str]:
         for text in batch[column]:
             if text is not None:
                 yield from text.split("\n")
+                if breaks and "\n" in text.strip():
+                    yield ""  # the end of a document
 
 
 @contextmanager
