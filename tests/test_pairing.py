@@ -156,3 +156,24 @@ def test_both_pairing_rules_train_and_record_their_tokens_per_example(
     # d2l pairs two sentences (about 50 tokens); bert fills segments towards 125 from
     # whole articles (about 110; paragraphs alone allowed 92)
     assert (tokens < 70) if pairing == "d2l" else (tokens > 100), tokens
+
+
+def test_pairs_are_saved_beside_the_store_and_reused(tmp_path, monkeypatch, wikitext_dir):
+    """A restart or a sweep job finds its pairs instead of walking every sentence again;
+    another seed or length makes its own."""
+    from bertpretrain.config import TokenizerConfig
+    from bertpretrain.data import examples
+
+    corpus = wikitext(wikitext_dir / "wiki.valid.tokens", None)
+    word = TokenizerConfig("word", True, 5, None)
+    load = examples.load_dataset
+    first = load(corpus, word, 128, 0, tmp_path, pairing="bert").train.pairs
+    made = []
+    real = examples.bert_pairs
+    monkeypatch.setattr(examples, "bert_pairs", lambda *a: made.append(a) or real(*a))
+    again = load(corpus, word, 128, 0, tmp_path, pairing="bert").train.pairs
+    assert not made
+    for field in ("a_start", "a_len", "b_start", "b_len", "nsp"):
+        assert np.array_equal(getattr(again, field), getattr(first, field))
+    other = load(corpus, word, 128, 1, tmp_path, pairing="bert").train.pairs
+    assert made and not np.array_equal(other.a_start, first.a_start)

@@ -22,8 +22,10 @@ pure function of (seed, epoch, index) (`masking.hashed_draws`).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,6 +33,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from bertpretrain import files
 from bertpretrain.data.corpus import Corpus
 from bertpretrain.data.masking import MASK_RATE, hashed_draws, mask_tokens
 from bertpretrain.data.store import Split, Store, prepare, prepare_learning_words
@@ -46,6 +49,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 4  # bump when the building rules change, so stale caches are not reused
+PAIRS_VERSION = 1  # bump when d2l_pairs or bert_pairs change what they make
 Batch = dict[str, torch.Tensor]
 
 
@@ -319,6 +323,25 @@ def _save_tokenizer(tokenizer: Tokenizer, path: Path | None) -> None:
         log.warning("could not write vocabulary cache %s: %s", path, e)
 
 
+def cached_pairs(folder: Path, settings: tuple, make: Callable[[], Pairs]) -> Pairs:
+    """A split's pairs, saved beside its store the first time and memory-mapped after:
+    making them walks every sentence (a second for 100M tokens, and BERT's rule is a
+    Python loop), where a sweep over seeds or lengths, or a restart, needs them again."""
+    key = hashlib.sha256(repr((PAIRS_VERSION, *settings)).encode()).hexdigest()[:16]
+    path = folder / f"pairs-{key}.npy"
+    try:
+        rows = np.load(path, mmap_mode="r")
+        if rows.ndim == 2 and rows.shape[1] == 5 and rows.dtype == np.int64:
+            return Pairs(*(rows[:, k] for k in range(4)), np.asarray(rows[:, 4], np.int8))
+    except (OSError, ValueError):
+        pass  # none yet, or damaged: made again
+    pairs = make()
+    rows = np.stack([pairs.a_start, pairs.a_len, pairs.b_start, pairs.b_len, pairs.nsp], 1)
+    with contextlib.suppress(OSError):  # a read-only cache only costs the making
+        files.atomic_write(path, lambda f: np.save(f, rows.astype(np.int64)))
+    return pairs
+
+
 def load_dataset(
     corpus: Corpus,
     tokenizer_cfg: TokenizerConfig,
@@ -338,12 +361,15 @@ def load_dataset(
     tokenizer, store = tokenizer_and_store(corpus, tokenizer_cfg, cache_dir, tokenizer)
     table = continuation_table(tokenizer, whole_word_mask)
 
-    def examples(split: Split, stream: int) -> Examples:
+    def make_pairs(split: Split, stream: int) -> Pairs:
         rng = np.random.default_rng([seed, stream])
         if pairing == "bert":
-            pairs = bert_pairs(split, max_len, rng, short_seq_prob)
-        else:
-            pairs = d2l_pairs(split, max_len, rng)
+            return bert_pairs(split, max_len, rng, short_seq_prob)
+        return d2l_pairs(split, max_len, rng)
+
+    def examples(split: Split, stream: int) -> Examples:
+        settings = (pairing, max_len, seed, stream, short_seq_prob if pairing == "bert" else 0)
+        pairs = cached_pairs(store.path, settings, lambda: make_pairs(split, stream))
         mask_seed = int(np.random.default_rng([seed, stream, 1]).integers(2**62))
         return Examples(split, pairs, max_len, len(tokenizer.vocab), mask_seed, table)
 
