@@ -285,7 +285,7 @@ def bench_examples(reps: int) -> list[dict]:
             t0 = time.perf_counter()
             wikitext_dataset(corpus, 64, WORDPIECE)  # trains the vocabulary too
             wordpiece.append(time.perf_counter() - t0)
-    what = f"build examples ({tokens / 1e6:.2f}M tokens, max_len 64)"
+    what = f"prepare + pairs ({tokens / 1e6:.2f}M tokens, max_len 64)"
     return [
         {"what": what, "contender": "cold (incl. cache write)", "seconds": statistics.median(cold)},
         {"what": what, "contender": "from cache", "seconds": statistics.median(cached)},

@@ -113,7 +113,8 @@ def resolve(source: str) -> Path:
             f"init={source} is not a folder, and a Hub name needs huggingface_hub "
             "(pip install huggingface_hub); or give init=/path/to/folder"
         ) from None
-    patterns = ["config.json", "vocab.txt", "tokenizer_config.json", "*.safetensors"]
+    patterns = ["config.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"]
+    patterns += ["model.safetensors"]  # not also the same weights as pytorch_model.bin
     try:
         return Path(snapshot_download(source, allow_patterns=patterns))
     except Exception as e:  # offline, unknown name, no permission: huggingface_hub's many types
