@@ -57,14 +57,14 @@ def valid_path(wikitext_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def test_path(wikitext_dir: Path) -> Path:
+def test_split_path(wikitext_dir: Path) -> Path:
     return wikitext_dir / "wiki.test.tokens"
 
 
 @pytest.fixture(scope="module")
-def dataset(valid_path: Path, test_path: Path) -> Dataset:
+def dataset(valid_path: Path, test_split_path: Path) -> Dataset:
     """The real valid split as training data, the test split as validation, built once."""
-    return build_wikitext(valid_path, test_path, MAX_LEN, MIN_FREQ, SEED)
+    return build_wikitext(valid_path, test_split_path, MAX_LEN, MIN_FREQ, SEED)
 
 
 def build(paragraphs, tokenizer: Tokenizer, max_len: int, rng: np.random.Generator) -> All:
@@ -228,11 +228,13 @@ def test_unknown_words_map_to_unk():
     assert a == (index["a"], UNK_ID, index["b"])
 
 
-def test_validation_words_outside_the_training_vocab_map_to_unk(dataset, test_path):
+def test_validation_words_outside_the_training_vocab_map_to_unk(dataset, test_split_path):
     valid_tokens = originals(every(dataset.valid))
     assert valid_tokens.max() < len(dataset.vocab)
     train_words = set(dataset.vocab)
-    oov = {t for p in read_split(test_path) for s in p for t in s.lower().split()} - train_words
+    oov = {
+        t for p in read_split(test_split_path) for s in p for t in s.lower().split()
+    } - train_words
     assert oov, "the test split should have words the valid split's vocabulary lacks"
     assert (valid_tokens == UNK_ID).any()
 
@@ -418,9 +420,9 @@ def test_training_and_validation_splits_use_separate_random_streams(valid_path):
 
 
 def test_a_second_build_reads_the_vocabulary_and_the_store_from_the_cache(
-    valid_path, test_path, tmp_path, monkeypatch, dataset
+    valid_path, test_split_path, tmp_path, monkeypatch, dataset
 ):
-    first = build_wikitext(valid_path, test_path, MAX_LEN, MIN_FREQ, SEED, tmp_path)
+    first = build_wikitext(valid_path, test_split_path, MAX_LEN, MIN_FREQ, SEED, tmp_path)
     assert len(list(tmp_path.glob("store-*"))) == len(list(tmp_path.glob("tokenizer-*"))) == 1
 
     def no_build(*args, **kwargs):
@@ -428,7 +430,7 @@ def test_a_second_build_reads_the_vocabulary_and_the_store_from_the_cache(
 
     monkeypatch.setattr(examples_module, "train_tokenizer", no_build)
     monkeypatch.setattr(store_module, "_write_split", no_build)
-    second = build_wikitext(valid_path, test_path, MAX_LEN, MIN_FREQ, SEED, tmp_path)
+    second = build_wikitext(valid_path, test_split_path, MAX_LEN, MIN_FREQ, SEED, tmp_path)
     assert second.vocab == first.vocab == dataset.vocab
     assert all(isinstance(t, str) for t in second.vocab)
     assert_same_examples(second.train, dataset.train)
