@@ -288,7 +288,7 @@ def test_encode_cli_on_a_published_folder(folder, tmp_path, cli_env):
         ["encode", "a crane is flying", "--checkpoint", str(folder)], tmp_path, cli_env
     )
     assert result.returncode == 0, result.stderr
-    assert "[CLS]" in result.stdout
+    assert "[CLS]" in result.stdout and "(a transformers folder)" in result.stdout
 
 
 def test_a_run_started_from_init_resumes_and_prepares_with_its_vocabulary(

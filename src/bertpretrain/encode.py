@@ -445,7 +445,8 @@ def _text_block(e: Encoding) -> list[str]:
 
 
 def _print_text(encodings: list[Encoding], enc: Encoder) -> None:
-    print(f"checkpoint {enc.source} (step {enc.step})")
+    trained = f"step {enc.step}" if enc.step is not None else "a transformers folder"
+    print(f"checkpoint {enc.source} ({trained})")
     for i, e in enumerate(encodings):
         print()
         if len(encodings) > 1:
