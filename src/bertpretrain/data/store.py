@@ -13,10 +13,10 @@ only the pages a batch touches are ever read:
     SPLIT.documents   int64 offsets into paragraphs: document k (a Wikipedia article, the
                       text between blank lines, a file) is paragraphs d[k]..d[k+1]
 
-`meta.json` records each array's dtype, length, sha256 and modification time. A store is built in a temp
-folder and renamed into place whole, so a kill leaves nothing a later run trusts; one whose
-files disagree with its metadata (truncated, corrupted) is rebuilt with a warning. The
-layout follows nanoGPT's `train.bin` and Megatron-LM's indexed dataset (`.bin` + `.idx`).
+`meta.json` records each array's dtype, length, sha256 and modification time. A store is
+built in a temp folder and renamed into place whole, so a kill leaves nothing a later run
+trusts; one whose files disagree with its metadata (truncated, corrupted) is rebuilt with
+a warning. The layout follows nanoGPT's `train.bin` and Megatron-LM's indexed dataset (`.bin` + `.idx`).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from tqdm import tqdm
 from bertpretrain import files
 from bertpretrain.data import parallel
 from bertpretrain.data.corpus import Corpus, Paragraph
-from bertpretrain.data.tokenizer import END, Tokenizer, ids_and_lens, split_words
+from bertpretrain.data.tokenizer import Tokenizer, number_words, split_words
 from bertpretrain.data.vocab import build_vocab
 from bertpretrain.errors import UserError
 
@@ -238,11 +238,8 @@ def _first_seen_chunk(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
     """A chunk's words numbered in order of first appearance: (ids, sentence lengths,
     paragraph sizes, the distinct words by number)."""
-    numbers: dict[str, int] = collections.defaultdict(itertools.count().__next__)
-    numbers[END] = -1
-    ids, lens = ids_and_lens(split_words([s for p in chunk for s in p], lowercase), numbers)
-    del numbers[END]
-    return ids, lens, np.fromiter(map(len, chunk), np.int64, len(chunk)), list(numbers)
+    ids, lens, words = number_words(split_words([s for p in chunk for s in p], lowercase))
+    return ids, lens, np.fromiter(map(len, chunk), np.int64, len(chunk)), words
 
 
 def _map_tokens(path: Path, table: np.ndarray, dtype: np.dtype) -> dict:

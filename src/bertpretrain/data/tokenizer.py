@@ -144,13 +144,10 @@ class Tokenizer:
         BERT's normaliser deletes (`_SPLITS`) are deleted first, so both see the same words.
         Occurrences become pieces by numpy gathers, not a Python step per word."""
         words = split_words(sentences, lowercase=False, delete=_SPLITS)
-        numbers: dict[str, int] = collections.defaultdict(itertools.count().__next__)
-        numbers[END] = -1
-        occurrences, words_per_sentence = ids_and_lens(words, numbers)
-        del numbers[END]
+        occurrences, words_per_sentence, distinct = number_words(words)
         # encode_batch_fast (tokenizers >= 0.21) skips the character offsets we do not need.
         encode = getattr(self._backend, "encode_batch_fast", self._backend.encode_batch)
-        pieces = [e.ids for e in encode(list(numbers), add_special_tokens=False)]
+        pieces = [e.ids for e in encode(distinct, add_special_tokens=False)]
         counts = np.fromiter(map(len, pieces), np.int64, len(pieces))
         flat = np.fromiter(itertools.chain.from_iterable(pieces), np.int32, int(counts.sum()))
         starts = np.cumsum(counts) - counts  # of each distinct word's pieces in `flat`
@@ -235,6 +232,16 @@ def ids_and_lens(words: list[str], lookup: Mapping[str, int]) -> tuple[np.ndarra
     ids = np.fromiter(map(lookup.__getitem__, words), np.int64, len(words))
     ends = np.flatnonzero(ids < 0)
     return ids[ids >= 0], np.diff(ends, prepend=-1) - 1
+
+
+def number_words(words: list[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """`split_words`'s words numbered in order of first appearance: each occurrence's
+    number, each sentence's length, and the distinct words by number."""
+    numbers: dict[str, int] = collections.defaultdict(itertools.count().__next__)
+    numbers[END] = -1
+    ids, lens = ids_and_lens(words, numbers)
+    del numbers[END]
+    return ids, lens, list(numbers)
 
 
 def save(tokenizer: Tokenizer, path: Path) -> None:
