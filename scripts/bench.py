@@ -42,7 +42,7 @@ from bertpretrain.data.batches import BatchStream
 from bertpretrain.data.corpus import wikitext
 from bertpretrain.data.examples import Dataset, load_dataset
 from bertpretrain.model import BertConfig, BertForPretraining, flops_per_sequence
-from bertpretrain.train import PretrainingLosses, training_step
+from bertpretrain.optimize import PretrainingLosses, training_step
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data" / "wikitext-2"

@@ -21,7 +21,7 @@ from bertpretrain.config import compose
 from bertpretrain.data.batches import BatchStream
 from bertpretrain.errors import UserError
 from bertpretrain.model import BertConfig, BertForPretraining
-from bertpretrain.train import PretrainingLosses, split_batch, training_step
+from bertpretrain.optimize import PretrainingLosses, split_batch, training_step
 
 TINY_512 = ["model=tiny", "data.max_len=512", "trainer.batch_size=64"]
 VOCAB, FILL = 4271, 0.1  # WikiText-2's word vocabulary; about its fill at max_len 512
@@ -97,14 +97,14 @@ def test_what_cannot_fit_at_all_says_what_would():
     cfg = config("model=tiny", "data.max_len=512")
     one = plan.make_plan(cfg, VOCAB, FILL, "cpu", 1 << 50, accum=512)  # a micro-batch of 1
     checkpointed = plan.make_plan(
-        config("model=tiny", "data.max_len=512", "model.gradient_checkpointing=true"),
+        config("model=tiny", "data.max_len=512", "speed.gradient_checkpointing=true"),
         VOCAB, FILL, "cpu", 1 << 50, accum=512,
     )  # fmt: skip
     assert checkpointed.total < one.total
     between = int((one.total + checkpointed.total) / 2 / plan.MARGIN)
     with pytest.raises(UserError, match=r"^even a micro-batch of 1 needs .*; try ") as refused:
         plan.choose_accum(cfg, VOCAB, FILL, "cpu", between, "the available RAM")
-    assert "try model.gradient_checkpointing=true, or a shorter data.max_len (now 512)" in str(
+    assert "try speed.gradient_checkpointing=true, or a shorter data.max_len (now 512)" in str(
         refused.value
     )
     with pytest.raises(UserError, match=r"are needed before the first batch .* smaller model"):

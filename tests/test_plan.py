@@ -33,7 +33,7 @@ def test_plan_prints_parameters_breakdown_verdict_and_largest_micro_batches(tmp_
     assert re.search(r"^fits: [\d.]+ GiB of 74\.51 GiB", out, re.MULTILINE)
     largest = re.search(
         r"largest micro-batch that fits: (\d+) without gradient checkpointing, (\d+) with "
-        r"model.gradient_checkpointing=true",
+        r"speed.gradient_checkpointing=true",
         out,
     )
     assert largest and 0 < int(largest[1]) < int(largest[2])
@@ -72,7 +72,7 @@ def test_closed_form_parameter_count_matches_the_model():
 
 
 def test_fits_agrees_with_the_largest_micro_batch_and_checkpointing_helps():
-    cfg = plan.compose_config([*LARGE_512, "trainer.precision=bf16"])
+    cfg = plan.compose_config([*LARGE_512, "speed.precision=bf16"])
     for memory in (24 * 2**30, 80 * 10**9):
         p = plan.make_plan(cfg, device="cuda", memory=memory)
         assert p.fits == (p.micro_batch <= p.largest)
@@ -88,7 +88,7 @@ def test_oom_advice_is_one_line_naming_what_fits(monkeypatch):
     advice = plan.oom_advice(cfg, torch.device("cpu"))
     assert re.fullmatch(
         r"out of memory at micro-batch 32: the plan says the largest that fits is \d+ "
-        r"\(\d+ with model.gradient_checkpointing=true\); lower trainer.batch_size or raise "
+        r"\(\d+ with speed.gradient_checkpointing=true\); lower trainer.batch_size or raise "
         r"trainer.grad_accum",
         advice,
     ), advice
@@ -204,7 +204,7 @@ def measurements(tmp_path_factory, wikitext_dir):
                 "max_position": m.max_position,
             },
             "checkpointing": checkpointing,
-            "bf16": cfg.trainer.precision == "bf16",
+            "bf16": cfg.speed.precision == "bf16",
         }
         process = subprocess.Popen(
             [sys.executable, "-c", MEASURE, json.dumps(spec)],

@@ -287,9 +287,9 @@ def test_a_resume_across_an_epoch_boundary_with_workers_matches_the_uninterrupte
     examples = int(re.search(r"data: (\d+) training examples", log)[1])
     assert 2 * 32 < examples <= 3 * 32, examples  # so 8 steps cross two epoch boundaries
 
-    first = [*args, "trainer.max_steps=3", "trainer.num_workers=1", "hydra.run.dir=run"]
+    first = [*args, "trainer.max_steps=3", "speed.num_workers=1", "hydra.run.dir=run"]
     assert run_cli(["train", *first], tmp_path, env).returncode == 0
-    again = [*args, "trainer.num_workers=1", "trainer.resume=true", "hydra.run.dir=run"]
+    again = [*args, "speed.num_workers=1", "trainer.resume=true", "hydra.run.dir=run"]
     resumed = run_cli(["train", *again], tmp_path, env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert losses(tmp_path / "run") == losses(tmp_path / "whole")

@@ -154,7 +154,7 @@ def test_user_config_dir_adds_a_model(tmp_path, cli_env):
     (tmp_path / "mine" / "model").mkdir(parents=True)
     (tmp_path / "mine" / "model" / "mini.yaml").write_text(
         "name: mini\nnum_layers: 1\nhidden_size: 64\nnum_heads: 4\nffn_size: 128\n"
-        "dropout: 0.1\nmax_position: 128\ngradient_checkpointing: false\n"
+        "dropout: 0.1\nmax_position: 128\n"
     )
     result = run_cli(
         ["train", "--config-dir", str(tmp_path / "mine"), "model=mini", "--cfg", "job"],
@@ -173,7 +173,7 @@ BAD_CONFIGS = [
     (["optim.lr=-1"], "optim.lr"),
     (["model.num_heads=3"], "divisible"),
     (["data.max_len=1024"], "position table"),
-    (["trainer.precision=fp16"], "precision"),
+    (["speed.precision=fp16"], "precision"),
     (["trainer.batch_size=-4"], "trainer.batch_size"),
     (["optim.schedule=cosine"], "schedule"),
 ]

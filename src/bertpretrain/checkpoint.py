@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from bertpretrain import files
+from bertpretrain.config import Config, to_dict
 from bertpretrain.errors import UserError
 
 if TYPE_CHECKING:
@@ -137,19 +138,22 @@ def unpack(state: dict, path: Path) -> tuple[BertForPretraining, Tokenizer, int]
     return model, tokenizer, max_len
 
 
-# What a resume may change: settings of speed, logging, evaluation and saving, and where
-# the corpus lies (its bytes are checked by their digest). Every other setting changes the
-# trained weights, so a resume that changes it would be a different run under this name.
+# What a resume may change besides the speed group (speed.*, none of which changes the
+# recipe): logging, evaluation and saving, and where the corpus lies (its bytes are checked
+# by their digest). The model's name is a label: its architecture is compared field by
+# field. Every other setting changes the trained weights, so a resume that changes it
+# would be a different run under this name.
 FREE_ON_RESUME = frozenset(
     {
-        "model.gradient_checkpointing",
+        "model.name",
         *(f"data.{k}" for k in ("root", "dir", "urls", "sha1", "cache", "name", "config")),
         *(f"data.{k}" for k in ("revision", "files", "train_split", "valid_split", "valid_files")),
-        *(f"trainer.{k}" for k in ("max_steps", "grad_accum", "device", "precision", "resume")),
+        *(f"trainer.{k}" for k in ("max_steps", "grad_accum", "device", "resume")),
         *(f"trainer.{k}" for k in ("log_every", "eval_every", "eval_batches", "save_every")),
-        *(f"trainer.{k}" for k in ("keep_last", "skip_nonfinite", "memory_budget", "num_workers")),
+        *(f"trainer.{k}" for k in ("keep_last", "skip_nonfinite", "memory_budget")),
     }
 )
+FREE_GROUPS = ("speed.",)
 
 
 def check_resume(path: Path, state: dict, config: dict) -> None:
@@ -160,7 +164,7 @@ def check_resume(path: Path, state: dict, config: dict) -> None:
     changed = [
         f"{key} {_shown(saved[key])} -> {_shown(value)}"
         for key, value in wanted.items()
-        if key in saved and saved[key] != value and key not in FREE_ON_RESUME
+        if key in saved and saved[key] != value and not _free(key)
     ]
     if changed:
         raise UserError(
@@ -174,6 +178,50 @@ def check_resume(path: Path, state: dict, config: dict) -> None:
             f"trainer.max_steps={max_steps} is not above the step of {path} (step {step}); "
             "raise trainer.max_steps to train further"
         )
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def resume_state(cfg: Config, run_dir: Path) -> dict | None:
+    """The checkpoint to continue, checked to continue the same run; None to start anew."""
+    resume = cfg.trainer.resume
+    if resume is False:
+        return None
+    if resume is True:
+        found = list_checkpoints(run_dir)
+        if not found:
+            log.info(
+                "trainer.resume=true but %s has no checkpoint yet: starting from step 0", run_dir
+            )
+            return None
+        path = found[-1]
+    else:
+        path = resolve(resume)
+    state = load(path)
+    try:
+        check_resume(path, state, to_dict(cfg))
+    except (KeyError, TypeError, AttributeError) as e:
+        raise UserError(
+            f"{path} has no usable config or step ({type(e).__name__}: {e}); resume from a "
+            "checkpoint written by `bertpretrain train`"
+        ) from None
+    log.info("resuming from %s (step %d)", path, state["step"])
+    return state
+
+
+def _free(key: str) -> bool:
+    return key in FREE_ON_RESUME or key.startswith(FREE_GROUPS)
 
 
 def _flat(config: dict, prefix: str = "") -> dict:

@@ -98,13 +98,11 @@ def _precheck(args):
         fail(str(e))
 
 
-ARCHITECTURE = ("num_layers", "hidden_size", "num_heads", "ffn_size", "dropout", "max_position")
-
-
 def _check_init_overrides(overrides: list[str], cfg) -> None:
     """With init=, the architecture is that model's: a `model=` or `model.X=` override that
     asks for another is refused (one that agrees, or a speed setting, passes)."""
     from bertpretrain import published
+    from bertpretrain.architecture import ARCHITECTURE
 
     keys = [o.split("=", 1)[0].lstrip("+~") for o in overrides]
     if not any(k == "model" or k.removeprefix("model.") in ARCHITECTURE for k in keys):

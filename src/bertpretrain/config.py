@@ -10,7 +10,6 @@ from __future__ import annotations
 import difflib
 import itertools
 import os
-import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -18,19 +17,21 @@ from typing import Any
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from bertpretrain.architecture import BertConfig, architecture_of
+from bertpretrain.config_checks import check
 from bertpretrain.errors import UserError
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(BertConfig):
+    """The architecture: the model's own schema (`model.BertConfig`), named. Its
+    vocabulary size comes from the tokenizer, never from here."""
+
+    vocab_size: int | None = None
     name: str = MISSING
-    num_layers: int = MISSING
-    hidden_size: int = MISSING
-    num_heads: int = MISSING
-    ffn_size: int = MISSING
-    dropout: float = MISSING
-    max_position: int = MISSING
-    gradient_checkpointing: bool = MISSING
+
+    def architecture(self, vocab_size: int) -> BertConfig:
+        return BertConfig(**{**architecture_of(self), "vocab_size": vocab_size})
 
 
 @dataclass
@@ -106,8 +107,6 @@ class TrainerConfig:
     memory_budget: str | None = MISSING  # e.g. 8GB; null = the device's available memory
     seed: int = MISSING
     device: str = MISSING
-    precision: str = MISSING
-    num_workers: int = MISSING  # speed only: batches are the same in any process
     log_every: int = MISSING
     eval_every: int = MISSING
     eval_batches: int = MISSING
@@ -115,6 +114,17 @@ class TrainerConfig:
     keep_last: int = MISSING
     resume: Any = MISSING  # false, true (newest checkpoint of the run dir) or a path
     skip_nonfinite: int = MISSING
+
+
+@dataclass
+class SpeedConfig:
+    """What only changes speed and memory, never the recipe: free to change on resume."""
+
+    precision: str = MISSING
+    gradient_checkpointing: bool = MISSING
+    num_workers: int = MISSING  # batches are the same in any process
+    compile: bool = MISSING
+    threads: int | None = MISSING
 
 
 @dataclass
@@ -127,6 +137,7 @@ class Config:
     tokenizer: TokenizerConfig = MISSING
     optim: OptimConfig = MISSING
     trainer: TrainerConfig = MISSING
+    speed: SpeedConfig = MISSING
 
 
 def register_configs() -> None:
@@ -143,163 +154,6 @@ def conf_dir() -> Path:
         if (candidate / "config.yaml").is_file():
             return candidate
     raise UserError(f"cannot find the bertpretrain configs next to {here}; reinstall the package")
-
-
-def _require(ok: bool, message: str) -> None:
-    if not ok:
-        raise UserError(message)
-
-
-def check(cfg: Config) -> None:
-    """Reject values that type-check but cannot work, before any data is read."""
-    m, d, o, t, k = cfg.model, cfg.data, cfg.optim, cfg.trainer, cfg.tokenizer
-    for key, value in [
-        ("model.num_layers", m.num_layers),
-        ("model.hidden_size", m.hidden_size),
-        ("model.num_heads", m.num_heads),
-        ("model.ffn_size", m.ffn_size),
-        ("model.max_position", m.max_position),
-        ("trainer.max_steps", t.max_steps),
-        ("trainer.batch_size", t.batch_size),
-        ("trainer.log_every", t.log_every),
-        ("trainer.keep_last", t.keep_last),
-        ("data.min_freq", d.min_freq),
-        ("tokenizer.min_freq", k.min_freq),
-    ]:
-        _require(value > 0, f"{key}={value} must be a positive integer")
-    for key, value in [
-        ("trainer.eval_every", t.eval_every),
-        ("trainer.eval_batches", t.eval_batches),
-        ("trainer.save_every", t.save_every),
-        ("optim.warmup_steps", o.warmup_steps),
-        ("trainer.seed", t.seed),
-        ("trainer.skip_nonfinite", t.skip_nonfinite),
-        ("trainer.num_workers", t.num_workers),
-    ]:
-        _require(value >= 0, f"{key}={value} must be >= 0 (0 means: see conf/trainer/default.yaml)")
-    _require(
-        m.hidden_size % m.num_heads == 0,
-        f"model.hidden_size={m.hidden_size} is not divisible by model.num_heads={m.num_heads}; "
-        "pick a head count that divides the hidden size",
-    )
-    _check_accum(t)
-    _require(0.0 <= m.dropout < 1.0, f"model.dropout={m.dropout} must be in [0, 1)")
-    _require(
-        d.max_len >= 5, f"data.max_len={d.max_len} is too short: an example needs at least 5 tokens"
-    )
-    _require(
-        d.max_len <= m.max_position,
-        f"data.max_len={d.max_len} exceeds the model's position table ({m.max_position}); "
-        f"use data.max_len<={m.max_position} or raise model.max_position",
-    )
-    _require(
-        d.masking in ("static", "dynamic"),
-        f"data.masking={d.masking!r} is unknown; use static or dynamic",
-    )
-    _require(
-        d.pairing in ("d2l", "bert"),
-        f"data.pairing={d.pairing!r} is unknown; use d2l (the reference) or bert "
-        "(google-research/bert's create_pretraining_data.py)",
-    )
-    _require(
-        0.0 <= d.short_seq_prob <= 1.0,
-        f"data.short_seq_prob={d.short_seq_prob} must be in [0, 1] (BERT's is 0.1)",
-    )
-    _check_data(d)
-    _check_tokenizer(k)
-    _require(o.name in ("adam", "adamw"), f"optim.name={o.name!r} is unknown; use adam or adamw")
-    _require(o.lr > 0, f"optim.lr={o.lr} must be positive, e.g. optim.lr=1e-3")
-    _require(o.weight_decay >= 0, f"optim.weight_decay={o.weight_decay} must be >= 0")
-    _require(o.eps > 0, f"optim.eps={o.eps} must be positive")
-    _require(o.grad_clip >= 0, f"optim.grad_clip={o.grad_clip} must be >= 0 (0 disables clipping)")
-    _require(
-        len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas),
-        f"optim.betas={list(o.betas)} must be two numbers in [0, 1), e.g. [0.9,0.999]",
-    )
-    _require(
-        o.schedule in ("constant", "linear"),
-        f"optim.schedule={o.schedule!r} is unknown; use constant or linear",
-    )
-    _require(
-        t.precision in ("fp32", "bf16"),
-        f"trainer.precision={t.precision!r} is unknown; use fp32 or bf16",
-    )
-    _require(
-        t.device == "auto" or t.device.split(":")[0] in ("cpu", "cuda", "mps"),
-        f"trainer.device={t.device!r} is unknown; use auto, cpu, cuda, cuda:N or mps",
-    )
-    _require(
-        isinstance(t.resume, (bool, str)),
-        f"trainer.resume={t.resume!r} must be true, false or a checkpoint path",
-    )
-
-
-def _check_accum(t: TrainerConfig) -> None:
-    if t.grad_accum == "auto":
-        pass
-    else:
-        _require(
-            isinstance(t.grad_accum, int)
-            and not isinstance(t.grad_accum, bool)
-            and t.grad_accum > 0,
-            f"trainer.grad_accum={t.grad_accum!r} must be auto or a positive integer",
-        )
-        _require(
-            t.batch_size % t.grad_accum == 0,
-            f"trainer.batch_size={t.batch_size} is not a multiple of "
-            f"trainer.grad_accum={t.grad_accum}",
-        )
-    if t.memory_budget is not None:
-        parse_size(t.memory_budget, "trainer.memory_budget=")
-
-
-def parse_size(text: object, what: str) -> int:
-    """Bytes from `80GB` (decimal), `80GiB` or `80G` (binary), or a plain number of bytes;
-    `what` names the setting in the error (`trainer.memory_budget=`)."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(?:([kmgt])(i?b)?)?\s*", str(text), re.IGNORECASE)
-    size = 0
-    if match:
-        number, prefix, unit = match.groups()
-        base = 1000 if unit is not None and unit.lower() == "b" else 1024
-        power = "kmgt".index(prefix.lower()) + 1 if prefix else 0
-        size = int(float(number) * base**power)
-    if size <= 0:
-        raise UserError(
-            f"{what}{text!r} is not a size; use e.g. 8GB (decimal), 8GiB or 8G (binary), or "
-            "a byte count"
-        )
-    return size
-
-
-def _check_data(d: DataConfig) -> None:
-    _require(
-        isinstance(d, tuple(DATA_SCHEMAS.values())),
-        f"data.source={d.source!r} has no schema; use data=wikitext2, data=text or data=hf",
-    )
-    if isinstance(d, TextConfig):
-        _require(
-            len(d.files) > 0,
-            "data=text needs its files: data.files=[a.txt,b.txt] (one paragraph per line)",
-        )
-    if isinstance(d, HFConfig):
-        _require(
-            bool(d.name),
-            "data=hf needs a dataset: data.name=Salesforce/wikitext "
-            "data.config=wikitext-103-raw-v1, or data.name=PATH for a folder of text files",
-        )
-
-
-def _check_tokenizer(k: TokenizerConfig) -> None:
-    _require(
-        k.name in ("word", "wordpiece"),
-        f"tokenizer.name={k.name!r} is unknown; use tokenizer=word or tokenizer=wordpiece",
-    )
-    if k.name == "wordpiece":
-        _require(
-            k.vocab_size is not None and k.vocab_size > 5,
-            f"tokenizer.vocab_size={k.vocab_size} is too small for WordPiece; "
-            "use e.g. tokenizer.vocab_size=30522 (BERT's) or 8000 for a small corpus",
-        )
 
 
 def to_config(cfg: DictConfig) -> Config:
@@ -321,6 +175,7 @@ def _check_known_keys(cfg: DictConfig) -> None:
         "tokenizer": TokenizerConfig,
         "optim": OptimConfig,
         "trainer": TrainerConfig,
+        "speed": SpeedConfig,
         "data": DATA_SCHEMAS.get(cfg.get("data", {}).get("source")),
     }
     unknown = [k for k in cfg if k not in groups and k != "hydra"]
@@ -331,6 +186,7 @@ def _check_known_keys(cfg: DictConfig) -> None:
             unknown += [f"{group}.{k}" for k in node if k not in known]
     if unknown:
         key = unknown[0]
+        _refuse_moved(key)
         group, _, name = key.rpartition(".")
         known = [f.name for f in fields(schemas[group])] if group in schemas else list(groups)
         close = difflib.get_close_matches(name, known, n=1)
@@ -438,10 +294,39 @@ def compose(overrides: list[str], config_name: str = "config") -> tuple[Config, 
     except (HydraException, OmegaConfBaseException, ValueError) as e:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
+        for override in overrides:
+            _refuse_moved(override.split("=", 1)[0].lstrip("+~"))
+        _refuse_moved(_failing_key(e))
         raise UserError(
             f"bad config: {_one_line(e)}{_quoting_hint(overrides, e)}; see "
             "`bertpretrain train --help` for the groups and keys"
         ) from None
+
+
+# Settings that moved to the speed group (they change speed, not the recipe): old
+# overrides and users' config files get the new name instead of "not a setting".
+MOVED = {
+    "model.gradient_checkpointing": "speed.gradient_checkpointing",
+    "trainer.precision": "speed.precision",
+    "trainer.num_workers": "speed.num_workers",
+}
+
+
+def _failing_key(e: BaseException | None) -> str | None:
+    """The key an OmegaConf error in the chain names (a user's YAML file sets it)."""
+    while e is not None:
+        if isinstance(e, OmegaConfBaseException) and getattr(e, "full_key", None):
+            return e.full_key
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _refuse_moved(key: str | None) -> None:
+    if key in MOVED:
+        raise UserError(
+            f"bad config: {key} is now {MOVED[key]} (the speed group holds the settings that "
+            f"change only speed and memory); write {MOVED[key]}=... instead"
+        )
 
 
 def to_dict(cfg: Config) -> dict:

@@ -7,7 +7,6 @@ difference is the fused query/key/value projection (`qkv`), split apart on expor
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
 import torch
@@ -15,31 +14,9 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
-# Our activation names -> F.gelu's `approximate`.
-ACTIVATIONS = {"gelu": "none", "gelu_tanh": "tanh"}
+from bertpretrain.architecture import ACTIVATIONS, BertConfig
 
-
-@dataclass
-class BertConfig:
-    vocab_size: int
-    num_layers: int = 2
-    hidden_size: int = 128
-    num_heads: int = 2
-    ffn_size: int = 256
-    dropout: float = 0.1
-    max_position: int = 512
-    type_vocab_size: int = 2
-    layer_norm_eps: float = 1e-12
-    hidden_act: str = "gelu"  # or "gelu_tanh", the tanh approximation some published BERTs use
-
-    def __post_init__(self):
-        if self.hidden_act not in ACTIVATIONS:
-            raise ValueError(
-                f"hidden_act {self.hidden_act!r} is not one of {', '.join(ACTIVATIONS)}"
-            )
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+__all__ = ["ACTIVATIONS", "BertConfig"]  # where Python users have always found them
 
 
 class Packing(NamedTuple):

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import math
 import os
 import resource
@@ -36,7 +37,7 @@ from dataclasses import dataclass
 import torch
 
 from bertpretrain.config import Config
-from bertpretrain.config import parse_size as config_parse_size
+from bertpretrain.config_checks import parse_size as config_parse_size
 from bertpretrain.data.examples import MASK_RATE
 from bertpretrain.device import bf16_is_native
 from bertpretrain.errors import ArgumentParser, UserError
@@ -53,6 +54,8 @@ CPU_RUNTIME_GROWTH = 96 << 20
 # The share of the memory a plan may fill: the rest is for the allocator's slack and for
 # micro-batches with more real tokens than the mean.
 MARGIN = 0.9
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -119,7 +122,7 @@ def activation_bytes(
     padded = b * n  # attention works on every position, padding included
     t = math.ceil(fill * padded)  # real tokens: every other layer works on these alone
     p = max(b, round(MASK_RATE * t))  # masked positions: the MLM head runs on these alone
-    a = 2 if cfg.trainer.precision == "bf16" else 4  # bytes of a matmul output / Linear input
+    a = 2 if cfg.speed.precision == "bf16" else 4  # bytes of a matmul output / Linear input
     mask = 1 if m.dropout > 0 else 0  # a dropout mask is bool: 1 byte an element
     scores = b * heads * n * n  # (B, heads, L, L)
     # SDPA's fused kernels: on CUDA, and on the CPU without dropout (Layer.attention spells
@@ -230,7 +233,7 @@ def make_plan(
     memory = device_memory(cfg.trainer.device) if memory is None else memory
     params = count_parameters(cfg, vocab_size)
     decay = cfg.optim.name == "adam" and cfg.optim.weight_decay > 0  # adds wd * p to a grads copy
-    checkpointing = bool(getattr(cfg.model, "gradient_checkpointing", False))
+    checkpointing = cfg.speed.gradient_checkpointing
 
     def plan_for(batch: int, checkpointing: bool) -> Plan:
         return Plan(
@@ -389,11 +392,11 @@ def choose_accum(
 def _what_fits(cfg: Config, plan: Plan, device: str) -> str:
     ideas = []
     if not plan.checkpointing and plan.largest_checkpointed > 0:
-        ideas.append("model.gradient_checkpointing=true")
+        ideas.append("speed.gradient_checkpointing=true")
     if cfg.data.max_len > 128:
         ideas.append(f"a shorter data.max_len (now {cfg.data.max_len})")
-    if cfg.trainer.precision != "bf16" and (device == "cuda" or _bf16_native_cpu(device)):
-        ideas.append("trainer.precision=bf16")
+    if cfg.speed.precision != "bf16" and (device == "cuda" or _bf16_native_cpu(device)):
+        ideas.append("speed.precision=bf16")
     ideas.append("a smaller model, or more memory")
     return "try " + ", or ".join(ideas)
 
@@ -419,10 +422,10 @@ def oom_advice(cfg: Config, device, vocab_size: int | None = None) -> str:
         )
     elif plan.checkpointing:
         said = f"the plan says the largest that fits is {_count(plan.largest_checkpointed)} (with "
-        said += "model.gradient_checkpointing=true)"
+        said += "speed.gradient_checkpointing=true)"
     else:
         said = f"the plan says the largest that fits is {_count(plan.largest)} "
-        said += f"({_count(plan.largest_checkpointed)} with model.gradient_checkpointing=true)"
+        said += f"({_count(plan.largest_checkpointed)} with speed.gradient_checkpointing=true)"
     return (
         f"out of memory at micro-batch {plan.micro_batch}: {said}; lower trainer.batch_size "
         "or raise trainer.grad_accum"
@@ -479,7 +482,7 @@ def format_plan(
     return "\n".join(
         [
             f"model={m.name}: {m.num_layers} layers, hidden {m.hidden_size}, {m.num_heads} heads, "
-            f"FFN {m.ffn_size}; data.max_len={cfg.data.max_len}; trainer.precision={t.precision}",
+            f"FFN {m.ffn_size}; data.max_len={cfg.data.max_len}; speed.precision={cfg.speed.precision}",
             f"parameters: {plan.params / 1e6:.1f}M with {vocab}",
             f"micro-batch: {plan.micro_batch} sequences ({split}); gradient checkpointing "
             f"{'on' if plan.checkpointing else 'off'}",
@@ -493,7 +496,7 @@ def format_plan(
             verdict,
             f"largest micro-batch that fits: {_count(plan.largest)} without gradient "
             f"checkpointing, {_count(plan.largest_checkpointed)} with "
-            "model.gradient_checkpointing=true",
+            "speed.gradient_checkpointing=true",
         ]
     )
 
@@ -517,7 +520,7 @@ def _parser() -> argparse.ArgumentParser:
         "parameters, weights, gradients, Adam's state, activations per micro-batch, whether "
         "it fits and the largest micro-batch that does.",
         epilog="example: bertpretrain plan model=large data.max_len=512 trainer.batch_size=32 "
-        "trainer.precision=bf16 --device-memory 80GB",
+        "speed.precision=bf16 --device-memory 80GB",
     )
     p.add_argument(
         "overrides", nargs="*", metavar="KEY=VALUE", help="Hydra overrides, as for train"
@@ -590,3 +593,31 @@ def main(argv: list[str]) -> None:
         plan = make_plan(cfg, args.vocab_size, args.fill, device, budget, args.ranks, accum)
         refusal = str(e)
     print(format_plan(cfg, plan, accum, args.vocab_size, args.fill, args.ranks, source, refusal))
+
+
+def for_run(cfg: Config, dataset, device: torch.device, world: int) -> tuple[int, int]:
+    """The accumulation a run trains with and the bytes it is planned to take.
+
+    Planned once the data is built, so the real vocabulary and real-token fill are known
+    and the process's own memory (the corpus included) is counted, and before the model
+    exists: a config that cannot fit stops here, in one line, before anything large is
+    allocated (on a CPU the kernel would kill the process without a word).
+    """
+    fill = float(dataset.train.valid_lens.mean()) / cfg.data.max_len
+    budget, source = memory_budget(cfg, device)
+    overhead = process_overhead(device.type)
+    accum, chosen = choose_accum(
+        cfg, len(dataset.vocab), fill, device.type, budget, source, world, overhead
+    )
+    log.info(
+        "memory plan: %d micro-step(s) of %d sequences%s need %s; %s allows %s (real-token "
+        "fill %.2f)",
+        accum,
+        chosen.micro_batch,
+        " (trainer.grad_accum=auto)" if cfg.trainer.grad_accum == "auto" else "",
+        format_size(chosen.total),
+        source,
+        format_size(MARGIN * budget),
+        fill,
+    )
+    return accum, chosen.total

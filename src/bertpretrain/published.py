@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from bertpretrain.architecture import architecture_of
 from bertpretrain.data.tokenizer import Tokenizer
 from bertpretrain.data.vocab import RESERVED
 from bertpretrain.errors import UserError
@@ -377,10 +378,9 @@ def adopt_architecture(cfg: Config) -> tuple[Path, BertConfig]:
     """Where `init=` points and its architecture, which is written into cfg.model: the
     run's record and checkpoints then say what was trained, and a resume compares it."""
     path, arch = init_architecture(cfg.init)
-    m = cfg.model
-    m.name = "init"
-    m.num_layers, m.hidden_size, m.num_heads = arch.num_layers, arch.hidden_size, arch.num_heads
-    m.ffn_size, m.dropout, m.max_position = arch.ffn_size, arch.dropout, arch.max_position
+    cfg.model.name = "init"
+    for name, value in architecture_of(arch).items():
+        setattr(cfg.model, name, value)
     if cfg.data.max_len > arch.max_position:
         raise UserError(
             f"data.max_len={cfg.data.max_len} is longer than init={cfg.init}'s "

@@ -117,3 +117,22 @@ def update_latest(run_dir: Path) -> None:
         os.replace(tmp, link)
     with contextlib.suppress(OSError):
         tmp.unlink(missing_ok=True)
+
+
+def done_line(summary: dict) -> str:
+    """The log's last line: what the run reached and where its results are."""
+    from bertpretrain.plan import format_size
+
+    val = (
+        f", val mlm {summary['val_mlm_loss']:.3f} (acc {summary['val_mlm_acc']:.3f}) "
+        f"nsp {summary['val_nsp_loss']:.3f} (acc {summary['val_nsp_acc']:.3f})"
+        if "val_mlm_loss" in summary
+        else ""
+    )
+    return (
+        f"done: {summary['steps']} steps, mlm {summary['train_mlm_loss']:.3f} nsp "
+        f"{summary['train_nsp_loss']:.3f}{val}, {summary['seq_per_s']:.1f} seq/s "
+        f"({summary['model_tflops']:.3f} model TFLOP/s), peak memory "
+        f"{format_size(summary['peak_memory'])} (planned {format_size(summary['planned_memory'])}); "
+        f"checkpoint {summary['checkpoint']}; curves: tensorboard --logdir {summary['tensorboard']}"
+    )

@@ -11,6 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from bertpretrain.errors import UserError
+
 if TYPE_CHECKING:
     from bertpretrain.config import DataConfig, TokenizerConfig
     from bertpretrain.data.corpus import Corpus
@@ -40,6 +42,36 @@ def load(
         cfg.pairing,
         cfg.short_seq_prob,
     )
+
+
+def load_on_every_rank(
+    cfg: DataConfig, tokenizer_cfg: TokenizerConfig, seed: int, tokenizer: Tokenizer | None = None
+) -> Dataset:
+    """`load`, under torchrun too: rank 0 builds first and the other ranks take its
+    tokenizer, since WordPiece training is not reproducible bit for bit and every rank
+    must share one vocabulary. A given `tokenizer` (a checkpoint's, a published model's)
+    is every rank's already."""
+    import json
+
+    from bertpretrain import distributed
+    from bertpretrain.data.tokenizer import from_state
+
+    ranks = distributed.ranks()
+    if ranks.world == 1 or tokenizer is not None:
+        return load(cfg, tokenizer_cfg, seed, tokenizer)
+    if ranks.main:
+        try:
+            dataset = load(cfg, tokenizer_cfg, seed)
+        except BaseException:
+            distributed.broadcast_str("")  # releases the other ranks, which stop too
+            raise
+        built = dataset.tokenizer
+        distributed.broadcast_str(json.dumps(built.settings() | {"vocab": built.vocab}))
+        return dataset
+    shared = distributed.broadcast_str(None)
+    if not shared:
+        raise UserError("rank 0 could not build the data; its log says why")
+    return load(cfg, tokenizer_cfg, seed, from_state(json.loads(shared)))
 
 
 def prepare(

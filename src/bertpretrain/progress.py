@@ -1,0 +1,110 @@
+"""What a run reports as it goes: the progress bar on a terminal, a log line otherwise,
+the training curves in TensorBoard, and the speed it keeps.
+
+Losses are summed on the device over a window of steps and read back once per log line:
+reading them every step would wait for the device every step.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+
+import torch
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from bertpretrain import distributed
+
+log = logging.getLogger("bertpretrain.train")
+
+
+class Progress:
+    """The window of steps since the last log line, and what every log line said."""
+
+    def __init__(
+        self, total: int, start: int, batch_size: int, writer: SummaryWriter | None, device
+    ):
+        self.total, self.batch_size, self.writer = total, batch_size, writer
+        self.interactive = sys.stderr.isatty()
+        self.bar = tqdm(
+            total=total,
+            initial=start,
+            disable=not (self.interactive and writer is not None),
+            unit="step",
+            dynamic_ncols=True,
+        )
+        self.window = torch.zeros(2, device=device)  # summed mlm, nsp losses
+        self.window_steps = 0
+        self.window_start = time.perf_counter()
+        self.last = {"mlm_loss": math.nan, "nsp_loss": math.nan}
+        self.speeds: list[float] = []  # seq/s of each log line's window
+
+    def add(self, losses: torch.Tensor | None) -> None:
+        """One step done: its (mlm, nsp) losses, or None for a skipped step."""
+        if losses is not None:
+            self.window += losses
+            self.window_steps += 1
+        self.bar.update(1)
+
+    def report(self, done: int, every: int, lr: float) -> None:
+        """At every `every`-th step and the last: average the window over every rank, then
+        log it (rank 0)."""
+        if not self.window_steps or (done % every and done != self.total):
+            return
+        elapsed = time.perf_counter() - self.window_start
+        mlm, nsp = (distributed.sum_over_ranks(self.window) / self.window_steps).tolist()
+        seq_s = self.window_steps * self.batch_size / elapsed
+        self.speeds.append(seq_s)
+        self.last = {"mlm_loss": mlm, "nsp_loss": nsp}
+        if self.writer is not None:
+            curves = {"mlm_loss": mlm, "nsp_loss": nsp, "loss": mlm + nsp, "lr": lr}
+            for name, value in (curves | {"seq_per_s": seq_s}).items():
+                self.writer.add_scalar(f"train/{name}", value, done)
+            self.bar.set_postfix(mlm=f"{mlm:.3f}", nsp=f"{nsp:.3f}", seq_s=f"{seq_s:.0f}")
+            if not self.interactive:
+                log.info(log_line(done, self.total, mlm, nsp, seq_s))
+        self.window.zero_()
+        self.window_steps = 0
+        self.restart_clock()
+
+    def restart_clock(self) -> None:
+        """Time spent validating or saving is not training speed."""
+        self.window_start = time.perf_counter()
+
+    def median_speed(self) -> float:
+        return sorted(self.speeds)[len(self.speeds) // 2] if self.speeds else math.nan
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def log_line(step: int, max_steps: int, mlm: float, nsp: float, seq_s: float) -> str:
+    return f"step {step}/{max_steps}  mlm {mlm:.4f}  nsp {nsp:.4f}  {seq_s:.1f} seq/s"
+
+
+def write_hparams(writer: SummaryWriter, config: dict, metrics: dict, train_mlm: float) -> None:
+    """The run's config and outcome in TensorBoard's hparams view, to compare a sweep."""
+    writer.add_hparams(
+        flat_hparams(config),
+        {f"hparam/val_{k}": v for k, v in metrics.items()} | {"hparam/train_mlm_loss": train_mlm},
+        run_name=".",
+    )
+
+
+def flat_hparams(config: dict, prefix: str = "") -> dict:
+    """The config as flat scalars, as TensorBoard's hparams view wants them."""
+    out = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out |= flat_hparams(value, f"{name}.")
+        elif isinstance(value, (int, float, str, bool)):
+            out[name] = value
+        elif value is None:
+            out[name] = "null"
+        else:
+            out[name] = str(value)
+    return out

@@ -1,0 +1,217 @@
+"""Setting a run up: the device, where training starts (fresh, `init=` or a checkpoint),
+the data, the memory plan, the model, optimizer and schedule, and the speed settings.
+
+Everything the loop then touches is one `Run`, listed here up front.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.tensorboard import SummaryWriter
+
+from bertpretrain import checkpoint, data, distributed, plan, published
+from bertpretrain.config import Config, SpeedConfig
+from bertpretrain.data.examples import Dataset
+from bertpretrain.data.tokenizer import from_state as tokenizer_from_state
+from bertpretrain.device import bf16_is_native, pick_device
+from bertpretrain.errors import UserError
+from bertpretrain.model import BertConfig, BertForPretraining, count_parameters, describe
+from bertpretrain.optimize import PretrainingLosses, make_optimizer, make_scheduler
+
+log = logging.getLogger("bertpretrain.train")
+
+
+@dataclass
+class Run:
+    cfg: Config
+    run_dir: Path
+    stop: list[int]  # signals received: the loop saves and stops after its step
+    ranks: distributed.Ranks
+    device: torch.device
+    dataset: Dataset
+    model: BertForPretraining  # the plain module: what checkpoints save
+    module: torch.nn.Module  # what a step calls: the losses, compiled and/or DDP-wrapped
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    autocast: Callable[[], contextlib.AbstractContextManager]
+    accum: int  # micro-steps per step, from the memory plan
+    planned: int  # bytes the plan expects at the peak
+    start: int  # the step training starts after
+    writer: SummaryWriter | None  # rank 0's TensorBoard writer
+    saved: list[Path] = field(default_factory=list)  # checkpoints, the newest last
+    validated: dict = field(default_factory=dict)  # the last validation, in every checkpoint
+    skipped: int = 0  # steps skipped for a non-finite loss
+
+
+def set_up(cfg: Config, run_dir: Path, stop: list[int], accepted: Callable[[], None]) -> Run:
+    """Everything before the first step. `accepted()` runs once the run dir, the resume
+    and the corpus are checked: from then on the run's log and record go to run_dir."""
+    ranks = distributed.ranks()
+    torch.manual_seed(cfg.trainer.seed)
+    device = _device(cfg, ranks)
+    apply_threads(cfg.speed)
+    init_path = published.adopt_architecture(cfg)[0] if cfg.init else None
+    resume = checkpoint.resume_state(cfg, run_dir)
+    init_model, init_tokenizer = None, None
+    if init_path is not None and resume is None:
+        init_model, init_tokenizer = _from_published(init_path)
+    given = tokenizer_from_state(resume) if resume is not None else init_tokenizer
+    dataset = data.load_on_every_rank(cfg.data, cfg.tokenizer, cfg.trainer.seed, given)
+    _check_corpus(resume, dataset)
+    if ranks.main:
+        accepted()
+    _log_data(cfg, dataset)
+    accum, planned = plan.for_run(cfg, dataset, device, ranks.world)
+    model = _model(cfg, resume, init_model, len(dataset.vocab)).to(device)
+    del init_model
+    optimizer = make_optimizer(model, cfg.optim)
+    scheduler = make_scheduler(optimizer, cfg.optim, cfg.trainer.max_steps)
+    start = _restore(resume, model, optimizer, scheduler)
+    del resume
+    if ranks.rank > 0:  # the same weights everywhere, but each rank its own dropout masks
+        torch.manual_seed(cfg.trainer.seed + 1_000_003 * ranks.rank + start)
+    # Steps up to `start` were logged by the interrupted run; drop anything it logged later
+    # (everything, when a killed run left no checkpoint and we start again from 0).
+    writer = (
+        SummaryWriter(str(run_dir / "tensorboard"), purge_step=start + 1) if ranks.main else None
+    )
+    return Run(
+        cfg,
+        run_dir,
+        stop,
+        ranks,
+        device,
+        dataset,
+        model,
+        make_module(cfg, model, device, ranks),
+        optimizer,
+        scheduler,
+        _autocast(cfg, device),
+        accum,
+        planned,
+        start,
+        writer,
+        checkpoint.list_checkpoints(run_dir)[-1:],
+    )
+
+
+def apply_threads(speed: SpeedConfig) -> None:
+    """speed.threads for torch's CPU kernels, process-wide; null leaves torch's default."""
+    if speed.threads is not None:
+        torch.set_num_threads(speed.threads)
+        log.info("speed.threads=%d: torch uses %d CPU threads", speed.threads, speed.threads)
+
+
+def _device(cfg: Config, ranks: distributed.Ranks) -> torch.device:
+    """The device, each rank its own GPU; the batch must split evenly over the ranks."""
+    device = pick_device(cfg.trainer.device)
+    if device.type == "cuda" and ranks.world > 1:
+        device = torch.device("cuda", ranks.local_rank)
+    batch, accum = cfg.trainer.batch_size, cfg.trainer.grad_accum
+    fixed_accum = accum if isinstance(accum, int) else 1
+    if batch % (ranks.world * fixed_accum):
+        raise UserError(
+            f"trainer.batch_size={batch} does not split into {ranks.world} ranks x "
+            f"{fixed_accum} micro-steps (trainer.grad_accum); use a multiple of "
+            f"{ranks.world * fixed_accum}"
+        )
+    return device
+
+
+def _from_published(path: Path):
+    model, tokenizer = published.init_weights(path)
+    log.info(
+        "starting from %s: its weights and its vocabulary of %d tokens (tokenizer.* is not "
+        "used); a fresh optimizer and schedule",
+        path,
+        len(tokenizer.vocab),
+    )
+    return model, tokenizer
+
+
+def _check_corpus(resume: dict | None, dataset: Dataset) -> None:
+    if resume is not None and resume.get("corpus_digest", dataset.corpus_digest) != (
+        dataset.corpus_digest
+    ):
+        raise UserError(
+            "the checkpoint was trained on another corpus (its training split's bytes differ); "
+            "resume with the same data settings"
+        )
+
+
+def _log_data(cfg: Config, dataset: Dataset) -> None:
+    if cfg.data.whole_word_mask and cfg.tokenizer.name == "word":
+        log.warning(
+            "data.whole_word_mask=true changes nothing with tokenizer=word: every token is a word"
+        )
+    max_len = cfg.data.max_len
+    tokens = float(dataset.train.valid_lens.mean())  # real tokens per example
+    valid = dataset.valid
+    log.info(
+        "data: %d training examples (%s pairing), %d validation examples, vocabulary of %d; "
+        "real tokens per example %.1f of %d (fill %.2f)%s",
+        len(dataset.train),
+        cfg.data.pairing,
+        len(valid) if valid is not None else 0,
+        len(dataset.vocab),
+        tokens,
+        max_len,
+        tokens / max_len,
+        f", validation fill {valid.valid_lens.mean() / max_len:.2f}" if valid is not None else "",
+    )
+
+
+def _model(
+    cfg: Config, resume: dict | None, init_model: BertForPretraining | None, vocab_size: int
+) -> BertForPretraining:
+    """A resumed checkpoint's own architecture (activation and eps included), the
+    published model of `init=`, or a fresh model of cfg.model's architecture."""
+    if resume is not None:
+        model = BertForPretraining(BertConfig(**resume["model_config"]))
+    else:
+        model = init_model or BertForPretraining(cfg.model.architecture(vocab_size))
+    model.bert.gradient_checkpointing = cfg.speed.gradient_checkpointing
+    log.info("model %s: %s", cfg.model.name, describe(model.config, count_parameters(model)))
+    return model
+
+
+def _restore(resume: dict | None, model, optimizer, scheduler) -> int:
+    """Load a checkpoint's weights and state; the step it reached (0 for a new run)."""
+    if resume is None:
+        return 0
+    model.load_state_dict(resume["model"])
+    optimizer.load_state_dict(resume["optimizer"])
+    scheduler.load_state_dict(resume["scheduler"])
+    checkpoint.set_rng_state(resume["rng"])
+    return resume["step"]
+
+
+def make_module(cfg: Config, model: BertForPretraining, device, ranks) -> torch.nn.Module:
+    """The losses as a module, compiled if asked; under torchrun wrapped by DDP, which syncs
+    gradients only for what goes through the wrapped module's forward."""
+    module = PretrainingLosses(model)
+    if cfg.speed.compile:
+        log.info("speed.compile=true: compiling the model (the first steps take longer)")
+        module = torch.compile(module)
+    if ranks.world > 1:
+        module = torch.nn.parallel.DistributedDataParallel(
+            module, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    return module
+
+
+def _autocast(cfg: Config, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
+    use_bf16 = cfg.speed.precision == "bf16"
+    if use_bf16 and not bf16_is_native(device):
+        log.warning(
+            "speed.precision=bf16 on a %s CPU without bf16 instructions is emulated and "
+            "much slower than fp32; use fp32 here",
+            torch.backends.cpu.get_cpu_capability(),
+        )
+    return lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
