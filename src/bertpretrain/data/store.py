@@ -36,6 +36,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from tqdm import tqdm
@@ -120,10 +121,10 @@ def _encode_chunk(
 
 
 class _ArrayWriter:
-    """Appends to one flat array file, hashing what it writes."""
+    """Appends to one flat array file, open for writing, hashing what it writes."""
 
-    def __init__(self, path: Path, dtype: np.dtype):
-        self.file = open(path, "wb")  # noqa: SIM115 (closed by close())
+    def __init__(self, file: BinaryIO, dtype: np.dtype):
+        self.file = file
         self.dtype = dtype
         self.hash = hashlib.sha256()
         self.count = 0
@@ -134,16 +135,23 @@ class _ArrayWriter:
         self.hash.update(data)
         self.count += len(values)
 
-    def close(self) -> dict:
+    def info(self) -> dict:
+        """What meta.json records of the file (its modification time is that of the last
+        write: fsync and rename leave it)."""
         self.file.flush()
-        os.fsync(self.file.fileno())
-        self.file.close()
         return {
             "dtype": self.dtype.name,
             "length": self.count,
             "sha256": self.hash.hexdigest(),
-            "mtime_ns": os.stat(self.file.name).st_mtime_ns,
+            "mtime_ns": os.fstat(self.file.fileno()).st_mtime_ns,
         }
+
+    def close(self) -> dict:
+        """The file's `info`, once it is on disk and closed."""
+        info = self.info()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        return info
 
 
 class _SplitWriter:
@@ -151,10 +159,13 @@ class _SplitWriter:
     paragraph of size 0 (a BREAK of the corpus reader) starts a new document."""
 
     def __init__(self, folder: Path, name: str, token_dtype: np.dtype):
-        self.tokens = _ArrayWriter(folder / f"{name}.tokens", token_dtype)
-        self.sentences = _ArrayWriter(folder / f"{name}.sentences", np.dtype(np.int64))
-        self.paragraphs = _ArrayWriter(folder / f"{name}.paragraphs", np.dtype(np.int64))
-        self.documents = _ArrayWriter(folder / f"{name}.documents", np.dtype(np.int64))
+        def writer(array: str, dtype: np.dtype) -> _ArrayWriter:
+            return _ArrayWriter(open(folder / f"{name}.{array}", "wb"), dtype)  # noqa: SIM115 (closed by close())
+
+        self.tokens = writer("tokens", token_dtype)
+        self.sentences = writer("sentences", np.dtype(np.int64))
+        self.paragraphs = writer("paragraphs", np.dtype(np.int64))
+        self.documents = writer("documents", np.dtype(np.int64))
         self.sentences.write(np.zeros(1))
         self.paragraphs.write(np.zeros(1))
         self.documents.write(np.zeros(1))
@@ -247,16 +258,17 @@ def _map_tokens(path: Path, table: np.ndarray, dtype: np.dtype) -> dict:
     MB at a time (read, not mapped: mapped pages would count towards the resident memory);
     the new file's metadata."""
     table = table.astype(dtype)
-    mapped = path.with_name(path.name + ".mapped")
-    writer = _ArrayWriter(mapped, dtype)
-    try:
+    info: dict = {}
+
+    def write(out: BinaryIO) -> None:
+        writer = _ArrayWriter(out, dtype)
         with open(path, "rb") as f:
             while len(block := np.fromfile(f, np.uint32, count=1 << 20)):
                 writer.write(table[block])
-    finally:
-        meta = writer.close()
-    os.replace(mapped, path)
-    return meta
+        info.update(writer.info())
+
+    files.atomic_write(path, write)
+    return info
 
 
 def _open_split(folder: Path, name: str, meta: dict, verify: bool) -> Split:
@@ -353,28 +365,19 @@ def _build(corpus: Corpus, cache_dir: Path | None, write_train: Callable) -> Sto
     if cache_dir is None:
         cache_dir = Path(tempfile.mkdtemp(prefix="bertpretrain-store-"))
         atexit.register(shutil.rmtree, cache_dir, True)
-    tmp = files.temp_name(cache_dir / "store")
     started = time.perf_counter()
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp.mkdir()
-        meta: dict = {"version": VERSION}
-        with _progress(f"preparing {corpus.name}") as progress:
-            meta["train"], tokenizer = write_train(tmp, progress)
-            if corpus.read_valid is not None:
-                meta["valid"] = _write_split(tmp, "valid", corpus.read_valid(), tokenizer, progress)
-        meta["tokenizer"] = tokenizer.settings()
-        files.atomic_write(tmp / "meta.json", lambda f: f.write(json.dumps(meta).encode()))
-        path = cache_dir / f"store-{store_key(corpus, tokenizer)}"
-        _publish(tmp, path, tokenizer)
+        with files.temp_folder(cache_dir / "store") as tmp:
+            meta, tokenizer = _write_store(tmp, corpus, write_train)
+            path = cache_dir / f"store-{store_key(corpus, tokenizer)}"
+            _publish(tmp, path, tokenizer)
     except OSError as e:
         raise UserError(
             f"could not write the prepared corpus to {cache_dir}: "
             f"{files.failure(e, cache_dir)}; free space there or set data.root to another "
             "folder"
         ) from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     log.info(
         "prepared %s: %d training tokens in %d sentences, %d paragraphs, in %.1f s (%s)",
         corpus.name,
@@ -387,19 +390,23 @@ def _build(corpus: Corpus, cache_dir: Path | None, write_train: Callable) -> Sto
     return open_store(path, tokenizer, verify=False)
 
 
+def _write_store(folder: Path, corpus: Corpus, write_train: Callable) -> tuple[dict, Tokenizer]:
+    """Both splits' arrays and `meta.json` in `folder`; the metadata and the tokenizer."""
+    meta: dict = {"version": VERSION}
+    with _progress(f"preparing {corpus.name}") as progress:
+        meta["train"], tokenizer = write_train(folder, progress)
+        if corpus.read_valid is not None:
+            meta["valid"] = _write_split(folder, "valid", corpus.read_valid(), tokenizer, progress)
+    meta["tokenizer"] = tokenizer.settings()
+    files.atomic_write(folder / "meta.json", lambda f: f.write(json.dumps(meta).encode()))
+    return meta, tokenizer
+
+
 def _publish(tmp: Path, path: Path, tokenizer: Tokenizer) -> None:
     """Rename the finished store into place; a whole one already there (another process
     was first) is kept, a damaged one replaced."""
-    try:
-        os.rename(tmp, path)
-    except OSError:
-        if not path.is_dir():
-            raise
-        if _cached(path, tokenizer) is None:
-            os.rename(tmp, path)
-        else:
-            log.info("another process prepared %s first; using its store", path)
-    files.fsync_dir(path.parent)
+    if not files.place_folder(tmp, path, lambda there: _cached(there, tokenizer) is not None):
+        log.info("another process prepared %s first; using its store", path)
 
 
 @contextlib.contextmanager
