@@ -22,13 +22,8 @@ from bertpretrain.data import examples as examples_module
 from bertpretrain.data import store as store_module
 from bertpretrain.data.batches import BatchStream, batch_loader, eval_batches
 from bertpretrain.data.corpus import read_split, split_paragraphs, wikitext
-from bertpretrain.data.examples import (
-    Dataset,
-    Examples,
-    d2l_pairs,
-    max_predictions,
-    tokenizer_key,
-)
+from bertpretrain.data.examples import Dataset, Examples, max_predictions, tokenizer_key
+from bertpretrain.data.pairing import d2l_pairs
 from bertpretrain.data.store import encode_split, store_key
 from bertpretrain.data.tokenizer import Tokenizer, train_tokenizer
 from bertpretrain.data.vocab import (
@@ -429,7 +424,7 @@ def test_a_second_build_reads_the_vocabulary_and_the_store_from_the_cache(
         raise AssertionError("the second call must read the cache, not build")
 
     monkeypatch.setattr(examples_module, "train_tokenizer", no_build)
-    monkeypatch.setattr(store_module, "_write_split", no_build)
+    monkeypatch.setattr(store_module, "write_split", no_build)
     second = build_wikitext(valid_path, test_split_path, MAX_LEN, MIN_FREQ, SEED, tmp_path)
     assert second.vocab == first.vocab == dataset.vocab
     assert all(isinstance(t, str) for t in second.vocab)
@@ -443,7 +438,7 @@ def test_another_seed_or_max_len_reuses_the_prepared_corpus(valid_path, tmp_path
     def no_build(*args, **kwargs):
         raise AssertionError("a sweep over the seed or max_len must not prepare again")
 
-    monkeypatch.setattr(store_module, "_write_split", no_build)
+    monkeypatch.setattr(store_module, "write_split", no_build)
     other = build_wikitext(valid_path, None, MAX_LEN * 2, MIN_FREQ, SEED + 1, tmp_path)
     assert every(other.train).tokens.shape[1] == MAX_LEN * 2
 

@@ -10,7 +10,7 @@ import pytest
 from conftest import TINY_ARGS, run_cli
 
 from bertpretrain.data.corpus import BREAK, read_split, wikitext
-from bertpretrain.data.examples import Pairs, bert_pairs
+from bertpretrain.data.pairing import Pairs, bert_pairs
 from bertpretrain.data.store import Split, encode_split
 from bertpretrain.data.tokenizer import Tokenizer
 from bertpretrain.data.vocab import RESERVED
@@ -162,15 +162,15 @@ def test_pairs_are_saved_beside_the_store_and_reused(tmp_path, monkeypatch, wiki
     """A restart or a sweep job finds its pairs instead of walking every sentence again;
     another seed or length makes its own."""
     from bertpretrain.config import TokenizerConfig
-    from bertpretrain.data import examples
+    from bertpretrain.data import examples, pairing
 
     corpus = wikitext(wikitext_dir / "wiki.valid.tokens", None)
     word = TokenizerConfig("word", True, 5, None)
     load = examples.load_dataset
     first = load(corpus, word, 128, 0, tmp_path, pairing="bert").train.pairs
     made = []
-    real = examples.bert_pairs
-    monkeypatch.setattr(examples, "bert_pairs", lambda *a: made.append(a) or real(*a))
+    real = pairing.bert_pairs
+    monkeypatch.setattr(pairing, "bert_pairs", lambda *a: made.append(a) or real(*a))
     again = load(corpus, word, 128, 0, tmp_path, pairing="bert").train.pairs
     assert not made
     for field in ("a_start", "a_len", "b_start", "b_len", "nsp"):

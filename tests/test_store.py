@@ -18,7 +18,7 @@ import pytest
 from conftest import SHARED_WIKITEXT, run_cli
 
 from bertpretrain.config import TokenizerConfig
-from bertpretrain.data import parallel, store
+from bertpretrain.data import parallel, split_writer, store
 from bertpretrain.data.corpus import read_split, wikitext
 from bertpretrain.data.examples import make_tokenizer, tokenizer_and_store
 from bertpretrain.data.tokenizer import Tokenizer
@@ -53,7 +53,7 @@ def test_learning_the_vocabulary_while_preparing_equals_learning_it_first(
     """The one-pass build (provisional ids, counted, then mapped onto the vocabulary) gives
     the store and vocabulary of training the vocabulary and then tokenising, also when
     chunks are tokenised in worker processes and numbered there."""
-    monkeypatch.setattr(store, "CHUNK", 200)  # many chunks, each numbering its own words
+    monkeypatch.setattr(split_writer, "CHUNK", 200)  # many chunks, each numbering its own words
     monkeypatch.setattr(parallel, "SERIAL_CHUNKS", 2)
     monkeypatch.setattr(parallel, "workers", lambda: processes)
     corpus = wikitext(VALID, TEST)
@@ -74,8 +74,8 @@ def test_learning_the_vocabulary_while_preparing_equals_learning_it_first(
 
 
 def test_a_vocabulary_beyond_65536_ids_is_stored_as_uint32():
-    assert store.token_dtype(65536) == np.uint16
-    assert store.token_dtype(65537) == np.uint32
+    assert split_writer.token_dtype(65536) == np.uint16
+    assert split_writer.token_dtype(65537) == np.uint32
     vocab = [*Tokenizer("word", ["<unk>", "<pad>", "<mask>", "<cls>", "<sep>"]).vocab]
     vocab += [f"w{i}" for i in range(70_000)]
     split = store.encode_split([["w69999 w1", "w2"]], Tokenizer("word", vocab))
@@ -118,7 +118,7 @@ def test_a_failed_prepare_leaves_no_store_and_no_temp_files(tmp_path, monkeypatc
     def full(self, values):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(store._ArrayWriter, "write", full)
+    monkeypatch.setattr(split_writer.ArrayWriter, "write", full)
     with pytest.raises(
         UserError, match=r"could not write the prepared corpus .*: the disk is full"
     ):

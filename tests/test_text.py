@@ -1,23 +1,18 @@
-"""A user's own corpus: the sentence splitter, plain text files (data=text) and datasets
-loaded by the Hugging Face `datasets` library (data=hf), offline, from files in tmp_path."""
+"""A user's own corpus: the sentence splitter and plain text files (data=text). Datasets
+loaded by the Hugging Face `datasets` library (data=hf) are test_hf.py's."""
 
 from __future__ import annotations
 
 import logging
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import one_line_error
 
-from bertpretrain.data.text import (
-    paragraphs_from_lines,
-    read_hf,
-    read_text_files,
-    split_sentences,
-)
+from bertpretrain.data.sentences import paragraphs_from_lines, split_sentences
+from bertpretrain.data.text import read_text_files
 
 # --- split_sentences -----------------------------------------------------------------------
 
@@ -217,230 +212,6 @@ def test_no_paragraph_of_two_sentences_is_a_user_error_saying_what_a_paragraph_i
     b = write(tmp_path / "b.txt", "")
     message = one_line_error(lambda: list_text_files([a, b]))
     assert "one paragraph per line" in message and "at least two sentences" in message
-
-
-# --- read_hf: a local folder through `datasets`, offline -----------------------------------
-
-
-@pytest.fixture
-def offline(monkeypatch, tmp_path) -> str:
-    """No network for datasets (also when another test imported it earlier); its cache in
-    tmp_path. Returns the cache dir to pass to read_hf."""
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
-    import datasets
-
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
-    return str(tmp_path / "hf-cache")
-
-
-@pytest.fixture
-def folder(tmp_path) -> Path:
-    """A local dataset: splits named by file, one paragraph per line."""
-    folder = tmp_path / "corpus"
-    folder.mkdir()
-    write(folder / "train.txt", "Train one. Train two.\n\nOnly one here.\nMore. Still more.\n")
-    write(folder / "validation.txt", "Valid one. Valid two.\n")
-    return folder
-
-
-def test_reads_a_split_of_a_local_folder(folder, offline, caplog):
-    with caplog.at_level(logging.INFO, logger="bertpretrain.data.text"):
-        paragraphs = read_hf(str(folder), None, "train", "text", cache_dir=offline)
-    assert paragraphs == [["Train one.", "Train two."], ["More.", "Still more."]]
-    assert "read 3 lines" in caplog.text and "kept 2 paragraphs" in caplog.text
-    valid = read_hf(str(folder), None, "validation", "text", cache_dir=offline)
-    assert valid == [["Valid one.", "Valid two."]]
-
-
-def test_reads_a_split_expression(folder, offline):
-    paragraphs = read_hf(str(folder), "", "train[:1]+validation", "text", cache_dir=offline)
-    assert paragraphs == [["Train one.", "Train two."], ["Valid one.", "Valid two."]]
-
-
-def test_leaves_progress_bar_switches_as_they_were(folder, offline):
-    import datasets
-    import huggingface_hub
-
-    datasets.disable_progress_bars()
-    try:
-        read_hf(str(folder), None, "train", "text", cache_dir=offline)
-        assert datasets.are_progress_bars_disabled()
-    finally:
-        datasets.enable_progress_bars()
-    read_hf(str(folder), None, "validation", "text", cache_dir=offline)
-    assert not datasets.are_progress_bars_disabled()
-    assert not huggingface_hub.utils.are_progress_bars_disabled()
-
-
-def test_an_unknown_split_lists_the_splits_there_are(folder, offline):
-    message = one_line_error(lambda: read_hf(str(folder), None, "valid", "text", cache_dir=offline))
-    assert "no split 'valid'" in message and "train, validation" in message
-
-
-def test_an_unknown_column_lists_the_columns_and_the_setting(tmp_path, offline):
-    folder = tmp_path / "json"
-    folder.mkdir()
-    write(
-        folder / "train.jsonl", '{"body": "One. Two.", "n": 1}\n{"body": "Three. Four.", "n": 2}\n'
-    )
-    message = one_line_error(lambda: read_hf(str(folder), None, "train", "text", cache_dir=offline))
-    assert "no column 'text'" in message and "body, n" in message
-    assert "data.text_column=" in message
-    message = one_line_error(lambda: read_hf(str(folder), None, "train", "n", cache_dir=offline))
-    assert "not text" in message and "(body)" in message
-    paragraphs = read_hf(str(folder), None, "train", "body", cache_dir=offline)
-    assert paragraphs == [["One.", "Two."], ["Three.", "Four."]]
-
-
-def test_null_rows_are_skipped(tmp_path, offline):
-    folder = tmp_path / "nulls"
-    folder.mkdir()
-    write(folder / "train.jsonl", '{"text": null}\n{"text": "One. Two."}\n')
-    assert read_hf(str(folder), None, "train", "text", cache_dir=offline) == [["One.", "Two."]]
-
-
-def test_a_wrong_config_lists_the_configs(folder, offline):
-    message = one_line_error(
-        lambda: read_hf(str(folder), "wikitext-103-raw-v1", "train", "text", cache_dir=offline)
-    )
-    assert (
-        "no config 'wikitext-103-raw-v1'" in message and "data.config to one of default" in message
-    )
-
-
-def test_a_missing_config_of_a_dataset_with_several_lists_them(tmp_path, offline):
-    folder = tmp_path / "configs"
-    for config in ("small", "big"):
-        (folder / config).mkdir(parents=True)
-        write(folder / config / "train.txt", f"The {config} one. The {config} two.\n")
-    write(
-        folder / "README.md",
-        "---\nconfigs:\n"
-        "- config_name: small\n  data_files:\n  - split: train\n    path: small/train.txt\n"
-        "- config_name: big\n  data_files:\n  - split: train\n    path: big/train.txt\n---\n",
-    )
-    message = one_line_error(lambda: read_hf(str(folder), None, "train", "text", cache_dir=offline))
-    assert "several configs" in message and "small, big" in message
-    assert read_hf(str(folder), "big", "train", "text", cache_dir=offline) == [
-        ["The big one.", "The big two."]
-    ]
-
-
-def test_a_hub_dataset_offline_and_not_cached_says_how_to_work_offline(offline):
-    message = one_line_error(
-        lambda: read_hf(
-            "Salesforce/wikitext", "wikitext-103-raw-v1", "train", "text", cache_dir=offline
-        )
-    )
-    assert "HF_DATASETS_OFFLINE" in message and "local folder" in message
-
-
-def test_a_missing_local_folder_is_a_user_error(tmp_path, offline):
-    for name in (str(tmp_path / "nope"), "./nope"):
-        message = one_line_error(
-            lambda n=name: read_hf(n, None, "train", "text", cache_dir=offline)
-        )
-        assert "not an existing folder" in message
-
-
-def test_a_file_instead_of_a_folder_points_to_data_text(tmp_path, offline):
-    path = write(tmp_path / "a.txt", "One. Two.\n")
-    message = one_line_error(lambda: read_hf(path, None, "train", "text", cache_dir=offline))
-    assert "is a file" in message and "data=text" in message
-
-
-def test_an_empty_folder_asks_for_data_files(tmp_path, offline):
-    (tmp_path / "empty").mkdir()
-    message = one_line_error(
-        lambda: read_hf(str(tmp_path / "empty"), None, "train", "text", cache_dir=offline)
-    )
-    assert "no data files" in message and "train.txt" in message
-
-
-def test_a_data_file_datasets_cannot_parse_is_a_user_error(tmp_path, offline):
-    folder = tmp_path / "bad"
-    folder.mkdir()
-    write(folder / "train.jsonl", '{"text": "One. Two."}\n{oops\n')
-    message = one_line_error(lambda: read_hf(str(folder), None, "train", "text", cache_dir=offline))
-    assert "cannot read its data files" in message and "JSON" in message
-
-
-def test_no_paragraph_in_the_column_is_a_user_error(tmp_path, offline):
-    folder = tmp_path / "short"
-    folder.mkdir()
-    write(folder / "train.txt", "one sentence only\n")
-    message = one_line_error(lambda: read_hf(str(folder), None, "train", "text", cache_dir=offline))
-    assert "two sentences" in message and "data.text_column" in message
-
-
-def test_a_dataset_the_hub_does_not_have_is_a_user_error(offline, monkeypatch):
-    # Needs the network to happen for real; the exception is datasets' own, as it raises it.
-    import datasets
-    from datasets.exceptions import DatasetNotFoundError
-
-    def not_found(path, *args, **kwargs):
-        raise DatasetNotFoundError(
-            f"Dataset '{path}' doesn't exist on the Hub or cannot be accessed."
-        )
-
-    monkeypatch.setattr(datasets, "load_dataset_builder", not_found)
-    message = one_line_error(lambda: read_hf("someone/nothing", None, "train", "text"))
-    assert "doesn't exist on the Hub" in message and "hf auth login" in message
-
-
-def test_without_the_datasets_library_says_what_to_install(monkeypatch):
-    monkeypatch.setitem(sys.modules, "datasets", None)  # `import datasets` raises ImportError
-    message = one_line_error(lambda: read_hf("Salesforce/wikitext", None, "train", "text"))
-    assert "pip install 'bertpretrain[hf]'" in message
-
-
-def test_a_hf_corpus_is_read_a_batch_of_rows_at_a_time(folder, offline, monkeypatch, tmp_path):
-    """data=hf streams (WikiText-103 or Wikipedia need not fit in memory): the first
-    paragraph comes after one batch of rows is read, not the whole split."""
-    import datasets
-
-    from bertpretrain import data
-    from bertpretrain.config import compose
-    from bertpretrain.data import text
-
-    write(folder / "train.txt", "".join(f"Line {i} starts. Line {i} ends.\n" for i in range(500)))
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", offline)
-    monkeypatch.setattr(text, "_BATCH_ROWS", 20)
-    read = []
-    rows = text._column_rows
-    monkeypatch.setattr(text, "_column_rows", lambda *a: (read.append(r) or r for r in rows(*a)))
-    cfg, _ = compose(["data=hf", f"data.name={folder}", f"data.root={tmp_path / 'ours'}"])
-    paragraphs = data.make_corpus(cfg.data).read_train()
-    assert next(paragraphs) == ["Line 0 starts.", "Line 0 ends."]
-    assert len(read) <= 20
-    assert len(list(paragraphs)) == 499 and len(read) == 500
-
-
-def test_a_cached_hf_corpus_is_not_read_again(folder, offline, monkeypatch, tmp_path, caplog):
-    """The split's Arrow files define its text: a rerun hashes them instead of splitting
-    every row into sentences again, and reads nothing when the examples are cached."""
-    import datasets
-
-    from bertpretrain import data
-    from bertpretrain.config import compose
-
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", offline)
-    cfg, _ = compose(
-        ["data=hf", f"data.name={folder}", f"data.root={tmp_path / 'ours'}", "data.max_len=32"]
-        + ["tokenizer.min_freq=1"]
-    )
-    caplog.set_level(logging.INFO)
-    first = data.load(cfg.data, cfg.tokenizer, 0)
-    assert "kept" in caplog.text
-    caplog.clear()
-    again = data.load(cfg.data, cfg.tokenizer, 0)
-    assert "prepared corpus from cache" in caplog.text and "kept" not in caplog.text
-    assert again.corpus_digest == first.corpus_digest and again.vocab == first.vocab
-    (folder / "train.txt").write_text("A changed corpus. It has new words.\n" * 3)
-    changed = data.load(cfg.data, cfg.tokenizer, 0)
-    assert changed.corpus_digest != first.corpus_digest
 
 
 def test_blank_lines_and_file_ends_end_documents_in_the_store(tmp_path):

@@ -49,8 +49,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import secrets
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -236,43 +234,19 @@ def _check_target(out: Path, source: Path, force: bool) -> None:
 
 
 def _publish(out: Path, write: Callable[[Path], None]) -> None:
-    """Write into a fresh folder next to `out`, then rename it into place; a previous export
-    (checked by `_check_target`) is moved aside first and removed only once the new one is in."""
-    tmp: Path | None = None
-    old: Path | None = None
+    """Write into a fresh folder next to `out`, then put it in place of `out`; a previous
+    export (checked by `_check_target`) is removed only once the new one is in."""
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        stem = out.parent / f".{out.name}.{os.getpid()}-{secrets.token_hex(4)}"
-        tmp = stem.with_name(stem.name + ".tmp")
-        tmp.mkdir()  # not mkdtemp: the folder gets the umask's permissions, like any other
-        write(tmp)
-        files.fsync_dir(tmp)
-        if out.is_dir():
-            if any(out.iterdir()):
-                old = stem.with_name(stem.name + ".old")
-                os.rename(out, old)
-            else:
-                out.rmdir()
-        try:
-            os.rename(tmp, out)
-        except OSError:
-            if old is not None:
-                os.rename(old, out)
-                old = None
-            raise
-        tmp = None
-        files.fsync_dir(out.parent)
+        with files.temp_folder(out) as tmp:
+            write(tmp)
+            files.replace_folder(tmp, out)
     except (OSError, _write_errors()) as e:
         reason = files.failure(e, out.parent)
         raise UserError(
             f"could not write the export to {out}: {reason}; free space or give a writable "
             "OUT_DIR (nothing there was changed)"
         ) from None
-    finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _fsync(path: Path) -> None:

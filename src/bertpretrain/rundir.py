@@ -19,7 +19,6 @@ import contextlib
 import json
 import logging
 import logging.handlers
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -110,13 +109,8 @@ def update_latest(run_dir: Path) -> None:
         target = run_dir.resolve().relative_to(outputs)
     except ValueError:
         return
-    link = outputs / "latest"
-    tmp = files.temp_name(link)
-    with contextlib.suppress(OSError):
-        tmp.symlink_to(target, target_is_directory=True)
-        os.replace(tmp, link)
-    with contextlib.suppress(OSError):
-        tmp.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # a missing link costs `encode outputs/latest` only
+        files.replace_symlink(outputs / "latest", target, target_is_directory=True)
 
 
 def done_line(summary: dict) -> str:

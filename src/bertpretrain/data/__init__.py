@@ -1,7 +1,7 @@
 """Data pipeline: corpus -> tokenizer -> prepared store -> NSP + MLM examples -> batches.
 
 Three corpora (`data=` in conf/data/): WikiText-2 (`corpus.py`, downloaded when needed),
-a user's text files and a `datasets` dataset (`text.py`). Each gives paragraphs of
+a user's text files (`text.py`) and a `datasets` dataset (`hf.py`). Each gives paragraphs of
 sentences; `store.py` tokenises them once into memory-mapped arrays, and `examples.py`
 turns those into examples.
 """
@@ -146,7 +146,7 @@ def _hf(cfg) -> Corpus:
 def _hf_split(cfg, split: str):
     """A reader of one split's paragraphs and the split's digest."""
     from bertpretrain.data.corpus import text_digest
-    from bertpretrain.data.text import hf_description, hf_digest, hf_paragraphs, load_hf
+    from bertpretrain.data.hf import hf_description, hf_digest, hf_paragraphs, load_hf
 
     ds = load_hf(cfg.name, cfg.config, split, cfg.text_column, cfg.revision)
     what = hf_description(cfg.name, cfg.config, split, cfg.text_column)

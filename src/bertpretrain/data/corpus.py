@@ -5,7 +5,8 @@ paragraphs of sentences, plus a digest of what defines each (the cache keys). Wi
 rules are the reference's code (d2l 1.0.3's `_read_wiki`), which differ from its prose: a
 line is kept if the *raw* line splits on ' . ' into at least two parts, and its sentences
 are the parts of the stripped line. Sentences stay text: the tokenizer
-(data/tokenizer.py) lower-cases and splits them. Other corpora are read by data/text.py.
+(data/tokenizer.py) lower-cases and splits them. Other corpora are read by data/text.py
+(plain text files) and data/hf.py (`datasets` datasets).
 """
 
 from __future__ import annotations

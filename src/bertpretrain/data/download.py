@@ -2,7 +2,7 @@
 
 A run that is interrupted, or a mirror that serves the wrong bytes, never leaves a half
 file or half folder behind: everything is written under a temporary name inside the cache
-folder and renamed into place only once it is complete and checked.
+folder and renamed into place only once it is complete and checked (files.py).
 """
 
 from __future__ import annotations
@@ -10,10 +10,8 @@ from __future__ import annotations
 import hashlib
 import http.client
 import logging
-import os
 import shutil
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 import zipfile
@@ -24,6 +22,7 @@ from typing import BinaryIO
 
 from tqdm import tqdm
 
+from bertpretrain import files
 from bertpretrain.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -100,19 +99,17 @@ def _unpack_kept_archive(root: Path, sha1: str) -> bool:
 
 
 def _fetch_from(url: str, root: Path, sha1: str, timeout: float) -> None:
-    """Download `url`, check it and unpack it; raise _MirrorFailed if this mirror is no good."""
+    """Download `url`, check it and unpack it; raise _MirrorFailed if this mirror is no good.
+    Only bytes of the right sha1 are kept as the archive; one that cannot be unpacked is
+    deleted again."""
     log.info("downloading %s", url)
-    fd, name = tempfile.mkstemp(dir=root, prefix=f".{ARCHIVE}.", suffix=".part")
-    part = Path(name)
+    archive = root / ARCHIVE
+    files.atomic_write(archive, lambda out: _check_sha1(_stream(url, out, timeout), sha1))
     try:
-        with os.fdopen(fd, "wb") as out:
-            digest = _stream(url, out, timeout)
-        _check_sha1(digest, sha1)
-        _unpack(part, root)
-        part.chmod(0o644)  # mkstemp makes it private; the cache may be shared
-        os.replace(part, root / ARCHIVE)
-    finally:
-        part.unlink(missing_ok=True)
+        _unpack(archive, root)
+    except _MirrorFailed:
+        archive.unlink(missing_ok=True)
+        raise
     log.info("downloaded %s into %s", url, root / FOLDER)
 
 
@@ -171,14 +168,12 @@ def _sha1_of_file(path: Path) -> str:
 
 
 def _unpack(archive: Path, root: Path) -> None:
-    """Extract the tokens files into a temporary folder, then rename it to root/wikitext-2."""
-    staging = Path(tempfile.mkdtemp(dir=root, prefix=f".{FOLDER}.", suffix=".tmp"))
-    try:
+    """Extract the tokens files into a temporary folder, then rename it to root/wikitext-2;
+    a complete folder there (another run finished first) is kept, an incomplete one (some
+    files deleted by hand) replaced."""
+    with files.temp_folder(root / FOLDER) as staging:
         _extract_tokens(archive, staging)
-        staging.chmod(0o755)  # mkdtemp makes it private; the cache may be shared
-        _move_into_place(staging, root / FOLDER)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        files.place_folder(staging, root / FOLDER, keep=_complete)
 
 
 def _extract_tokens(archive: Path, dest: Path) -> None:
@@ -211,14 +206,3 @@ def _token_members(zf: zipfile.ZipFile) -> dict[str, zipfile.ZipInfo]:
         if name in TOKEN_FILES and not info.is_dir():
             members.setdefault(name, info)
     return members
-
-
-def _move_into_place(staging: Path, folder: Path) -> None:
-    if folder.exists() and not _complete(folder):
-        # A folder missing some files (deleted by hand, say) would block the rename.
-        shutil.rmtree(folder)
-    try:
-        os.replace(staging, folder)
-    except OSError:
-        if not _complete(folder):  # another run may have finished first: its folder is as good
-            raise

@@ -1,31 +1,18 @@
-"""Next-sentence pairs and masked-LM examples, made on the fly from the prepared corpus.
+"""NSP + masked-LM examples, made on the fly from the prepared corpus, and the run's
+tokenizer, prepared store and examples (`load_dataset`).
 
-Semantics follow the reference (d2l.ai): for consecutive sentences (a, b) of a paragraph,
-b is kept with probability 0.5, otherwise replaced by a random sentence of a random
-paragraph; pairs longer than `max_len` with `<cls> a <sep> b <sep>` are dropped. Of each
+A split's examples are its next-sentence pairs (pairing.py: the token ranges of a and b
+and the label); `Examples.batch` cuts the tokens out of the memory-mapped store, pads them
+and masks them when a batch is asked for, so no padded example is ever stored. Of each
 example, max(1, round(0.15 * len(tokens))) non-special positions are masked: 80% become
-`<mask>`, 10% a random word, 10% stay. NSP labels follow BERT/transformers: 0 = b follows a,
-1 = b is random.
-
-`data.pairing=bert` follows google-research/bert's create_pretraining_data.py instead
-(`bert_pairs`): segments of whole sentences filled up to max_len - 3 tokens (a shorter
-random target with probability `data.short_seq_prob`), split at a random sentence into
-A and B, B replaced half the time by sentences of another paragraph (the unused ones are
-put back), and the longer segment trimmed at a random end until the pair fits. Our
-paragraphs stand for its documents.
-
-A split's examples are stored as small arrays, the token ranges of a and b and the label
-(`Pairs`); `Examples.batch` cuts the tokens out of the memory-mapped store, pads them and
-masks them when a batch is asked for, so no padded example is ever stored. Masks are a
-pure function of (seed, epoch, index) (`masking.hashed_draws`).
+`<mask>`, 10% a random word, 10% stay. Masks are a pure function of (seed, epoch, index)
+(`masking.hashed_draws`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,9 +20,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from bertpretrain import files
 from bertpretrain.data.corpus import Corpus
 from bertpretrain.data.masking import MASK_RATE, hashed_draws, mask_tokens
+from bertpretrain.data.pairing import Pairs, ragged, split_pairs
 from bertpretrain.data.store import Split, Store, prepare, prepare_learning_words
 from bertpretrain.data.tokenizer import Tokenizer, train_tokenizer
 from bertpretrain.data.tokenizer import load as load_tokenizer
@@ -49,23 +36,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 4  # bump when the building rules change, so stale caches are not reused
-PAIRS_VERSION = 1  # bump when d2l_pairs or bert_pairs change what they make
 Batch = dict[str, torch.Tensor]
 
 
 def max_predictions(max_len: int) -> int:
     return max(1, round(MASK_RATE * max_len))
-
-
-@dataclass
-class Pairs:
-    """A split's examples as token ranges of its store."""
-
-    a_start: np.ndarray  # (N,) int64: where segment a starts in the split's tokens
-    a_len: np.ndarray  # (N,) int64: its length
-    b_start: np.ndarray
-    b_len: np.ndarray
-    nsp: np.ndarray  # (N,) int8: 0 = b follows a, 1 = b is random
 
 
 @dataclass
@@ -117,17 +92,17 @@ class Examples:
 
     def _padded(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """`<cls> a <sep> b <sep> <pad>...` and its segment ids, vectorised over the batch."""
-        p = self.pairs
-        la, lb = p.a_len[indices], p.b_len[indices]
+        pairs = self.pairs
+        la, lb = pairs.a_len[indices], pairs.b_len[indices]  # (B,) segment lengths
         n, rows = len(indices), np.arange(len(indices))
         tokens = np.full((n, self.max_len), PAD_ID, dtype=np.int64)
         tokens[:, 0] = CLS_ID
         tokens[rows, la + 1] = SEP_ID
         tokens[rows, la + lb + 2] = SEP_ID
-        r, off = _ragged(la)
-        tokens[r, 1 + off] = self.split.tokens[p.a_start[indices][r] + off]
-        r, off = _ragged(lb)
-        tokens[r, la[r] + 2 + off] = self.split.tokens[p.b_start[indices][r] + off]
+        row, offset = ragged(la)  # every token of every a: its example and its place in a
+        tokens[row, 1 + offset] = self.split.tokens[pairs.a_start[indices][row] + offset]
+        row, offset = ragged(lb)
+        tokens[row, la[row] + 2 + offset] = self.split.tokens[pairs.b_start[indices][row] + offset]
         valid_lens = la + lb + 3
         cols = np.arange(self.max_len)[None, :]
         segments = (cols >= la[:, None] + 2) & (cols < valid_lens[:, None])
@@ -136,100 +111,6 @@ class Examples:
             torch.from_numpy(segments.astype(np.int64)),
             torch.from_numpy(valid_lens.astype(np.int64)),
         )
-
-
-def _ragged(lens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For rows with `lens` items each: the row of every item and its offset in its row."""
-    rows = np.repeat(np.arange(len(lens)), lens)
-    firsts = np.cumsum(lens) - lens
-    return rows, np.arange(len(rows)) - np.repeat(firsts, lens)
-
-
-def _nsp_pairs(lens, par_of, max_len: int, rng: np.random.Generator):
-    """Sentence indices (a, b) and NSP labels of every kept pair."""
-    a = np.flatnonzero(par_of[:-1] == par_of[1:])  # a sentence with a successor in its paragraph
-    is_random = rng.random(len(a)) >= 0.5
-    par_first = np.flatnonzero(np.r_[True, par_of[1:] != par_of[:-1]])
-    par_count = np.diff(np.r_[par_first, len(par_of)])
-    other_par = rng.integers(0, len(par_first), len(a))
-    other = par_first[other_par] + (rng.random(len(a)) * par_count[other_par]).astype(np.int64)
-    b = np.where(is_random, other, a + 1)
-    keep = (lens[a] + lens[b] + 3 <= max_len) & (lens[a] + lens[b] > 0)
-    return a[keep], b[keep], is_random[keep].astype(np.int8)
-
-
-def d2l_pairs(split: Split, max_len: int, rng: np.random.Generator) -> Pairs:
-    """The reference's pairs of one split: paragraphs shuffled, then each sentence with its
-    successor or (half the time) a random sentence, pairs over max_len dropped."""
-    order = rng.permutation(len(split))  # the reference shuffles paragraphs first
-    par_of, offset = _ragged(split.paragraph_sizes[order])
-    sentence = split.paragraphs[:-1][order][par_of] + offset  # store index, shuffled order
-    lens = split.sentence_lens[sentence]
-    a, b, nsp = _nsp_pairs(lens, par_of, max_len, rng)
-    starts = split.sentences[:-1][sentence]
-    return Pairs(starts[a], lens[a], starts[b], lens[b], nsp)
-
-
-def bert_pairs(
-    split: Split, max_len: int, rng: np.random.Generator, short_seq_prob: float = 0.1
-) -> Pairs:
-    """google-research/bert's instances (create_instances_from_document, one pass) over the
-    store's documents (Wikipedia articles, blank-line separated texts): a document's
-    paragraphs are one stream of sentences, so sequences fill up to max_len. Sequential by
-    nature: about a microsecond a sentence."""
-    most = max_len - 3
-    lens = np.asarray(split.sentence_lens)
-    starts = np.asarray(split.sentences)
-    par = np.asarray(split.paragraphs)[np.asarray(split.documents)]  # documents' sentences
-    n_docs = len(par) - 1
-    out: list[tuple[int, int, int, int, int]] = []
-    for doc in range(n_docs):
-        first, last = int(par[doc]), int(par[doc + 1])
-        target = most if rng.random() >= short_seq_prob else int(rng.integers(2, most + 1))
-        chunk, length, i = first, 0, first
-        while i < last:
-            length += int(lens[i])
-            if i == last - 1 or length >= target:
-                n = i - chunk + 1
-                a_end = chunk + (int(rng.integers(1, n)) if n >= 2 else 1)
-                a = [int(starts[chunk]), int(starts[a_end])]
-                if n == 1 or rng.random() < 0.5:
-                    nsp = 1
-                    other = doc
-                    for _ in range(10):  # as Google's: another document, if one comes up
-                        other = int(rng.integers(n_docs))
-                        if other != doc:
-                            break
-                    j = int(par[other]) + int(rng.integers(par[other + 1] - par[other]))
-                    wanted = target - (a[1] - a[0])
-                    b = [int(starts[j]), int(starts[j])]
-                    while j < par[other + 1]:
-                        b[1] = int(starts[j + 1])
-                        if b[1] - b[0] >= wanted:
-                            break
-                        j += 1
-                    i -= i + 1 - a_end  # the chunk's unused sentences start the next one
-                else:
-                    nsp = 0
-                    b = [a[1], int(starts[i + 1])]
-                _truncate_pair(a, b, most, rng)
-                if a[1] > a[0] and b[1] > b[0]:
-                    out.append((a[0], a[1] - a[0], b[0], b[1] - b[0], nsp))
-                chunk, length = i + 1, 0
-            i += 1
-    rows = np.array(out, dtype=np.int64).reshape(-1, 5)
-    return Pairs(*(rows[:, k] for k in range(4)), rows[:, 4].astype(np.int8))
-
-
-def _truncate_pair(a: list[int], b: list[int], most: int, rng: np.random.Generator) -> None:
-    """Google's truncate_seq_pair on [start, end) ranges: trim the longer segment, at a
-    random end, one token at a time, until both fit in `most`."""
-    while (a[1] - a[0]) + (b[1] - b[0]) > most:
-        longer = a if a[1] - a[0] > b[1] - b[0] else b
-        if rng.random() < 0.5:
-            longer[0] += 1
-        else:
-            longer[1] -= 1
 
 
 def continuation_table(tokenizer: Tokenizer, whole_word_mask: bool) -> torch.Tensor | None:
@@ -323,25 +204,6 @@ def _save_tokenizer(tokenizer: Tokenizer, path: Path | None) -> None:
         log.warning("could not write vocabulary cache %s: %s", path, e)
 
 
-def cached_pairs(folder: Path, settings: tuple, make: Callable[[], Pairs]) -> Pairs:
-    """A split's pairs, saved beside its store the first time and memory-mapped after:
-    making them walks every sentence (a second for 100M tokens, and BERT's rule is a
-    Python loop), where a sweep over seeds or lengths, or a restart, needs them again."""
-    key = hashlib.sha256(repr((PAIRS_VERSION, *settings)).encode()).hexdigest()[:16]
-    path = folder / f"pairs-{key}.npy"
-    try:
-        rows = np.load(path, mmap_mode="r")
-        if rows.ndim == 2 and rows.shape[1] == 5 and rows.dtype == np.int64:
-            return Pairs(*(rows[:, k] for k in range(4)), np.asarray(rows[:, 4], np.int8))
-    except (OSError, ValueError):
-        pass  # none yet, or damaged: made again
-    pairs = make()
-    rows = np.stack([pairs.a_start, pairs.a_len, pairs.b_start, pairs.b_len, pairs.nsp], 1)
-    with contextlib.suppress(OSError):  # a read-only cache only costs the making
-        files.atomic_write(path, lambda f: np.save(f, rows.astype(np.int64)))
-    return pairs
-
-
 def load_dataset(
     corpus: Corpus,
     tokenizer_cfg: TokenizerConfig,
@@ -361,15 +223,8 @@ def load_dataset(
     tokenizer, store = tokenizer_and_store(corpus, tokenizer_cfg, cache_dir, tokenizer)
     table = continuation_table(tokenizer, whole_word_mask)
 
-    def make_pairs(split: Split, stream: int) -> Pairs:
-        rng = np.random.default_rng([seed, stream])
-        if pairing == "bert":
-            return bert_pairs(split, max_len, rng, short_seq_prob)
-        return d2l_pairs(split, max_len, rng)
-
     def examples(split: Split, stream: int) -> Examples:
-        settings = (pairing, max_len, seed, stream, short_seq_prob if pairing == "bert" else 0)
-        pairs = cached_pairs(store.path, settings, lambda: make_pairs(split, stream))
+        pairs = split_pairs(split, store.path, pairing, max_len, seed, stream, short_seq_prob)
         mask_seed = int(np.random.default_rng([seed, stream, 1]).integers(2**62))
         return Examples(split, pairs, max_len, len(tokenizer.vocab), mask_seed, table)
 

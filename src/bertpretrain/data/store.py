@@ -2,8 +2,8 @@
 
 A store is a folder in the cache, `store-KEY/`, keyed by the corpus's digests and the
 exact tokenizer. Each split is four flat arrays, written while the corpus streams past
-(chunks of paragraphs go through the tokenizer and onto disk, so memory does not grow
-with the corpus), and read back with `np.memmap`, so opening a store costs nothing and
+(split_writer.py: chunks of paragraphs go through the tokenizer and onto disk, so memory
+does not grow with the corpus), and read back with `np.memmap`, so opening a store costs nothing and
 only the pages a batch touches are ever read:
 
     SPLIT.tokens      every sentence's token ids, concatenated (uint16, or uint32 when
@@ -22,13 +22,10 @@ a warning. The layout follows nanoGPT's `train.bin` and Megatron-LM's indexed da
 from __future__ import annotations
 
 import atexit
-import collections
 import contextlib
 import hashlib
-import itertools
 import json
 import logging
-import os
 import shutil
 import sys
 import tempfile
@@ -41,17 +38,14 @@ import numpy as np
 from tqdm import tqdm
 
 from bertpretrain import files
-from bertpretrain.data import parallel
 from bertpretrain.data.corpus import Corpus, Paragraph
-from bertpretrain.data.tokenizer import Tokenizer, number_words, split_words
-from bertpretrain.data.vocab import build_vocab
+from bertpretrain.data.split_writer import ARRAYS, write_learning_words, write_split
+from bertpretrain.data.tokenizer import Tokenizer
 from bertpretrain.errors import UserError
 
 log = logging.getLogger(__name__)
 
 VERSION = 2  # bump when the layout or the reading rules change
-CHUNK = 2_000  # paragraphs per tokenizer call: enough to amortise the call, few MB of text
-ARRAYS = ("tokens", "sentences", "paragraphs", "documents")
 
 
 @dataclass
@@ -92,171 +86,12 @@ class Store:
     path: Path
 
 
-def token_dtype(vocab_size: int) -> np.dtype:
-    return np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.uint32)
-
-
 def encode_split(paragraphs: Iterable[Paragraph], tokenizer: Tokenizer) -> Split:
     """A split in memory: what `prepare` writes to disk, for small corpora and tests."""
     with tempfile.TemporaryDirectory() as folder:
-        meta = _write_split(Path(folder), "split", paragraphs, tokenizer, lambda n: None)
+        meta = write_split(Path(folder), "split", paragraphs, tokenizer, lambda n: None)
         mapped = _open_split(Path(folder), "split", meta, False)
         return Split(*(np.array(getattr(mapped, array)) for array in ARRAYS))
-
-
-def _encode_chunks(
-    paragraphs: Iterable[Paragraph], tokenizer: Tokenizer
-) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """(ids, sentence lengths, paragraph sizes) of successive chunks of paragraphs,
-    tokenised on every core."""
-    return parallel.imap(_encode_chunk, tokenizer, parallel.chunked(paragraphs, CHUNK))
-
-
-def _encode_chunk(
-    tokenizer: Tokenizer, chunk: list[Paragraph]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    ids, lens = tokenizer.encode_sentences([s for p in chunk for s in p])
-    return ids, lens, np.fromiter(map(len, chunk), np.int64, len(chunk))
-
-
-class _ArrayWriter:
-    """Appends to one flat array file, hashing what it writes."""
-
-    def __init__(self, path: Path, dtype: np.dtype):
-        self.file = open(path, "wb")  # noqa: SIM115 (closed by close())
-        self.dtype = dtype
-        self.hash = hashlib.sha256()
-        self.count = 0
-
-    def write(self, values: np.ndarray) -> None:
-        data = np.ascontiguousarray(values, dtype=self.dtype).tobytes()
-        self.file.write(data)
-        self.hash.update(data)
-        self.count += len(values)
-
-    def close(self) -> dict:
-        self.file.flush()
-        os.fsync(self.file.fileno())
-        self.file.close()
-        return {
-            "dtype": self.dtype.name,
-            "length": self.count,
-            "sha256": self.hash.hexdigest(),
-            "mtime_ns": os.stat(self.file.name).st_mtime_ns,
-        }
-
-
-class _SplitWriter:
-    """Appends chunks of (ids, sentence lengths, paragraph sizes) to a split's files; a
-    paragraph of size 0 (a BREAK of the corpus reader) starts a new document."""
-
-    def __init__(self, folder: Path, name: str, token_dtype: np.dtype):
-        self.tokens = _ArrayWriter(folder / f"{name}.tokens", token_dtype)
-        self.sentences = _ArrayWriter(folder / f"{name}.sentences", np.dtype(np.int64))
-        self.paragraphs = _ArrayWriter(folder / f"{name}.paragraphs", np.dtype(np.int64))
-        self.documents = _ArrayWriter(folder / f"{name}.documents", np.dtype(np.int64))
-        self.sentences.write(np.zeros(1))
-        self.paragraphs.write(np.zeros(1))
-        self.documents.write(np.zeros(1))
-        self.last_start = 0  # the paragraph where the current document starts
-
-    def write(self, ids: np.ndarray, lens: np.ndarray, sizes: np.ndarray) -> None:
-        tokens, sentences = self.tokens.count, self.sentences.count - 1  # before this chunk
-        paragraphs = self.paragraphs.count - 1
-        breaks = sizes == 0
-        kept = sizes[~breaks]
-        self.tokens.write(ids)
-        self.sentences.write(tokens + np.cumsum(lens))
-        self.paragraphs.write(sentences + np.cumsum(kept))
-        # The paragraph after each break starts a document, unless that one is empty.
-        for start in paragraphs + np.cumsum(~breaks)[breaks]:
-            if start > self.last_start:
-                self.documents.write(np.array([start]))
-                self.last_start = int(start)
-
-    def close(self) -> dict:
-        if self.paragraphs.count - 1 > self.last_start:  # the last document ends here
-            self.documents.write(np.array([self.paragraphs.count - 1]))
-        return {a: getattr(self, a).close() for a in ARRAYS}
-
-
-def _write_split(
-    folder: Path,
-    name: str,
-    paragraphs: Iterable[Paragraph],
-    tokenizer: Tokenizer,
-    progress: Callable[[int], None],
-) -> dict:
-    """Stream one split's paragraphs through the tokenizer into NAME.{tokens,...}."""
-    writer = _SplitWriter(folder, name, token_dtype(len(tokenizer.vocab)))
-    try:
-        for ids, lens, sizes in _encode_chunks(paragraphs, tokenizer):
-            writer.write(ids, lens, sizes)
-            progress(len(ids))
-    finally:
-        meta = writer.close()
-    return meta
-
-
-def _write_learning_words(
-    folder: Path,
-    paragraphs: Iterable[Paragraph],
-    min_freq: int,
-    lowercase: bool,
-    progress: Callable[[int], None],
-) -> tuple[dict, Tokenizer]:
-    """The training split, tokenised while its word vocabulary is learnt: in one pass, each
-    word gets a provisional id (the order of first appearance) and is counted; then the
-    vocabulary is taken from the counts, exactly as `train_tokenizer` takes it, and the
-    provisional ids are mapped onto it. Training the vocabulary and then tokenising would
-    read and split the corpus twice."""
-    writer = _SplitWriter(folder, "train", np.dtype(np.uint32))
-    first_seen: dict[str, int] = collections.defaultdict(itertools.count().__next__)
-    counts = np.zeros(0, np.int64)
-    try:
-        chunks = parallel.imap(_first_seen_chunk, lowercase, parallel.chunked(paragraphs, CHUNK))
-        for local, lens, sizes, words in chunks:
-            # Each chunk numbers its own words; map those numbers onto the corpus-wide ones.
-            ids = np.fromiter(map(first_seen.__getitem__, words), np.int64, len(words))[local]
-            counts = np.bincount(ids, minlength=len(first_seen)) + np.pad(
-                counts, (0, len(first_seen) - len(counts))
-            )
-            writer.write(ids, lens, sizes)
-            progress(len(ids))
-    finally:
-        meta = writer.close()
-    words = list(first_seen)  # in provisional-id order
-    vocab = build_vocab(dict(zip(words, counts.tolist())), min_freq)
-    tokenizer = Tokenizer("word", vocab, lowercase)
-    final = np.fromiter(map(tokenizer.index.get, words, itertools.repeat(0)), np.int64, len(words))
-    meta["tokens"] = _map_tokens(folder / "train.tokens", final, token_dtype(len(vocab)))
-    return meta, tokenizer
-
-
-def _first_seen_chunk(
-    lowercase: bool, chunk: list[Paragraph]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
-    """A chunk's words numbered in order of first appearance: (ids, sentence lengths,
-    paragraph sizes, the distinct words by number)."""
-    ids, lens, words = number_words(split_words([s for p in chunk for s in p], lowercase))
-    return ids, lens, np.fromiter(map(len, chunk), np.int64, len(chunk)), words
-
-
-def _map_tokens(path: Path, table: np.ndarray, dtype: np.dtype) -> dict:
-    """Rewrite the uint32 token file at `path` as `table[token]` in `dtype`, reading a few
-    MB at a time (read, not mapped: mapped pages would count towards the resident memory);
-    the new file's metadata."""
-    table = table.astype(dtype)
-    mapped = path.with_name(path.name + ".mapped")
-    writer = _ArrayWriter(mapped, dtype)
-    try:
-        with open(path, "rb") as f:
-            while len(block := np.fromfile(f, np.uint32, count=1 << 20)):
-                writer.write(table[block])
-    finally:
-        meta = writer.close()
-    os.replace(mapped, path)
-    return meta
 
 
 def _open_split(folder: Path, name: str, meta: dict, verify: bool) -> Split:
@@ -314,7 +149,7 @@ def prepare(corpus: Corpus, tokenizer: Tokenizer, cache_dir: Path | None) -> Sto
             return store
 
     def write_train(tmp: Path, progress: Callable[[int], None]) -> tuple[dict, Tokenizer]:
-        return _write_split(tmp, "train", corpus.read_train(), tokenizer, progress), tokenizer
+        return write_split(tmp, "train", corpus.read_train(), tokenizer, progress), tokenizer
 
     return _build(corpus, cache_dir, write_train)
 
@@ -328,7 +163,7 @@ def prepare_learning_words(
         files.remove_orphans(cache_dir)
 
     def write_train(tmp: Path, progress: Callable[[int], None]) -> tuple[dict, Tokenizer]:
-        return _write_learning_words(tmp, corpus.read_train(), min_freq, lowercase, progress)
+        return write_learning_words(tmp, corpus.read_train(), min_freq, lowercase, progress)
 
     return _build(corpus, cache_dir, write_train)
 
@@ -353,28 +188,19 @@ def _build(corpus: Corpus, cache_dir: Path | None, write_train: Callable) -> Sto
     if cache_dir is None:
         cache_dir = Path(tempfile.mkdtemp(prefix="bertpretrain-store-"))
         atexit.register(shutil.rmtree, cache_dir, True)
-    tmp = files.temp_name(cache_dir / "store")
     started = time.perf_counter()
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp.mkdir()
-        meta: dict = {"version": VERSION}
-        with _progress(f"preparing {corpus.name}") as progress:
-            meta["train"], tokenizer = write_train(tmp, progress)
-            if corpus.read_valid is not None:
-                meta["valid"] = _write_split(tmp, "valid", corpus.read_valid(), tokenizer, progress)
-        meta["tokenizer"] = tokenizer.settings()
-        files.atomic_write(tmp / "meta.json", lambda f: f.write(json.dumps(meta).encode()))
-        path = cache_dir / f"store-{store_key(corpus, tokenizer)}"
-        _publish(tmp, path, tokenizer)
+        with files.temp_folder(cache_dir / "store") as tmp:
+            meta, tokenizer = _write_store(tmp, corpus, write_train)
+            path = cache_dir / f"store-{store_key(corpus, tokenizer)}"
+            _publish(tmp, path, tokenizer)
     except OSError as e:
         raise UserError(
             f"could not write the prepared corpus to {cache_dir}: "
             f"{files.failure(e, cache_dir)}; free space there or set data.root to another "
             "folder"
         ) from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     log.info(
         "prepared %s: %d training tokens in %d sentences, %d paragraphs, in %.1f s (%s)",
         corpus.name,
@@ -387,19 +213,23 @@ def _build(corpus: Corpus, cache_dir: Path | None, write_train: Callable) -> Sto
     return open_store(path, tokenizer, verify=False)
 
 
+def _write_store(folder: Path, corpus: Corpus, write_train: Callable) -> tuple[dict, Tokenizer]:
+    """Both splits' arrays and `meta.json` in `folder`; the metadata and the tokenizer."""
+    meta: dict = {"version": VERSION}
+    with _progress(f"preparing {corpus.name}") as progress:
+        meta["train"], tokenizer = write_train(folder, progress)
+        if corpus.read_valid is not None:
+            meta["valid"] = write_split(folder, "valid", corpus.read_valid(), tokenizer, progress)
+    meta["tokenizer"] = tokenizer.settings()
+    files.atomic_write(folder / "meta.json", lambda f: f.write(json.dumps(meta).encode()))
+    return meta, tokenizer
+
+
 def _publish(tmp: Path, path: Path, tokenizer: Tokenizer) -> None:
     """Rename the finished store into place; a whole one already there (another process
     was first) is kept, a damaged one replaced."""
-    try:
-        os.rename(tmp, path)
-    except OSError:
-        if not path.is_dir():
-            raise
-        if _cached(path, tokenizer) is None:
-            os.rename(tmp, path)
-        else:
-            log.info("another process prepared %s first; using its store", path)
-    files.fsync_dir(path.parent)
+    if not files.place_folder(tmp, path, lambda there: _cached(there, tokenizer) is not None):
+        log.info("another process prepared %s first; using its store", path)
 
 
 @contextlib.contextmanager

@@ -1,0 +1,178 @@
+"""Next-sentence pairs: which two token ranges of the prepared corpus make each example.
+
+`data.pairing=d2l` follows the reference (d2l.ai, `d2l_pairs`): for consecutive sentences
+(a, b) of a paragraph, b is kept with probability 0.5, otherwise replaced by a random
+sentence of a random paragraph; pairs longer than `max_len` with `<cls> a <sep> b <sep>`
+are dropped. NSP labels follow BERT/transformers: 0 = b follows a, 1 = b is random.
+
+`data.pairing=bert` follows google-research/bert's create_pretraining_data.py instead
+(`bert_pairs`): segments of whole sentences filled up to max_len - 3 tokens (a shorter
+random target with probability `data.short_seq_prob`), split at a random sentence into
+A and B, B replaced half the time by sentences of another document (the unused ones are
+put back), and the longer segment trimmed at a random end until the pair fits.
+
+A split's pairs are small arrays, the token ranges of a and b and the label (`Pairs`),
+saved beside the store (`cached_pairs`): examples.py cuts the tokens out when a batch is
+asked for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bertpretrain import files
+from bertpretrain.data.store import Split
+
+PAIRS_VERSION = 1  # bump when d2l_pairs or bert_pairs change what they make
+
+
+@dataclass
+class Pairs:
+    """A split's examples as token ranges of its store."""
+
+    a_start: np.ndarray  # (N,) int64: where segment a starts in the split's tokens
+    a_len: np.ndarray  # (N,) int64: its length
+    b_start: np.ndarray
+    b_len: np.ndarray
+    nsp: np.ndarray  # (N,) int8: 0 = b follows a, 1 = b is random
+
+
+def ragged(lens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For rows with `lens` items each: the row of every item and its offset in its row."""
+    rows = np.repeat(np.arange(len(lens)), lens)
+    firsts = np.cumsum(lens) - lens
+    return rows, np.arange(len(rows)) - np.repeat(firsts, lens)
+
+
+def _nsp_pairs(lens, par_of, max_len: int, rng: np.random.Generator):
+    """Sentence indices (a, b) and NSP labels of every kept pair."""
+    a = np.flatnonzero(par_of[:-1] == par_of[1:])  # a sentence with a successor in its paragraph
+    is_random = rng.random(len(a)) >= 0.5
+    par_first = np.flatnonzero(np.r_[True, par_of[1:] != par_of[:-1]])
+    par_count = np.diff(np.r_[par_first, len(par_of)])
+    other_par = rng.integers(0, len(par_first), len(a))
+    other = par_first[other_par] + (rng.random(len(a)) * par_count[other_par]).astype(np.int64)
+    b = np.where(is_random, other, a + 1)
+    keep = (lens[a] + lens[b] + 3 <= max_len) & (lens[a] + lens[b] > 0)
+    return a[keep], b[keep], is_random[keep].astype(np.int8)
+
+
+def d2l_pairs(split: Split, max_len: int, rng: np.random.Generator) -> Pairs:
+    """The reference's pairs of one split: paragraphs shuffled, then each sentence with its
+    successor or (half the time) a random sentence, pairs over max_len dropped."""
+    order = rng.permutation(len(split))  # the reference shuffles paragraphs first
+    par_of, offset = ragged(split.paragraph_sizes[order])
+    sentence = split.paragraphs[:-1][order][par_of] + offset  # store index, shuffled order
+    lens = split.sentence_lens[sentence]
+    a, b, nsp = _nsp_pairs(lens, par_of, max_len, rng)
+    starts = split.sentences[:-1][sentence]
+    return Pairs(starts[a], lens[a], starts[b], lens[b], nsp)
+
+
+def bert_pairs(
+    split: Split, max_len: int, rng: np.random.Generator, short_seq_prob: float = 0.1
+) -> Pairs:
+    """google-research/bert's instances (create_instances_from_document, one pass) over the
+    store's documents (Wikipedia articles, blank-line separated texts): a document's
+    paragraphs are one stream of sentences, so sequences fill up to max_len. Sequential by
+    nature: about a microsecond a sentence."""
+    most = max_len - 3
+    lens = np.asarray(split.sentence_lens)
+    starts = np.asarray(split.sentences)
+    par = np.asarray(split.paragraphs)[np.asarray(split.documents)]  # documents' sentences
+    n_docs = len(par) - 1
+    out: list[tuple[int, int, int, int, int]] = []
+    for doc in range(n_docs):
+        first, last = int(par[doc]), int(par[doc + 1])
+        target = most if rng.random() >= short_seq_prob else int(rng.integers(2, most + 1))
+        chunk, length, i = first, 0, first
+        while i < last:
+            length += int(lens[i])
+            if i == last - 1 or length >= target:
+                n = i - chunk + 1
+                a_end = chunk + (int(rng.integers(1, n)) if n >= 2 else 1)
+                a = [int(starts[chunk]), int(starts[a_end])]
+                if n == 1 or rng.random() < 0.5:
+                    nsp = 1
+                    other = doc
+                    for _ in range(10):  # as Google's: another document, if one comes up
+                        other = int(rng.integers(n_docs))
+                        if other != doc:
+                            break
+                    j = int(par[other]) + int(rng.integers(par[other + 1] - par[other]))
+                    wanted = target - (a[1] - a[0])
+                    b = [int(starts[j]), int(starts[j])]
+                    while j < par[other + 1]:
+                        b[1] = int(starts[j + 1])
+                        if b[1] - b[0] >= wanted:
+                            break
+                        j += 1
+                    i -= i + 1 - a_end  # the chunk's unused sentences start the next one
+                else:
+                    nsp = 0
+                    b = [a[1], int(starts[i + 1])]
+                _truncate_pair(a, b, most, rng)
+                if a[1] > a[0] and b[1] > b[0]:
+                    out.append((a[0], a[1] - a[0], b[0], b[1] - b[0], nsp))
+                chunk, length = i + 1, 0
+            i += 1
+    rows = np.array(out, dtype=np.int64).reshape(-1, 5)
+    return Pairs(*(rows[:, k] for k in range(4)), rows[:, 4].astype(np.int8))
+
+
+def _truncate_pair(a: list[int], b: list[int], most: int, rng: np.random.Generator) -> None:
+    """Google's truncate_seq_pair on [start, end) ranges: trim the longer segment, at a
+    random end, one token at a time, until both fit in `most`."""
+    while (a[1] - a[0]) + (b[1] - b[0]) > most:
+        longer = a if a[1] - a[0] > b[1] - b[0] else b
+        if rng.random() < 0.5:
+            longer[0] += 1
+        else:
+            longer[1] -= 1
+
+
+def cached_pairs(folder: Path, settings: tuple, make: Callable[[], Pairs]) -> Pairs:
+    """A split's pairs, saved beside its store the first time and memory-mapped after:
+    making them walks every sentence (a second for 100M tokens, and BERT's rule is a
+    Python loop), where a sweep over seeds or lengths, or a restart, needs them again."""
+    key = hashlib.sha256(repr((PAIRS_VERSION, *settings)).encode()).hexdigest()[:16]
+    path = folder / f"pairs-{key}.npy"
+    try:
+        rows = np.load(path, mmap_mode="r")
+        if rows.ndim == 2 and rows.shape[1] == 5 and rows.dtype == np.int64:
+            return Pairs(*(rows[:, k] for k in range(4)), np.asarray(rows[:, 4], np.int8))
+    except (OSError, ValueError):
+        pass  # none yet, or damaged: made again
+    pairs = make()
+    rows = np.stack([pairs.a_start, pairs.a_len, pairs.b_start, pairs.b_len, pairs.nsp], 1)
+    with contextlib.suppress(OSError):  # a read-only cache only costs the making
+        files.atomic_write(path, lambda f: np.save(f, rows.astype(np.int64)))
+    return pairs
+
+
+def split_pairs(
+    split: Split,
+    folder: Path,
+    pairing: str,
+    max_len: int,
+    seed: int,
+    stream: int,
+    short_seq_prob: float,
+) -> Pairs:
+    """A split's pairs by the `pairing` rule ("d2l" or "bert"), drawn from the random
+    stream (seed, stream), saved in `folder` (the store's) the first time (`cached_pairs`)."""
+
+    def make() -> Pairs:
+        rng = np.random.default_rng([seed, stream])
+        if pairing == "bert":
+            return bert_pairs(split, max_len, rng, short_seq_prob)
+        return d2l_pairs(split, max_len, rng)
+
+    settings = (pairing, max_len, seed, stream, short_seq_prob if pairing == "bert" else 0)
+    return cached_pairs(folder, settings, make)
