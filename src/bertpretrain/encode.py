@@ -9,7 +9,7 @@ always gives the same vectors.
 
     from bertpretrain.encode import Encoder
 
-    enc = Encoder.load("outputs/latest")  # a run dir (its newest checkpoint) or a .pt file
+    enc = Encoder.load("outputs/latest")  # a run dir, a .pt file or a transformers folder
     out = enc.encode("a crane is flying")
     out.tokens  # ['<cls>', 'a', 'crane', 'is', 'flying', '<sep>']
     out.vectors.shape  # torch.Size([6, 128]): one row per token, float32 on the CPU
@@ -35,16 +35,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bertpretrain import checkpoint, files, published
+from bertpretrain import files
 from bertpretrain.data.tokenizer import Tokenizer
 from bertpretrain.data.vocab import CLS, CLS_ID, PAD_ID, SEP, SEP_ID, UNK
 from bertpretrain.device import pick_device
 from bertpretrain.errors import ArgumentParser, UserError
 from bertpretrain.evaluate import COLLAPSED
+from bertpretrain.load import MIN_LEN, load_model
 from bertpretrain.model import BertModel
 
-TRAIN_HINT = "train one with `bertpretrain train model=tiny`"
-MIN_LEN = 5  # `<cls> a <sep> b <sep>` with one word per sentence, as training requires
 SHOWN = 6  # vector elements the text output shows per row
 
 
@@ -115,25 +114,16 @@ class Encoder:
         `max_len` may lower the length limit below the checkpoint's training max_len.
         """
         target = pick_device(device, "--device")
-        folder = Path(path).expanduser() if path is not None else None
-        if folder is not None and published.is_model_folder(folder):
-            source, state = folder, {}
-            model, tokenizer, trained_len = published.load(folder)
-        else:
-            source = checkpoint.resolve(path) if path is not None else default_checkpoint()
-            state = checkpoint.load(source)
-            model, tokenizer, trained_len = checkpoint.unpack(state, source)
-        limit = _limit(max_len, trained_len)
-        metrics = state.get("val_metrics")
+        loaded = load_model(path)
         return cls(
-            model.bert,  # the heads are not needed to encode
-            tokenizer,
-            limit,
+            loaded.model.bert,  # the heads are not needed to encode
+            loaded.tokenizer,
+            _limit(max_len, loaded.max_len),
             target,
-            source,
-            state.get("step"),
-            trained_len,
-            metrics if isinstance(metrics, dict) else None,
+            loaded.source,
+            loaded.step,
+            loaded.max_len,
+            loaded.val_metrics,
         )
 
     def encode(self, a: str, b: str | None = None, *, truncate: bool = False) -> Encoding:
@@ -228,22 +218,6 @@ def _wrap(split: list[list[tuple[str, int]]]) -> tuple[list[str], list[int], lis
         ids += [i for _, i in sentence] + [SEP_ID]
         segments += [segment] * (len(sentence) + 1)
     return words, ids, segments
-
-
-def default_checkpoint(root: str | Path = ".") -> Path:
-    """The newest run's checkpoint: `outputs/latest` (kept by `train`), else the newest
-    `outputs/**/checkpoints/step_*.pt` by modification time."""
-    outputs = Path(root) / "outputs"
-    latest = outputs / "latest"
-    if latest.is_dir():
-        return checkpoint.resolve(latest)
-    found = list(outputs.glob(f"**/{checkpoint.SUBDIR}/step_*.pt"))
-    if not found:
-        raise UserError(
-            f"no checkpoint found: there is no {latest} and no {outputs}/**/{checkpoint.SUBDIR}/"
-            f"step_*.pt here; {TRAIN_HINT}, or pass --checkpoint FILE_OR_RUN_DIR"
-        )
-    return max(found, key=lambda p: p.stat().st_mtime)
 
 
 def _limit(max_len: int | None, trained: int) -> int:

@@ -56,10 +56,11 @@ from pathlib import Path
 
 import torch
 
-from bertpretrain import checkpoint, files
+from bertpretrain import files
 from bertpretrain.data.tokenizer import Tokenizer
 from bertpretrain.data.vocab import PAD_ID, RESERVED
 from bertpretrain.errors import ArgumentParser, UserError
+from bertpretrain.load import find_model, load_model
 from bertpretrain.model import BertConfig
 from bertpretrain.published import (
     SPECIAL_DEFAULTS,
@@ -83,24 +84,25 @@ FILES = [
 def export(
     source: str | Path, out_dir: str | Path, *, force: bool = False, encoder_only: bool = False
 ) -> Path:
-    """Write the checkpoint (a file, or a run dir's newest) as a transformers folder.
+    """Write the model at `source` (a checkpoint file, a run dir's newest checkpoint, or a
+    transformers folder) as a transformers folder.
 
     `out_dir` must be new or empty; `force=True` replaces a previous export there. The
     folder appears whole or not at all: it is written next to `out_dir`, then renamed.
     """
-    path = checkpoint.resolve(source)
+    path = find_model(source)
     out = Path(out_dir).expanduser().absolute()
-    _check_target(out, path, force)
+    _check_target(out, path, force)  # before the model is read: mistakes fail fast
     save_file = _safetensors_writer()
-    model, tokenizer, max_len = checkpoint.unpack(checkpoint.load(path), path)
-    config, weights = model.config, model.state_dict()
-    tensors = hf_weights(weights, tokenizer)
+    loaded = load_model(path)
+    tokenizer = loaded.tokenizer
+    tensors = hf_weights(loaded.model.state_dict(), tokenizer)
     if encoder_only:  # keys without the `bert.` prefix, as BertModel.save_pretrained writes
         tensors = {k[5:]: t for k, t in tensors.items() if k.startswith("bert.")}
     texts = {
-        "config.json": _json(hf_config(config, encoder_only, tokenizer)),
-        "vocab.txt": "".join(f"{t}\n" for t in vocab_lines(tokenizer)),
-        "tokenizer_config.json": _json(tokenizer_config(max_len, tokenizer)),
+        "config.json": _json(hf_config(loaded.model.config, encoder_only, tokenizer)),
+        "vocab.txt": "".join(f"{token}\n" for token in vocab_lines(tokenizer)),
+        "tokenizer_config.json": _json(tokenizer_config(loaded.max_len, tokenizer)),
         "special_tokens_map.json": _json(special_tokens_map(tokenizer)),
     }
 
