@@ -16,7 +16,8 @@ import torch
 from conftest import run_cli
 
 from bertpretrain import cli
-from bertpretrain.encode import Encoder, read_inputs
+from bertpretrain.commands.encode import read_inputs
+from bertpretrain.encode import Encoder
 from bertpretrain.errors import UserError
 from bertpretrain.load import default_checkpoint
 

@@ -7,16 +7,16 @@ it would reach a `@hydra.main` program (overrides, -m, --cfg job, --help, --conf
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import os
-import re
 import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import NoReturn
 
+from bertpretrain.commands.fail import fail, full_errors, print_error
 from bertpretrain.errors import Interrupted, UserError
 
 log = logging.getLogger("bertpretrain")
@@ -40,21 +40,6 @@ commands:
 Errors you can fix print one line and exit with code 2; set HYDRA_FULL_ERROR=1 to see
 the traceback as well.
 """
-
-
-def full_errors() -> bool:
-    return os.environ.get("HYDRA_FULL_ERROR") == "1"
-
-
-# Terminal escapes (colours copied from another library's message) and other control
-# characters never reach the user's terminal or log.
-_CONTROL = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|[\x00-\x08\x0b-\x1f\x7f]")
-
-
-def fail(message: str) -> NoReturn:
-    """One line on stderr and exit code 2: the answer to every user mistake."""
-    print(f"bertpretrain: error: {' '.join(_CONTROL.sub('', message).split())}", file=sys.stderr)
-    sys.exit(2)
 
 
 def _precheck(args):
@@ -164,10 +149,7 @@ def _check_sweep(overrides: list[str], config_name: str) -> None:
         if full_errors():
             raise UserError("; ".join(problems))
         for problem in problems:
-            print(
-                f"bertpretrain: error: {' '.join(_CONTROL.sub('', problem).split())}",
-                file=sys.stderr,
-            )
+            print_error(problem)
         sys.exit(2)
 
 
@@ -313,16 +295,14 @@ def _report_failure(job: int, message: str) -> None:
         (Path(folder) / f"{job}.txt").write_text(" ".join(message.split()), encoding="utf-8")
 
 
-def encode_main(argv: list[str]) -> None:
-    from bertpretrain.encode import main as encode
+def _command(name: str) -> Callable[[list[str]], None]:
+    """bertpretrain.commands.<name>.main, imported only when that command runs, so that
+    each command loads what it needs alone (`encode` never loads Hydra)."""
 
-    encode(argv)
+    def run(argv: list[str]) -> None:
+        importlib.import_module(f"bertpretrain.commands.{name}").main(argv)
 
-
-def export_main(argv: list[str]) -> None:
-    from bertpretrain.export import main as export
-
-    export(argv)
+    return run
 
 
 def plan_main(argv: list[str]) -> None:
@@ -331,54 +311,13 @@ def plan_main(argv: list[str]) -> None:
     plan(argv)
 
 
-def prepare_main(argv: list[str]) -> None:
-    """`bertpretrain prepare OVERRIDES`: the corpus and vocabulary that `train OVERRIDES`
-    would use, tokenised into the cache now (on a CPU machine, before a GPU job)."""
-    from bertpretrain.config import compose
-    from bertpretrain.data import prepare
-    from bertpretrain.errors import ArgumentParser
-    from bertpretrain.plan import peak_memory
-
-    parser = ArgumentParser(
-        prog="bertpretrain prepare",
-        description="Tokenise the corpus that `bertpretrain train OVERRIDES` would read into "
-        "the cache (data.root/cache), once: memory-mapped token arrays that train then opens "
-        "in a moment. Takes the same overrides as train.",
-        epilog="example: bertpretrain prepare data=text data.files=[big.txt] tokenizer=wordpiece",
-    )
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="as for train")
-    args = parser.parse_args(argv)
-    cfg = compose(args.overrides)[0]
-    logging.basicConfig(
-        level=logging.INFO, stream=sys.stdout, format="[%(asctime)s][%(name)s] %(message)s"
-    )
-    tokenizer = None
-    if cfg.init:  # the corpus is prepared with that model's vocabulary
-        from bertpretrain import published
-
-        tokenizer = published.init_tokenizer(published.init_architecture(cfg.init)[0])
-    store = prepare(cfg.data, cfg.tokenizer, tokenizer)
-    valid = f", {len(store.valid.tokens)} validation tokens" if store.valid is not None else ""
-    print(
-        f"prepared corpus: {store.path} ({len(store.train.tokens)} training tokens{valid}, "
-        f"vocabulary {len(store.tokenizer.vocab)}); peak memory "
-        f"{peak_memory() >> 20} MiB"
-    )
-
-
-def runs_main(argv: list[str]) -> None:
-    from bertpretrain.runs import main as runs
-
-    runs(argv)
-
-
 COMMANDS: dict[str, Callable[[list[str]], None]] = {
     "train": train_main,
-    "encode": encode_main,
-    "runs": runs_main,
-    "export": export_main,
+    "encode": _command("encode"),
+    "runs": _command("runs"),
+    "export": _command("export"),
     "plan": plan_main,
-    "prepare": prepare_main,
+    "prepare": _command("prepare"),
 }
 
 
