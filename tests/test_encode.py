@@ -16,8 +16,10 @@ import torch
 from conftest import run_cli
 
 from bertpretrain import cli
-from bertpretrain.encode import Encoder, default_checkpoint, read_inputs
+from bertpretrain.commands.encode import read_inputs
+from bertpretrain.encode import Encoder
 from bertpretrain.errors import UserError
+from bertpretrain.load import default_checkpoint
 
 SENTENCE = "a crane is flying"
 PAIR = ("a crane driver came", "he just left")

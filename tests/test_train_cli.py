@@ -138,6 +138,29 @@ def test_multirun_sweep_makes_one_run_dir_per_job(tmp_path, cli_env, wikitext_di
     assert lrs == [1e-3, 1e-2]
 
 
+def test_hydras_internal_parser_reads_the_flags_train_relies_on():
+    """`train` reads its command line with Hydra's internal parser (commands/train.py says
+    why no public API serves): this fails if that parser stops reading these the same way."""
+    from bertpretrain.commands.train import parse_hydra_args
+
+    swept = parse_hydra_args(["-m", "model=tiny", "optim.lr=1e-3,1e-2"])
+    assert swept.multirun and swept.overrides == ["model=tiny", "optim.lr=1e-3,1e-2"]
+    assert not swept.help and swept.cfg is None and swept.config_dir is None
+    shown = parse_hydra_args(["--cfg", "job", "model=base", "--config-dir", "mine"])
+    assert shown.cfg == "job" and shown.config_dir == "mine" and shown.overrides == ["model=base"]
+    assert not shown.multirun and shown.config_path is None and shown.config_name is None
+    assert parse_hydra_args(["--help"]).help and parse_hydra_args(["--hydra-help"]).hydra_help
+    assert parse_hydra_args(["--info"]).info == "all"
+    assert not parse_hydra_args(["-sc"]).help and parse_hydra_args(["-sc"]).shell_completion
+    named = parse_hydra_args(["-cp", "elsewhere", "-cn", "other", "-cd", "mine", "x=1"])
+    assert (named.config_path, named.config_name, named.config_dir) == (
+        "elsewhere",
+        "other",
+        "mine",
+    )
+    assert named.overrides == ["x=1"]
+
+
 def test_help_and_cfg_job_work_like_a_hydra_app(tmp_path, cli_env):
     top = run_cli(["--help"], tmp_path, cli_env)
     assert top.returncode == 0 and "train" in top.stdout and "encode" in top.stdout

@@ -16,17 +16,12 @@ import re
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
 from bertpretrain import files
 from bertpretrain.config import Config, to_dict
 from bertpretrain.errors import UserError
-
-if TYPE_CHECKING:
-    from bertpretrain.data.tokenizer import Tokenizer
-    from bertpretrain.model import BertForPretraining
 
 log = logging.getLogger(__name__)
 
@@ -108,34 +103,6 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict:
             f"{path} is not a bertpretrain checkpoint; give one written by `bertpretrain train`"
         )
     return state
-
-
-def unpack(state: dict, path: Path) -> tuple[BertForPretraining, Tokenizer, int]:
-    """The model (weights loaded and checked), tokenizer and training max_len of a loaded
-    checkpoint: what every command that reads a checkpoint needs. Anything inconsistent is
-    one UserError naming what is wrong."""
-    from bertpretrain.data.tokenizer import from_state
-    from bertpretrain.model import BertConfig, BertForPretraining
-
-    try:
-        tokenizer = from_state(state)
-        config = BertConfig(**state["model_config"])
-        if len(tokenizer.vocab) != config.vocab_size:
-            raise ValueError(f"{len(tokenizer.vocab)} tokens but {config.vocab_size} embeddings")
-        model = BertForPretraining(config)
-        model.load_state_dict(state["model"])  # strict: every weight there, of the right shape
-        max_len = int(state["config"]["data"]["max_len"])
-        if not 5 <= max_len <= config.max_position:  # 5: <cls> a <sep> b <sep>
-            raise ValueError(
-                f"its max_len {max_len} does not fit its position table of {config.max_position}"
-            )
-    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as e:
-        detail = " ".join(str(e).split())[:160]
-        raise UserError(
-            f"{path} has no usable model, vocabulary or config ({type(e).__name__}: {detail}); "
-            "give a checkpoint written by `bertpretrain train`"
-        ) from None
-    return model, tokenizer, max_len
 
 
 # What a resume may change besides the speed group (speed.*, none of which changes the

@@ -1,4 +1,5 @@
-"""Text -> contextual vectors from a pretrained checkpoint: `bertpretrain encode` and its API.
+"""Text -> contextual vectors from a pretrained model: the API behind `bertpretrain encode`
+(whose options and printing are in commands/encode.py).
 
 Text is processed exactly as in training, by the checkpoint's own tokenizer (a word-level
 vocabulary: lower-cased, split on whitespace, a word outside it is `<unk>`; or WordPiece:
@@ -9,7 +10,7 @@ always gives the same vectors.
 
     from bertpretrain.encode import Encoder
 
-    enc = Encoder.load("outputs/latest")  # a run dir (its newest checkpoint) or a .pt file
+    enc = Encoder.load("outputs/latest")  # a run dir, a .pt file or a transformers folder
     out = enc.encode("a crane is flying")
     out.tokens  # ['<cls>', 'a', 'crane', 'is', 'flying', '<sep>']
     out.vectors.shape  # torch.Size([6, 128]): one row per token, float32 on the CPU
@@ -25,9 +26,6 @@ skips padded positions.
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,17 +33,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bertpretrain import checkpoint, files, published
+from bertpretrain import files
 from bertpretrain.data.tokenizer import Tokenizer
-from bertpretrain.data.vocab import CLS, CLS_ID, PAD_ID, SEP, SEP_ID, UNK
+from bertpretrain.data.vocab import CLS, CLS_ID, PAD_ID, SEP, SEP_ID
 from bertpretrain.device import pick_device
-from bertpretrain.errors import ArgumentParser, UserError
+from bertpretrain.errors import UserError
 from bertpretrain.evaluate import COLLAPSED
+from bertpretrain.load import MIN_LEN, load_model
 from bertpretrain.model import BertModel
-
-TRAIN_HINT = "train one with `bertpretrain train model=tiny`"
-MIN_LEN = 5  # `<cls> a <sep> b <sep>` with one word per sentence, as training requires
-SHOWN = 6  # vector elements the text output shows per row
 
 
 @dataclass
@@ -115,25 +110,16 @@ class Encoder:
         `max_len` may lower the length limit below the checkpoint's training max_len.
         """
         target = pick_device(device, "--device")
-        folder = Path(path).expanduser() if path is not None else None
-        if folder is not None and published.is_model_folder(folder):
-            source, state = folder, {}
-            model, tokenizer, trained_len = published.load(folder)
-        else:
-            source = checkpoint.resolve(path) if path is not None else default_checkpoint()
-            state = checkpoint.load(source)
-            model, tokenizer, trained_len = checkpoint.unpack(state, source)
-        limit = _limit(max_len, trained_len)
-        metrics = state.get("val_metrics")
+        loaded = load_model(path)
         return cls(
-            model.bert,  # the heads are not needed to encode
-            tokenizer,
-            limit,
+            loaded.model.bert,  # the heads are not needed to encode
+            loaded.tokenizer,
+            _limit(max_len, loaded.max_len),
             target,
-            source,
-            state.get("step"),
-            trained_len,
-            metrics if isinstance(metrics, dict) else None,
+            loaded.source,
+            loaded.step,
+            loaded.max_len,
+            loaded.val_metrics,
         )
 
     def encode(self, a: str, b: str | None = None, *, truncate: bool = False) -> Encoding:
@@ -230,22 +216,6 @@ def _wrap(split: list[list[tuple[str, int]]]) -> tuple[list[str], list[int], lis
     return words, ids, segments
 
 
-def default_checkpoint(root: str | Path = ".") -> Path:
-    """The newest run's checkpoint: `outputs/latest` (kept by `train`), else the newest
-    `outputs/**/checkpoints/step_*.pt` by modification time."""
-    outputs = Path(root) / "outputs"
-    latest = outputs / "latest"
-    if latest.is_dir():
-        return checkpoint.resolve(latest)
-    found = list(outputs.glob(f"**/{checkpoint.SUBDIR}/step_*.pt"))
-    if not found:
-        raise UserError(
-            f"no checkpoint found: there is no {latest} and no {outputs}/**/{checkpoint.SUBDIR}/"
-            f"step_*.pt here; {TRAIN_HINT}, or pass --checkpoint FILE_OR_RUN_DIR"
-        )
-    return max(found, key=lambda p: p.stat().st_mtime)
-
-
 def _limit(max_len: int | None, trained: int) -> int:
     """Positions past the training max_len were never trained, so the limit can only go down."""
     if max_len is None:
@@ -256,234 +226,6 @@ def _limit(max_len: int | None, trained: int) -> int:
             "(the checkpoint's training max_len)"
         )
     return max_len
-
-
-# ---------------------------------------------------------------------------------------
-# The command line: `bertpretrain encode ...`
-
-EPILOG = """\
-examples:
-  bertpretrain encode "a crane is flying"                  # the newest run's checkpoint
-  bertpretrain encode "a crane driver came" "he just left"  # a sentence pair
-  bertpretrain encode "a crane is flying" --token crane     # one token's vector
-  bertpretrain encode "a crane is flying" --checkpoint outputs/2026-11-24/10-00-00 --format json
-  bertpretrain encode --file sentences.txt --output vectors.npz
-
---format json prints one JSON document per input (one per line with --file) with the keys
-tokens, words, segments, shape, vectors (one row per token) and cls (row 0); with --token,
-vectors holds that token's rows and positions says where they are. --output writes .npy
-(vectors (N, L, H), zero-padded) or .npz (vectors, lengths, cls, tokens, words, segments).
-"""
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(
-        prog="bertpretrain encode",
-        description="Contextual vectors of a sentence or a sentence pair from a checkpoint.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("text", nargs="*", metavar="TEXT", help="a sentence, or two for a pair")
-    p.add_argument(
-        "--file", help="one input per line, a tab between the sentences of a pair; - for stdin"
-    )
-    p.add_argument("--token", metavar="WORD", help="print this word's vector (every occurrence)")
-    p.add_argument("--format", choices=["text", "json"], default="text", help="default: text")
-    p.add_argument("--output", metavar="FILE", help="write the vectors to a .npy or .npz file")
-    p.add_argument(
-        "--checkpoint",
-        metavar="PATH",
-        help="a checkpoint file or a run dir (its newest checkpoint); default: outputs/latest, "
-        "else the newest outputs/**/checkpoints/step_*.pt",
-    )
-    p.add_argument(
-        "--device", default="cpu", metavar="NAME", help="cpu (default), cuda, cuda:N, mps"
-    )
-    p.add_argument(
-        "--max-len",
-        type=int,
-        metavar="N",
-        help="length limit in tokens, <cls>/<sep> included; default and most: the checkpoint's "
-        "training max_len",
-    )
-    p.add_argument(
-        "--truncate", action="store_true", help="cut the longest sentence until the input fits"
-    )
-    p.add_argument(
-        "--batch-size", type=int, default=64, metavar="N", help="inputs per batch (default: 64)"
-    )
-    return p
-
-
-def main(argv: list[str]) -> None:
-    args = _parser().parse_args(argv)
-    inputs = _inputs(args)
-    _check_options(args)
-    enc = Encoder.load(args.checkpoint, args.device, args.max_len)
-    if enc.collapsed:
-        print(
-            f"bertpretrain: warning: {enc.source} was recorded as collapsed (validation token "
-            f"spread {enc.val_metrics['token_spread']:.1g} at step "
-            f"{enc.val_metrics.get('step', '?')}): every token gets almost the same vector, "
-            "whatever its context; train it with warmup (the default optim) or longer",
-            file=sys.stderr,
-        )
-    if args.file is None:
-        encodings = [enc.encode(*inputs[0], truncate=args.truncate)]
-    else:
-        try:
-            encodings = enc.encode_batch(inputs, args.batch_size, truncate=args.truncate)
-        except UserError as e:
-            raise UserError(f"--file {args.file}: {e}") from None
-    if args.output:
-        shapes = save_vectors(Path(args.output), encodings)
-        print(f"wrote {args.output}: {', '.join(f'{k} {v}' for k, v in shapes.items())}")
-    elif args.token is not None:
-        _print_token(args.token, encodings[0], args.format, enc.tokenizer.lowercase)
-    elif args.format == "json":
-        for e in encodings:
-            print(json.dumps(_document(e, enc)))
-    else:
-        _print_text(encodings, enc)
-
-
-def _inputs(args: argparse.Namespace) -> list[list[str]]:
-    if args.file is not None:
-        if args.text:
-            raise UserError("give either text or --file, not both")
-        return read_inputs(args.file)
-    if not args.text:
-        raise UserError(
-            'no text to encode; give a sentence, e.g. bertpretrain encode "a crane is flying"'
-        )
-    if len(args.text) > 2:
-        raise UserError(
-            f"got {len(args.text)} sentences; give one sentence or a pair of two "
-            '(quote each sentence, e.g. "a crane driver came" "he just left")'
-        )
-    return [args.text]
-
-
-def _check_options(args: argparse.Namespace) -> None:
-    """Mistakes found before the checkpoint is read, so they fail fast."""
-    if args.output and Path(args.output).suffix.lower() not in (".npy", ".npz"):
-        raise UserError(
-            f"--output {args.output} has an unknown suffix; use .npy (the vectors) or .npz "
-            "(vectors, lengths, cls, tokens)"
-        )
-    if args.token is not None and (args.file is not None or args.output):
-        raise UserError("--token prints one input's vectors; drop --file and --output")
-    if args.batch_size < 1:
-        raise UserError(f"--batch-size {args.batch_size} must be at least 1")
-
-
-def read_inputs(path: str) -> list[list[str]]:
-    """One input per line, a tab between the sentences of a pair; trailing blank lines ignored."""
-    try:
-        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(
-            f"--file {path} does not exist; give a text file with one input per line"
-        ) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(
-            f"--file {path} cannot be read ({type(e).__name__}: {str(e)[:100]}); "
-            "give a UTF-8 text file with one input per line"
-        ) from None
-    lines = [line.rstrip("\r") for line in text.split("\n")]
-    while lines and not lines[-1].strip():
-        lines.pop()
-    if not lines:
-        raise UserError(f"--file {path} is empty; put one input per line")
-    inputs = []
-    for n, line in enumerate(lines, 1):
-        parts = line.split("\t")
-        if not line.strip():
-            raise UserError(f"--file {path}: line {n} is empty; remove blank lines")
-        if len(parts) > 2:
-            raise UserError(
-                f"--file {path}: line {n} has {len(parts)} tab-separated sentences; "
-                "give one sentence or a pair of two per line"
-            )
-        inputs.append(parts)
-    return inputs
-
-
-def _shown(token: str, word: str) -> str:
-    """The token as the model saw it: a word piece as is (`##ably`), an out-of-vocabulary
-    word marked `word→<unk>`."""
-    if token != UNK or word == UNK:
-        return token
-    arrow = "→" if "utf" in (sys.stdout.encoding or "").lower() else "->"
-    return f"{word}{arrow}{token}"
-
-
-def _numbers(values: torch.Tensor, limit: int | None = None) -> str:
-    shown = values.tolist()[:limit]
-    more = " ..." if limit is not None and len(values) > limit else ""
-    return " ".join(f"{v:+.4f}" for v in shown) + more
-
-
-def _shape(e: Encoding) -> tuple[int, int, int]:
-    return (1, *e.vectors.shape)  # (inputs, tokens, hidden units)
-
-
-def _text_block(e: Encoding) -> list[str]:
-    h = e.vectors.shape[1]
-    cut = f"  ({e.truncated} tokens cut by --truncate)" if e.truncated else ""
-    lines = [
-        "tokens     " + " ".join(_shown(t, w) for t, w in zip(e.tokens, e.words)) + cut,
-        "segments   " + " ".join(map(str, e.segments)),
-        f"shape      {_shape(e)}  (inputs, tokens, hidden units)",
-        f"<cls>      {_numbers(e.cls, SHOWN)}  (the whole input; first {SHOWN} of {h})",
-        "",
-        f"  #  {'token':<20} seg  vector (first {SHOWN} of {h})",
-    ]
-    for i, (t, w, s) in enumerate(zip(e.tokens, e.words, e.segments)):
-        lines.append(f"{i:>3}  {_shown(t, w):<20} {s:>3}  {_numbers(e.vectors[i], SHOWN)}")
-    return lines
-
-
-def _print_text(encodings: list[Encoding], enc: Encoder) -> None:
-    trained = f"step {enc.step}" if enc.step is not None else "a transformers folder"
-    print(f"checkpoint {enc.source} ({trained})")
-    for i, e in enumerate(encodings):
-        print()
-        if len(encodings) > 1:
-            print(f"input {i + 1}")
-        print("\n".join(_text_block(e)))
-
-
-def _document(e: Encoding, enc: Encoder) -> dict:
-    return {
-        "checkpoint": str(enc.source),
-        "tokens": e.tokens,
-        "words": e.words,
-        "segments": e.segments,
-        "shape": list(_shape(e)),
-        "vectors": e.vectors.tolist(),
-        "cls": e.cls.tolist(),
-    }
-
-
-def _print_token(token: str, e: Encoding, fmt: str, lowercase: bool) -> None:
-    word = token.lower() if lowercase else token  # as the text was
-    positions = [i for i, w in enumerate(e.words) if w == word]  # all pieces of the word
-    if not positions:
-        words = " ".join(w for w in dict.fromkeys(e.words) if w not in (CLS, SEP))
-        raise UserError(f"--token {token!r} is not in the input; its words are: {words}")
-    if fmt == "json":
-        doc = {"token": word, "positions": positions, "tokens": e.tokens, "words": e.words}
-        doc |= {"segments": e.segments, "shape": list(_shape(e))}
-        print(json.dumps(doc | {"vectors": [e.vectors[i].tolist() for i in positions]}))
-        return
-    for i in positions:
-        row = e.vectors[i]
-        print(
-            f"{_shown(e.tokens[i], word)} at position {i} (segment {e.segments[i]}), {len(row)} values:"
-        )
-        for start in range(0, len(row), 8):
-            print("  " + _numbers(row[start : start + 8]))
 
 
 def save_vectors(path: Path, encodings: list[Encoding]) -> dict[str, tuple[int, ...]]:

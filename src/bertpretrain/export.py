@@ -46,7 +46,6 @@ and `[UNK]`, `[CLS]`, ... (the other way round).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from collections.abc import Callable
@@ -54,10 +53,11 @@ from pathlib import Path
 
 import torch
 
-from bertpretrain import checkpoint, files
+from bertpretrain import files
 from bertpretrain.data.tokenizer import Tokenizer
 from bertpretrain.data.vocab import PAD_ID, RESERVED
-from bertpretrain.errors import ArgumentParser, UserError
+from bertpretrain.errors import UserError
+from bertpretrain.load import find_model, load_model
 from bertpretrain.model import BertConfig
 from bertpretrain.published import (
     SPECIAL_DEFAULTS,
@@ -81,24 +81,25 @@ FILES = [
 def export(
     source: str | Path, out_dir: str | Path, *, force: bool = False, encoder_only: bool = False
 ) -> Path:
-    """Write the checkpoint (a file, or a run dir's newest) as a transformers folder.
+    """Write the model at `source` (a checkpoint file, a run dir's newest checkpoint, or a
+    transformers folder) as a transformers folder.
 
     `out_dir` must be new or empty; `force=True` replaces a previous export there. The
     folder appears whole or not at all: it is written next to `out_dir`, then renamed.
     """
-    path = checkpoint.resolve(source)
+    path = find_model(source)
     out = Path(out_dir).expanduser().absolute()
-    _check_target(out, path, force)
+    _check_target(out, path, force)  # before the model is read: mistakes fail fast
     save_file = _safetensors_writer()
-    model, tokenizer, max_len = checkpoint.unpack(checkpoint.load(path), path)
-    config, weights = model.config, model.state_dict()
-    tensors = hf_weights(weights, tokenizer)
+    loaded = load_model(path)
+    tokenizer = loaded.tokenizer
+    tensors = hf_weights(loaded.model.state_dict(), tokenizer)
     if encoder_only:  # keys without the `bert.` prefix, as BertModel.save_pretrained writes
         tensors = {k[5:]: t for k, t in tensors.items() if k.startswith("bert.")}
     texts = {
-        "config.json": _json(hf_config(config, encoder_only, tokenizer)),
-        "vocab.txt": "".join(f"{t}\n" for t in vocab_lines(tokenizer)),
-        "tokenizer_config.json": _json(tokenizer_config(max_len, tokenizer)),
+        "config.json": _json(hf_config(loaded.model.config, encoder_only, tokenizer)),
+        "vocab.txt": "".join(f"{token}\n" for token in vocab_lines(tokenizer)),
+        "tokenizer_config.json": _json(tokenizer_config(loaded.max_len, tokenizer)),
         "special_tokens_map.json": _json(special_tokens_map(tokenizer)),
     }
 
@@ -117,25 +118,25 @@ def export(
 
 
 def hf_config(
-    c: BertConfig, encoder_only: bool = False, tokenizer: Tokenizer | None = None
+    config: BertConfig, encoder_only: bool = False, tokenizer: Tokenizer | None = None
 ) -> dict:
     """transformers' BertConfig fields for our config."""
     published = tokenizer.published if tokenizer is not None else None
     return {
         "architectures": ["BertModel" if encoder_only else "BertForPreTraining"],
         "model_type": "bert",
-        "vocab_size": c.vocab_size,
-        "hidden_size": c.hidden_size,
-        "num_hidden_layers": c.num_layers,
-        "num_attention_heads": c.num_heads,
-        "intermediate_size": c.ffn_size,
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.hidden_size,
+        "num_hidden_layers": config.num_layers,
+        "num_attention_heads": config.num_heads,
+        "intermediate_size": config.ffn_size,
         # the exact erf GELU, as F.gelu, or its tanh approximation, as published
-        "hidden_act": "gelu" if c.hidden_act == "gelu" else "gelu_pytorch_tanh",
-        "hidden_dropout_prob": c.dropout,
-        "attention_probs_dropout_prob": c.dropout,
-        "max_position_embeddings": c.max_position,
-        "type_vocab_size": c.type_vocab_size,
-        "layer_norm_eps": c.layer_norm_eps,
+        "hidden_act": "gelu" if config.hidden_act == "gelu" else "gelu_pytorch_tanh",
+        "hidden_dropout_prob": config.dropout,
+        "attention_probs_dropout_prob": config.dropout,
+        "max_position_embeddings": config.max_position,
+        "type_vocab_size": config.type_vocab_size,
+        "layer_norm_eps": config.layer_norm_eps,
         "initializer_range": 0.02,
         "pad_token_id": published["ids"][PAD_ID] if published else PAD_ID,
         "tie_word_embeddings": True,
@@ -181,11 +182,11 @@ def hf_weights(ours: dict[str, torch.Tensor], tokenizer: Tokenizer) -> dict[str,
     order = published_order(tokenizer) if tokenizer.published else None
     out: dict[str, torch.Tensor] = {}
     for name, tensor in ours.items():
-        t = tensor.detach().to("cpu", torch.float32)
+        value = tensor.detach().to("cpu", torch.float32)
         if order is not None and name in VOCAB_ROWS:
-            t = t[torch.from_numpy(order)]
+            value = value[torch.from_numpy(order)]
         names = hf_names(name)
-        for hf_name, piece in zip(names, t.chunk(len(names))):  # qkv: query, key, value
+        for hf_name, piece in zip(names, value.chunk(len(names))):  # qkv: query, key, value
             out[hf_name] = piece.clone()
     out["cls.predictions.decoder.bias"] = out["cls.predictions.bias"].clone()
     out["cls.predictions.decoder.weight"] = out["bert.embeddings.word_embeddings.weight"].clone()
@@ -256,56 +257,3 @@ def _fsync(path: Path) -> None:
 
 def _json(obj: dict) -> str:
     return json.dumps(obj, indent=2, ensure_ascii=False) + "\n"
-
-
-# ---------------------------------------------------------------------------------------
-# The command line: `bertpretrain export ...`
-
-EPILOG = """\
-examples:
-  bertpretrain export outputs/latest exported/tiny-bert        # a run dir's newest checkpoint
-  bertpretrain export outputs/run/checkpoints/step_00001000.pt exported/step1000
-  bertpretrain export outputs/latest exported/tiny-bert --force  # replace a previous export
-
-then, in Python:
-  from transformers import AutoTokenizer, BertForPreTraining
-  tokenizer = AutoTokenizer.from_pretrained("exported/tiny-bert")
-  model = BertForPreTraining.from_pretrained("exported/tiny-bert")
-
-The tokenizer gives our ids for space-separated words and punctuation marks (WikiText
-style); it splits tokens with punctuation inside ("@-@", "<unk>"): see
-`python -c "import bertpretrain.export as e; help(e)"`.
-"""
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(
-        prog="bertpretrain export",
-        description="Write a checkpoint as a transformers model folder (BertForPreTraining, "
-        "safetensors weights, BertTokenizer files).",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument(
-        "checkpoint",
-        metavar="RUN_OR_CHECKPOINT",
-        help="a checkpoint file, or a run dir (its newest)",
-    )
-    p.add_argument("out_dir", metavar="OUT_DIR", help="the folder to write; new or empty")
-    p.add_argument(
-        "--force", action="store_true", help="replace a previous export in OUT_DIR (its files go)"
-    )
-    p.add_argument(
-        "--encoder-only",
-        action="store_true",
-        help="write the encoder and pooler only (BertModel), without the MLM and NSP heads",
-    )
-    return p
-
-
-def main(argv: list[str]) -> None:
-    args = _parser().parse_args(argv)
-    out = export(args.checkpoint, args.out_dir, force=args.force, encoder_only=args.encoder_only)
-    cls = "BertModel" if args.encoder_only else "BertForPreTraining"
-    print(f"wrote {out}: {', '.join(FILES)}")
-    print(f'load it with transformers.{cls}.from_pretrained("{out}") and AutoTokenizer likewise')

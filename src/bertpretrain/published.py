@@ -343,6 +343,7 @@ def init_architecture(source: str) -> tuple[Path, BertConfig]:
     """What `init=` names (a transformers folder, a Hub name, or one of our run dirs or
     checkpoints) and its architecture, read without building the model."""
     from bertpretrain import checkpoint
+    from bertpretrain.load import load_model
 
     path = resolve(source)
     if is_model_folder(path):
@@ -353,8 +354,7 @@ def init_architecture(source: str) -> tuple[Path, BertConfig]:
             "as bert-base-uncased, or a run dir or checkpoint of ours"
         )
     found = checkpoint.resolve(path)
-    model, _, _ = checkpoint.unpack(checkpoint.load(found), found)
-    return found, model.config
+    return found, load_model(found).model.config
 
 
 def init_tokenizer(path: Path) -> Tokenizer:
@@ -365,13 +365,10 @@ def init_tokenizer(path: Path) -> Tokenizer:
 
 def init_weights(path: Path) -> tuple[BertForPretraining, Tokenizer]:
     """The model and tokenizer that `init_architecture` found at `path`."""
-    from bertpretrain import checkpoint
+    from bertpretrain.load import load_model
 
-    if is_model_folder(path):
-        model, tokenizer, _ = load(path)
-    else:
-        model, tokenizer, _ = checkpoint.unpack(checkpoint.load(path), path)
-    return model, tokenizer
+    loaded = load_model(path)
+    return loaded.model, loaded.tokenizer
 
 
 def adopt_architecture(cfg: Config) -> tuple[Path, BertConfig]:

@@ -1,4 +1,5 @@
-"""`bertpretrain runs`: the runs under an outputs folder, to find the one to encode or export.
+"""The runs under an outputs folder, to find the one to encode or export (the table that
+`bertpretrain runs` prints is in commands/runs.py).
 
 A run dir is recognised by Hydra's `.hydra/` folder; what is shown comes from its
 `overrides.yaml`, its newest checkpoint and, for finished runs, `summary.json`.
@@ -11,7 +12,6 @@ import time
 from pathlib import Path
 
 from bertpretrain import checkpoint, rundir
-from bertpretrain.errors import ArgumentParser, UserError
 
 
 def find_runs(root: Path) -> list[Path]:
@@ -48,42 +48,3 @@ def describe(run: Path) -> dict:
         "val_nsp_loss": summary.get("val_nsp_loss"),
         "checkpoint": str(checkpoints[-1]) if checkpoints else None,
     }
-
-
-def _loss(value) -> str:
-    return f"{value:.3f}" if isinstance(value, (int, float)) else "-"
-
-
-def main(argv: list[str]) -> None:
-    parser = ArgumentParser(
-        prog="bertpretrain runs",
-        description="List the training runs under an outputs folder, newest last.",
-    )
-    parser.add_argument(
-        "root", nargs="?", default="outputs", help="folder to search (default: outputs)"
-    )
-    parser.add_argument("--json", action="store_true", help="one JSON document for scripts")
-    args = parser.parse_args(argv)
-    root = Path(args.root)
-    if not root.is_dir():
-        raise UserError(
-            f"{root} is not a folder; runs live under outputs/ of the folder you trained in"
-        )
-    rows = [describe(run) for run in find_runs(root)]
-    if args.json:
-        print(json.dumps(rows, indent=1))
-        return
-    if not rows:
-        print(f"no runs under {root}; train one with `bertpretrain train model=tiny`")
-        return
-    print(
-        f"{'date':<17} {'steps':>6} {'mlm':>6} {'nsp':>6} {'val mlm':>8} {'val nsp':>8}  run / overrides / checkpoint"
-    )
-    for r in rows:
-        state = "" if r["finished"] else " (unfinished)"
-        print(
-            f"{r['date']:<17} {r['steps']:>6} {_loss(r['train_mlm_loss']):>6} {_loss(r['train_nsp_loss']):>6} "
-            f"{_loss(r['val_mlm_loss']):>8} {_loss(r['val_nsp_loss']):>8}  {r['run']}{state}"
-        )
-        print(f"{'':<17} {' '.join(r['overrides']) or '(defaults)'}")
-        print(f"{'':<17} {r['checkpoint'] or 'no checkpoint yet'}")

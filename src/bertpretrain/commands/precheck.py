@@ -1,0 +1,126 @@
+"""`bertpretrain train`'s config, checked before Hydra starts a run or a sweep.
+
+Hydra reports a bad override over several lines, and in a sweep only when that job starts;
+composing here first turns each into one line and exit code 2, before any run dir or data
+is touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from bertpretrain import checkpoint
+from bertpretrain.architecture import ARCHITECTURE
+from bertpretrain.commands.fail import full_errors, print_error
+from bertpretrain.config import compose, sweep_jobs
+from bertpretrain.errors import UserError
+
+
+def precheck(args: argparse.Namespace) -> DictConfig | None:
+    """Check the config of a run, or of every job of a sweep (`args`: Hydra's parsed command
+    line). Returns the single run's composed config (the hydra node included); None where
+    Hydra composes another (--config-path), answers itself (--help, --cfg) or sweeps (-m)."""
+    if args.help or args.hydra_help or args.info or args.shell_completion:
+        return None  # Hydra answers these itself
+    if args.config_path:
+        if not os.path.isdir(os.path.abspath(args.config_path)):
+            raise UserError(f"--config-path {args.config_path} is not a folder")
+        return None  # another primary config: Hydra composes it
+    overrides = list(args.overrides)
+    if args.config_dir:
+        path = os.path.abspath(args.config_dir)
+        if not os.path.isdir(path):
+            raise UserError(f"--config-dir {args.config_dir} is not a folder")
+        overrides.append(f"hydra.searchpath=[file://{path}]")
+    name = args.config_name or "config"
+    if args.multirun:
+        _check_sweep(overrides, name)
+        return None
+    _, cfg = compose(overrides, name)
+    if args.cfg:
+        return None
+    if cfg.init:
+        _check_init_overrides(overrides, cfg)
+    checkpoint.check_not_in_use(_run_dir(cfg))
+    return cfg
+
+
+def _check_init_overrides(overrides: list[str], cfg: DictConfig) -> None:
+    """With init=, the architecture is that model's: a `model=` or `model.X=` override that
+    asks for another is refused (one that agrees, or a speed setting, passes)."""
+    from bertpretrain import published
+
+    keys = [override.split("=", 1)[0].lstrip("+~") for override in overrides]
+    if not any(key == "model" or key.removeprefix("model.") in ARCHITECTURE for key in keys):
+        return
+    _, arch = published.init_architecture(cfg.init)
+    differ = [
+        f"model.{key}={getattr(cfg.model, key)}"
+        for key in ARCHITECTURE
+        if getattr(cfg.model, key) != getattr(arch, key)
+    ]
+    if differ:
+        mine = ", ".join(f"{key} {getattr(arch, key)}" for key in ARCHITECTURE)
+        raise UserError(
+            f"init={cfg.init} sets the architecture ({mine}), but the overrides ask for "
+            f"{', '.join(differ)}; drop the model override"
+        )
+
+
+def _run_dir(cfg: DictConfig) -> Path:
+    """The run dir, resolved, and checked to be creatable: a path the OS refuses is one
+    line here, not a traceback inside Hydra."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        run_dir = Path(cfg.hydra.run.dir)
+    except OmegaConfBaseException as e:
+        raise UserError(f"bad config: hydra.run.dir: {str(e).splitlines()[0]}") from None
+    _check_writable(run_dir)
+    missing = [p for p in (run_dir.absolute(), *run_dir.absolute().parents) if not p.exists()]
+    try:  # create it to see that the OS allows it, then leave the creating to Hydra: its
+        for folder in reversed(missing):  # ${now:...} may name another second's dir
+            folder.mkdir()
+    except OSError as e:
+        raise UserError(
+            f"cannot create the run dir {run_dir}: {e.strerror}; set "
+            "hydra.run.dir=SOME/WRITABLE/PATH"
+        ) from None
+    finally:
+        for folder in missing:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+    return run_dir
+
+
+def _check_writable(run_dir: Path) -> None:
+    existing = run_dir.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not (existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)):
+        raise UserError(
+            f"cannot write the run dir {run_dir}: {existing} is not a writable folder; "
+            "run from a writable folder or set hydra.run.dir=SOME/WRITABLE/PATH"
+        )
+
+
+def _check_sweep(overrides: list[str], config_name: str) -> None:
+    """Compose every job of a sweep; one line per job that would fail, then exit 2."""
+    problems = []
+    for number, job in enumerate(sweep_jobs(overrides)):
+        try:
+            compose(job, config_name)
+        except UserError as e:
+            problems.append(f"sweep job {number} ({' '.join(job)}): {e}")
+    if problems:
+        if full_errors():
+            raise UserError("; ".join(problems))
+        for problem in problems:
+            print_error(problem)
+        sys.exit(2)

@@ -1,0 +1,149 @@
+"""`bertpretrain train ...`: a Hydra app. Everything after `train` reaches Hydra exactly as it
+would reach a `@hydra.main` program (overrides, -m, --cfg job, --help, --config-dir), and
+the same command runs under torchrun.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from bertpretrain import distributed
+from bertpretrain.commands.fail import fail, full_errors
+from bertpretrain.commands.precheck import precheck
+from bertpretrain.commands.sweep_failures import failure_reports, report_failure
+from bertpretrain.config import conf_dir, register_configs, to_config, without_hydra
+from bertpretrain.errors import Interrupted, UserError
+
+log = logging.getLogger("bertpretrain")
+
+
+def parse_hydra_args(argv: list[str]) -> argparse.Namespace:
+    """`argv` read by Hydra's own command-line parser, as `@hydra.main` reads it.
+
+    This is `hydra._internal`, on purpose: the checks before Hydra starts (precheck, the
+    torchrun run dir) must know which of Hydra's flags argv holds (-m, --cfg, --help,
+    --hydra-help, --info, --config-dir, --config-path, --config-name) and which words are
+    overrides, and Hydra 1.3 has no public way to learn that. `hydra.main` parses sys.argv
+    inside its wrapper and hands the result only to `_run_hydra` (internal too); the compose
+    API (`initialize_config_dir`, `compose`) takes overrides, not a command line; and
+    `HydraConfig` exists only once a job runs, after Hydra has composed (and reported a bad
+    override its own way, over several lines). Hydra's maintainers declined to expose the
+    parser (Hydra issues #1578 and #215, closed as wontfix). A parser of our own would drift
+    from Hydra's as Hydra adds flags; the one Hydra uses cannot. test_train_cli's
+    test_hydras_internal_parser_reads_the_flags_train_relies_on fails if it changes.
+    """
+    from hydra._internal.utils import get_args_parser
+
+    return get_args_parser().parse_args(argv)
+
+
+def main(argv: list[str]) -> None:
+    register_configs()
+    args = parse_hydra_args(argv)
+    # The precheck composes the config, and Hydra composes it again below. Composing first
+    # is what turns a bad override into one line and exit 2 before any run dir exists
+    # (Hydra would print several lines, exit 1, and in a sweep only when that job starts).
+    # Hydra cannot take the composed config from us: hydra.main's one argument
+    # (cfg_passthrough) skips Hydra altogether (no run dir, logging, HydraConfig or
+    # launcher), and `hydra.core.utils.run_job` needs a HydraContext built from Hydra's
+    # internal ConfigLoaderImpl. The first composition is kept for torchrun's run dir.
+    cfg = precheck(args)
+    if distributed.launched_by_torchrun():
+        argv = _one_run_dir_for_all_ranks(argv, cfg)
+    run = hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")(_job)
+    sys.argv = [sys.argv[0], *argv]  # what hydra.main reads
+    with failure_reports(bool(args.multirun)) as failures:
+        try:
+            run()
+        finally:
+            distributed.shutdown()
+    if failures:
+        fail(f"{len(failures)} sweep job(s) failed: " + "; ".join(failures))
+
+
+def _one_run_dir_for_all_ranks(argv: list[str], cfg: DictConfig | None) -> list[str]:
+    """Under torchrun: every rank writes into rank 0's run dir, and only rank 0 leaves
+    Hydra's logs and .hydra folder there."""
+    if cfg is None:
+        raise UserError(
+            "under torchrun, `train` takes overrides only (no -m sweeps, --cfg or --help)"
+        )
+    ranks = distributed.init_from_env()
+    run_dir = distributed.broadcast_str(
+        str(Path(cfg.hydra.run.dir).absolute()) if ranks.main else None
+    )
+    argv = [a for a in argv if not a.startswith("hydra.run.dir=")] + [f"hydra.run.dir={run_dir}"]
+    if not ranks.main:
+        argv += [
+            "hydra/job_logging=disabled",
+            "hydra/hydra_logging=disabled",
+        ]
+    return argv
+
+
+def _job(cfg: DictConfig) -> None:
+    """One run, as Hydra starts it: alone, or as one job of a sweep."""
+    from bertpretrain.train import train  # torch & co. only once the config is known good
+
+    hydra_config = HydraConfig.get()
+    multirun = hydra_config.mode == RunMode.MULTIRUN
+    run_dir = Path(hydra_config.runtime.output_dir)
+    try:
+        config = to_config(without_hydra(cfg))
+        train(config, run_dir, _record(run_dir, without_hydra(cfg), hydra_config))
+    except Interrupted as e:
+        print(f"bertpretrain: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)  # a stopped sweep stops: the user asked for it
+    except UserError as e:
+        if full_errors():
+            raise
+        if not multirun:
+            fail(str(e))
+        _sweep_job_failed(hydra_config, e, user_error=True)
+    except Exception as e:
+        if not multirun:
+            raise
+        _sweep_job_failed(hydra_config, e, user_error=False)
+
+
+def _sweep_job_failed(hydra_config: DictConfig, error: Exception, user_error: bool) -> None:
+    """A sweep survives a failing job: log the failure, report it for the sweep's last
+    line, and go on with the next job."""
+    job = hydra_config.job.num
+    overrides = " ".join(hydra_config.overrides.task) or "(defaults)"
+    if user_error:
+        log.error("job %s (%s) failed: %s", job, overrides, error)
+        reason = str(error)
+    else:  # a bug: its traceback goes into the job's log
+        log.exception("job %s (%s) failed", job, overrides)
+        reason = f"{type(error).__name__}: {error}"
+    report_failure(job, f"job {job} ({overrides}): {reason}")
+
+
+def _record(run_dir: Path, cfg: DictConfig, hydra_config: DictConfig) -> Callable[[], None]:
+    """What Hydra writes into .hydra/ at a job's start, for `train` to write once the run
+    is accepted: written earlier, a refused run would replace another run's record."""
+    from bertpretrain import files, rundir
+
+    texts = {
+        "config.yaml": OmegaConf.to_yaml(cfg),
+        "hydra.yaml": OmegaConf.to_yaml({"hydra": OmegaConf.to_container(hydra_config)}),
+        "overrides.yaml": OmegaConf.to_yaml(list(hydra_config.overrides.task)),
+    }
+
+    def write() -> None:
+        folder = run_dir / rundir.RECORD
+        folder.mkdir(exist_ok=True)
+        for name, text in texts.items():
+            files.atomic_write(folder / name, lambda f, text=text: f.write(text.encode()))
+
+    return write

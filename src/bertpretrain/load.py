@@ -1,0 +1,100 @@
+"""A trained model for the commands that read one (`encode`, `export`, `init=`): from a run
+dir (its newest checkpoint), a checkpoint file, or a transformers BERT folder.
+
+    from bertpretrain.load import load_model
+
+    loaded = load_model("outputs/latest")
+    loaded.model, loaded.tokenizer, loaded.max_len  # BertForPretraining, its tokenizer, limit
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bertpretrain import checkpoint, published
+from bertpretrain.data.tokenizer import Tokenizer, from_state
+from bertpretrain.errors import UserError
+from bertpretrain.model import BertConfig, BertForPretraining
+
+TRAIN_HINT = "train one with `bertpretrain train model=tiny`"
+MIN_LEN = 5  # `<cls> a <sep> b <sep>` with one word per sentence, as training requires
+
+
+@dataclass
+class LoadedModel:
+    """A model with its weights loaded and checked, and what its source says about it."""
+
+    model: BertForPretraining
+    tokenizer: Tokenizer
+    max_len: int  # the longest input it was trained for, <cls> and <sep> included
+    source: Path  # the checkpoint file or transformers folder read
+    step: int | None = None  # the checkpoint's step; None for a transformers folder
+    val_metrics: dict = field(default_factory=dict)  # the training run's last validation
+
+
+def find_model(path: str | Path | None = None) -> Path:
+    """The transformers folder `path`, or the checkpoint it names: a file, or a run dir's
+    newest; None = the newest run's checkpoint under ./outputs."""
+    if path is None:
+        return default_checkpoint()
+    folder = Path(path).expanduser()
+    return folder if published.is_model_folder(folder) else checkpoint.resolve(folder)
+
+
+def load_model(path: str | Path | None = None) -> LoadedModel:
+    """The model that `find_model(path)` finds. Anything unusable is one UserError."""
+    source = find_model(path)
+    if published.is_model_folder(source):
+        return LoadedModel(*published.load(source), source)
+    state = checkpoint.load(source)
+    model, tokenizer, max_len = _from_checkpoint(state, source)
+    metrics = state.get("val_metrics")
+    return LoadedModel(
+        model,
+        tokenizer,
+        max_len,
+        source,
+        state.get("step"),
+        metrics if isinstance(metrics, dict) else {},
+    )
+
+
+def _from_checkpoint(state: dict, path: Path) -> tuple[BertForPretraining, Tokenizer, int]:
+    """The model, tokenizer and training max_len of a loaded checkpoint; anything
+    inconsistent is one UserError naming what is wrong."""
+    try:
+        tokenizer = from_state(state)
+        config = BertConfig(**state["model_config"])
+        if len(tokenizer.vocab) != config.vocab_size:
+            raise ValueError(f"{len(tokenizer.vocab)} tokens but {config.vocab_size} embeddings")
+        model = BertForPretraining(config)
+        model.load_state_dict(state["model"])  # strict: every weight there, of the right shape
+        max_len = int(state["config"]["data"]["max_len"])
+        if not MIN_LEN <= max_len <= config.max_position:
+            raise ValueError(
+                f"its max_len {max_len} does not fit its position table of {config.max_position}"
+            )
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as e:
+        detail = " ".join(str(e).split())[:160]
+        raise UserError(
+            f"{path} has no usable model, vocabulary or config ({type(e).__name__}: {detail}); "
+            "give a checkpoint written by `bertpretrain train`"
+        ) from None
+    return model, tokenizer, max_len
+
+
+def default_checkpoint(root: str | Path = ".") -> Path:
+    """The newest run's checkpoint: `outputs/latest` (kept by `train`), else the newest
+    `outputs/**/checkpoints/step_*.pt` by modification time."""
+    outputs = Path(root) / "outputs"
+    latest = outputs / "latest"
+    if latest.is_dir():
+        return checkpoint.resolve(latest)
+    found = list(outputs.glob(f"**/{checkpoint.SUBDIR}/step_*.pt"))
+    if not found:
+        raise UserError(
+            f"no checkpoint found: there is no {latest} and no {outputs}/**/{checkpoint.SUBDIR}/"
+            f"step_*.pt here; {TRAIN_HINT}, or pass --checkpoint FILE_OR_RUN_DIR"
+        )
+    return max(found, key=lambda p: p.stat().st_mtime)
