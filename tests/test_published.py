@@ -17,7 +17,7 @@ import pytest
 import torch
 from conftest import SHARED_WIKITEXT, one_line_error, run_cli
 
-from bertpretrain import published
+from bertpretrain import published, published_vocab
 from bertpretrain.data.corpus import read_split
 from bertpretrain.data.tokenizer import train_tokenizer
 from bertpretrain.encode import Encoder
@@ -92,7 +92,7 @@ def test_imported_weights_compute_what_transformers_computes(folder):
     )
     with torch.no_grad():
         ref = hf(**batch, output_hidden_states=True)
-        ours_of = torch.from_numpy(published.published_order(tokenizer))
+        ours_of = torch.from_numpy(published_vocab.published_order(tokenizer))
         tokens = ours_of[batch["input_ids"]]
         valid_lens = batch["attention_mask"].sum(1)
         hidden = model.bert(tokens, batch["token_type_ids"], valid_lens)
@@ -115,8 +115,8 @@ def test_tokenisation_gives_bert_tokenizer_fast_ids_on_hard_text(folder, tmp_pat
     (cased / "config.json").write_bytes((folder / "config.json").read_bytes())
     ref = transformers.BertTokenizerFast(vocab=str(cased / "vocab.txt"), do_lower_case=lowercase)
     ref.save_pretrained(cased)
-    tokenizer = published.read_tokenizer(cased)
-    ours_of = published.published_order(tokenizer)
+    tokenizer = published_vocab.read_tokenizer(cased)
+    ours_of = published_vocab.published_order(tokenizer)
     for text in HARD_TEXT:
         expected = ref(text, add_special_tokens=False)["input_ids"]
         assert [i for _, i in tokenizer.split(text)] == ours_of[expected].tolist(), text
@@ -173,7 +173,9 @@ def test_a_model_without_some_heads_gets_fresh_ones_and_says_so(tmp_path, caplog
     assert fresh in caplog.text and "start fresh" in caplog.text
     hf = getattr(transformers, kind).from_pretrained(folder)
     embeddings = hf.get_input_embeddings().weight
-    ours_of = torch.from_numpy(published.published_order(published.read_tokenizer(folder)))
+    ours_of = torch.from_numpy(
+        published_vocab.published_order(published_vocab.read_tokenizer(folder))
+    )
     assert torch.equal(model.bert.embeddings.word_embeddings.weight[ours_of], embeddings)
 
 

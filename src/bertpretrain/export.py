@@ -59,11 +59,10 @@ from bertpretrain.data.vocab import PAD_ID, RESERVED
 from bertpretrain.errors import UserError
 from bertpretrain.load import find_model, load_model
 from bertpretrain.model import BertConfig
-from bertpretrain.published import (
+from bertpretrain.published import VOCAB_ROWS, hf_names
+from bertpretrain.published_vocab import (
     SPECIAL_DEFAULTS,
     SPECIAL_KEYS,
-    VOCAB_ROWS,
-    hf_names,
     published_order,
     published_vocab,
 )

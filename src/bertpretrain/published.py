@@ -6,11 +6,9 @@ A folder as `save_pretrained` writes it (`config.json`, `model.safetensors` or
 
 - the architecture comes from `config.json` (layers, hidden size, heads, FFN, positions,
   type vocabulary, LayerNorm eps, activation); anything that is not BERT is refused;
-- the tokenizer is the folder's WordPiece `vocab.txt` with its normaliser settings, run
-  by the `tokenizers` library's BERT pipeline (data/tokenizer.py). Our code keeps the
-  special tokens at ids 0..4, so the vocabulary is reordered: [UNK] [PAD] [MASK] [CLS]
-  [SEP] first, every other token after them in its own order. The word embeddings and
-  the MLM bias are permuted the same way here and back on export, so the model computes
+- the tokenizer is the folder's WordPiece `vocab.txt` with its normaliser settings, its
+  special tokens moved to our ids 0..4 (published_vocab.py). The word embeddings and the
+  MLM bias are permuted the same way here and back on export, so the model computes
   exactly what it computes in `transformers`, and export writes the very vocab.txt back;
 - the weights are read from safetensors, or from a `.bin` with `weights_only=True` (never
   plain pickle, which runs code). `BertForPreTraining` loads whole; `BertForMaskedLM`
@@ -33,9 +31,9 @@ import torch
 
 from bertpretrain.architecture import architecture_of
 from bertpretrain.data.tokenizer import Tokenizer
-from bertpretrain.data.vocab import RESERVED
 from bertpretrain.errors import UserError
 from bertpretrain.model import BertConfig, BertForPretraining
+from bertpretrain.published_vocab import published_order, read_tokenizer, tokenizer_settings
 
 if TYPE_CHECKING:
     from bertpretrain.config import Config
@@ -58,9 +56,6 @@ TOP = {
 }
 QKV = ("query", "key", "value")
 VOCAB_ROWS = ("bert.embeddings.word_embeddings.weight", "mlm_bias")  # indexed by token id
-# Our special tokens' names in transformers' BertTokenizer, in our reserved order.
-SPECIAL_KEYS = ["unk_token", "pad_token", "mask_token", "cls_token", "sep_token"]
-SPECIAL_DEFAULTS = ["[UNK]", "[PAD]", "[MASK]", "[CLS]", "[SEP]"]
 # transformers' hidden_act -> ours
 ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
 # Weights a checkpoint may hold that the model does not use: the decoder is tied to the
@@ -167,69 +162,6 @@ def read_config(folder: Path) -> BertConfig:
         raise UserError(f"{folder / 'config.json'} lacks a BERT setting ({e})") from None
 
 
-def read_tokenizer(folder: Path) -> Tokenizer:
-    """The folder's vocab.txt and BertTokenizer settings, with its special tokens at our
-    reserved ids (the module docstring)."""
-    try:
-        lines = (folder / "vocab.txt").read_text(encoding="utf-8").split("\n")
-    except OSError as e:
-        raise UserError(
-            f"{folder} has no readable vocab.txt ({e.strerror}); give a BERT folder"
-        ) from None
-    tokens = lines[:-1] if lines and lines[-1] == "" else lines
-    settings = _tokenizer_settings(folder)
-    names = [settings.get(key) or default for key, default in zip(SPECIAL_KEYS, SPECIAL_DEFAULTS)]
-    index = {t: i for i, t in enumerate(tokens)}
-    if len(index) != len(tokens):
-        raise UserError(f"{folder / 'vocab.txt'} lists a token twice")
-    missing = [n for n in names if n not in index]
-    if missing:
-        raise UserError(f"{folder / 'vocab.txt'} lacks the special token(s) {', '.join(missing)}")
-    ids = [index[n] for n in names]
-    vocab = names + [t for i, t in enumerate(tokens) if i not in set(ids)]
-    strip = settings.get("strip_accents")
-    published = {
-        "names": names,
-        "ids": ids,
-        "strip_accents": None if strip is None else bool(strip),
-        "chinese_chars": bool(settings.get("tokenize_chinese_chars", True)),
-    }
-    try:
-        return Tokenizer("wordpiece", vocab, bool(settings.get("do_lower_case", True)), published)
-    except ValueError as e:
-        raise UserError(f"{folder / 'vocab.txt'} is not a usable vocabulary: {e}") from None
-
-
-def _tokenizer_settings(folder: Path) -> dict:
-    settings: dict = {}
-    for name in ("special_tokens_map.json", "tokenizer_config.json"):
-        path = folder / name
-        if path.is_file():
-            try:
-                found = json.loads(path.read_text(encoding="utf-8"))
-            except ValueError as e:
-                raise UserError(f"{path} is not valid JSON ({e})") from None
-            # Special tokens may be written as {"content": "[CLS]", ...} (AddedToken).
-            settings |= {k: v["content"] if isinstance(v, dict) else v for k, v in found.items()}
-    return settings
-
-
-def published_order(tokenizer: Tokenizer) -> np.ndarray:
-    """For each line of the published vocab.txt, our id of its token."""
-    ids = tokenizer.published["ids"]
-    ours = np.empty(len(tokenizer.vocab), np.int64)
-    special = np.zeros(len(ours), bool)
-    special[ids] = True
-    ours[ids] = np.arange(len(RESERVED))
-    ours[~special] = np.arange(len(RESERVED), len(ours))
-    return ours
-
-
-def published_vocab(tokenizer: Tokenizer) -> list[str]:
-    """vocab.txt's lines, in the published order."""
-    return [tokenizer.vocab[i] for i in published_order(tokenizer)]
-
-
 def read_weights(folder: Path) -> dict[str, torch.Tensor]:
     """The folder's weights under transformers' BertForPreTraining names (a BertModel's
     keys gain the `bert.` prefix; TF-era `gamma`/`beta` become `weight`/`bias`)."""
@@ -276,7 +208,7 @@ def load(folder: Path) -> tuple[BertForPretraining, Tokenizer, int]:
         )
     model = BertForPretraining(config)
     model.load_state_dict(_our_weights(read_weights(folder), model.state_dict(), tokenizer, folder))
-    limit = _tokenizer_settings(folder).get("model_max_length")
+    limit = tokenizer_settings(folder).get("model_max_length")
     max_len = (
         limit
         if isinstance(limit, int) and 5 <= limit <= config.max_position
