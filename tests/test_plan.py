@@ -13,11 +13,17 @@ import torch
 from conftest import build_wikitext, run_cli
 
 from bertpretrain import plan
+from bertpretrain.commands import plan as plan_command
+from bertpretrain.config import compose
 from bertpretrain.data.batches import BatchStream
 from bertpretrain.errors import UserError
 from bertpretrain.model import BertConfig, BertForPretraining, BertModel, count_parameters
 
 LARGE_512 = ["model=large", "data.max_len=512", "trainer.batch_size=32"]
+
+
+def config(*overrides: str):
+    return compose(list(overrides))[0]
 
 
 def test_plan_prints_parameters_breakdown_verdict_and_largest_micro_batches(tmp_path, cli_env):
@@ -53,17 +59,17 @@ def test_plan_rejects_bad_input_with_one_line_and_exit_2(tmp_path, cli_env, args
 
 
 def test_device_memory_sizes_decimal_binary_and_bytes():
-    assert plan.parse_size("80GB") == 80 * 10**9
-    assert plan.parse_size("80GiB") == 80 * 2**30
-    assert plan.parse_size("16G") == 16 * 2**30
-    assert plan.parse_size("1.5 tb") == 1.5 * 10**12
-    assert plan.parse_size("123456") == 123456
+    assert plan_command.parse_size("80GB") == 80 * 10**9
+    assert plan_command.parse_size("80GiB") == 80 * 2**30
+    assert plan_command.parse_size("16G") == 16 * 2**30
+    assert plan_command.parse_size("1.5 tb") == 1.5 * 10**12
+    assert plan_command.parse_size("123456") == 123456
     with pytest.raises(UserError, match="--device-memory 'lots' is not a size"):
-        plan.parse_size("lots")
+        plan_command.parse_size("lots")
 
 
 def test_closed_form_parameter_count_matches_the_model():
-    cfg = plan.compose_config(["model=tiny"])
+    cfg = config("model=tiny")
     for layers, hidden, heads, ffn in [(2, 128, 2, 256), (3, 64, 4, 96)]:
         cfg.model.num_layers, cfg.model.hidden_size = layers, hidden
         cfg.model.num_heads, cfg.model.ffn_size = heads, ffn
@@ -72,7 +78,7 @@ def test_closed_form_parameter_count_matches_the_model():
 
 
 def test_fits_agrees_with_the_largest_micro_batch_and_checkpointing_helps():
-    cfg = plan.compose_config([*LARGE_512, "trainer.precision=bf16"])
+    cfg = config(*LARGE_512, "trainer.precision=bf16")
     for memory in (24 * 2**30, 80 * 10**9):
         p = plan.make_plan(cfg, device="cuda", memory=memory)
         assert p.fits == (p.micro_batch <= p.largest)
@@ -83,7 +89,7 @@ def test_fits_agrees_with_the_largest_micro_batch_and_checkpointing_helps():
 
 
 def test_oom_advice_is_one_line_naming_what_fits(monkeypatch):
-    cfg = plan.compose_config([*LARGE_512])
+    cfg = config(*LARGE_512)
     monkeypatch.setattr(plan, "device_memory", lambda name: 24 * 2**30)
     advice = plan.oom_advice(cfg, torch.device("cpu"))
     assert re.fullmatch(
@@ -182,7 +188,7 @@ def measurements(tmp_path_factory, wikitext_dir):
     for case, (overrides, checkpointing) in CASES.items():
         if checkpointing and not _has_checkpointing():
             continue
-        cfg = plan.compose_config([*overrides, "trainer.device=cpu"])
+        cfg = config(*overrides, "trainer.device=cpu")
         max_len = cfg.data.max_len
         if max_len not in datasets:
             data = build_wikitext(wikitext_dir / "wiki.valid.tokens", None, max_len, 5, 0)

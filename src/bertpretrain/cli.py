@@ -326,7 +326,7 @@ def export_main(argv: list[str]) -> None:
 
 
 def plan_main(argv: list[str]) -> None:
-    from bertpretrain.plan import main as plan
+    from bertpretrain.commands.plan import main as plan
 
     plan(argv)
 

@@ -1,7 +1,6 @@
-"""The memory a config needs on one device, planned before training: `bertpretrain plan`
-prints it, and `train` takes its accumulation from it (`choose_accum`).
-
-    bertpretrain plan model=large data.max_len=512 trainer.batch_size=32 --device-memory 80GB
+"""The memory a config needs on one device, planned before training: `train` takes its
+accumulation from it (`choose_accum`), and `bertpretrain plan` prints it
+(bertpretrain.commands.plan).
 
 Bytes are counted the way our own code spends them. Weights, gradients and Adam's two
 states are fp32: 4 + 4 + 8 bytes a parameter. Activations are the tensors autograd saves
@@ -16,15 +15,14 @@ the activation estimate against the peak memory of real training steps on the CP
 attention path (SDPA's fused kernel, memory linear in L instead of the CPU path's (B,
 heads, L, L) scores) is counted from what that kernel saves but is not measured here.
 
-Two inputs are unknown before the data is built: the vocabulary (--vocab-size, default
-BERT's 30522) and the real-token fill (--fill). Every layer but attention works on the
-real tokens only, so padding costs nothing there: WikiText-2 batches at max_len 64 are
-about 72% real tokens and at 128 about 42%. The default --fill 1.0 is the worst case.
+Two inputs are unknown before the data is built: the vocabulary (default BERT's 30522)
+and the real-token fill. Every layer but attention works on the real tokens only, so
+padding costs nothing there: WikiText-2 batches at max_len 64 are about 72% real tokens
+and at 128 about 42%. A fill of 1.0 is the worst case.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import math
 import os
@@ -39,7 +37,7 @@ from bertpretrain.config import Config
 from bertpretrain.config import parse_size as config_parse_size
 from bertpretrain.data.examples import MASK_RATE
 from bertpretrain.device import bf16_is_native
-from bertpretrain.errors import ArgumentParser, UserError
+from bertpretrain.errors import UserError
 
 DEFAULT_VOCAB = 30522  # BERT's WordPiece vocabulary
 LARGEST_SEARCHED = 1 << 20  # micro-batches beyond this are reported as "at least"
@@ -418,87 +416,21 @@ def oom_advice(cfg: Config, device, vocab_size: int | None = None) -> str:
             "something else holds memory (another process?)"
         )
     elif plan.checkpointing:
-        said = f"the plan says the largest that fits is {_count(plan.largest_checkpointed)} (with "
+        said = f"the plan says the largest that fits is {format_count(plan.largest_checkpointed)} (with "
         said += "model.gradient_checkpointing=true)"
     else:
-        said = f"the plan says the largest that fits is {_count(plan.largest)} "
-        said += f"({_count(plan.largest_checkpointed)} with model.gradient_checkpointing=true)"
+        said = f"the plan says the largest that fits is {format_count(plan.largest)} "
+        said += (
+            f"({format_count(plan.largest_checkpointed)} with model.gradient_checkpointing=true)"
+        )
     return (
         f"out of memory at micro-batch {plan.micro_batch}: {said}; lower trainer.batch_size "
         "or raise trainer.grad_accum"
     )
 
 
-def parse_size(text: str) -> int:
-    """Bytes from `80GB` (decimal), `80GiB` or `80G` (binary), or a plain number of bytes."""
-    return config_parse_size(text, "--device-memory ")
-
-
-def format_plan(
-    cfg: Config,
-    plan: Plan,
-    accum: int,
-    vocab_size: int,
-    fill: float,
-    ranks: int,
-    source: str,
-    refusal: str | None = None,
-) -> str:
-    """The plan as the command prints it: `accum` micro-steps as train would take them,
-    `source` where the memory figure comes from, `refusal` train's one line if it would
-    not start."""
-    m, t = cfg.model, cfg.trainer
-    split = f"trainer.batch_size={t.batch_size} / {accum} micro-steps (trainer.grad_accum={t.grad_accum})"
-    split += f" / {ranks} ranks" if ranks > 1 else ""
-    vocab = f"vocabulary {vocab_size}"
-    if vocab_size == cfg.tokenizer.vocab_size:
-        vocab += " (tokenizer.vocab_size)"
-    elif vocab_size == DEFAULT_VOCAB:
-        vocab += " (BERT's; WikiText-2's word vocabulary is known once the data is built: --vocab-size N)"
-    attention = (
-        "fused attention kernel (no (B, heads, L, L) scores)"
-        if plan.device == "cuda" or m.dropout == 0
-        else "attention materialises (B, heads, L, L) scores (on CUDA a fused kernel does not: "
-        "plan for a GPU with trainer.device=cuda)"
-    )
-    rows = [
-        ("weights (fp32)", plan.weights),
-        ("gradients (fp32)", plan.gradients),
-        ("optimizer state (Adam: 2 x fp32)", plan.optimizer),
-        (f"activations for a micro-batch of {plan.micro_batch}", plan.activation_total),
-        *[(f"  {name}", size) for name, size in plan.activations.items()],
-    ]
-    if plan.step_scratch > plan.activation_total:
-        rows.append(("optimizer.step() scratch (instead of activations)", plan.step_scratch))
-    rows.append(("runtime overhead (rough)", plan.overhead))
-    memory = format_size(plan.device_memory)
-    usage = f"{format_size(plan.total)} of {memory} ({100 * plan.total / plan.device_memory:.0f}%)"
-    verdict = (
-        f"does NOT fit: {refusal}" if refusal else f"fits: {usage}; a plan may fill {MARGIN:.0%}"
-    )
-    return "\n".join(
-        [
-            f"model={m.name}: {m.num_layers} layers, hidden {m.hidden_size}, {m.num_heads} heads, "
-            f"FFN {m.ffn_size}; data.max_len={cfg.data.max_len}; trainer.precision={t.precision}",
-            f"parameters: {plan.params / 1e6:.1f}M with {vocab}",
-            f"micro-batch: {plan.micro_batch} sequences ({split}); gradient checkpointing "
-            f"{'on' if plan.checkpointing else 'off'}",
-            f"real-token fill: {fill:.2f} (--fill; 1.0 = no padding, the worst case; WikiText-2 "
-            "batches are about 0.72 at max_len 64)",
-            f"device: {plan.device} (trainer.device={t.device}), {memory} ({source}); {attention}",
-            "",
-            *[f"  {name:<52} {format_size(size):>12}" for name, size in rows],
-            f"  {'total':<52} {format_size(plan.total):>12}",
-            "",
-            verdict,
-            f"largest micro-batch that fits: {_count(plan.largest)} without gradient "
-            f"checkpointing, {_count(plan.largest_checkpointed)} with "
-            "model.gradient_checkpointing=true",
-        ]
-    )
-
-
-def _count(n: int) -> str:
+def format_count(n: int) -> str:
+    """A largest micro-batch as the plan reports it."""
     return "none" if n == 0 else f"{n} or more" if n >= LARGEST_SEARCHED else str(n)
 
 
@@ -508,85 +440,3 @@ def format_size(n: float) -> str:
         if abs(n) >= scale:
             return f"{n / scale:.2f} {unit}" if unit == "GiB" else f"{n / scale:.1f} {unit}"
     return f"{int(n)} B"
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(
-        prog="bertpretrain plan",
-        description="The memory a training config needs on one device, without training: "
-        "parameters, weights, gradients, Adam's state, activations per micro-batch, whether "
-        "it fits and the largest micro-batch that does.",
-        epilog="example: bertpretrain plan model=large data.max_len=512 trainer.batch_size=32 "
-        "trainer.precision=bf16 --device-memory 80GB",
-    )
-    p.add_argument(
-        "overrides", nargs="*", metavar="KEY=VALUE", help="Hydra overrides, as for train"
-    )
-    p.add_argument(
-        "--device-memory",
-        metavar="SIZE",
-        help="the device's memory: 80GB (decimal), 80GiB or 80G (binary), or bytes; "
-        "default: the GPU's of trainer.device, or this machine's RAM on the CPU",
-    )
-    p.add_argument(
-        "--vocab-size",
-        type=int,
-        metavar="N",
-        help="vocabulary size (default: tokenizer.vocab_size for tokenizer=wordpiece, else "
-        f"{DEFAULT_VOCAB}, BERT's; the training log prints a word vocabulary's once the data "
-        "is built)",
-    )
-    p.add_argument(
-        "--fill",
-        type=float,
-        default=1.0,
-        metavar="F",
-        help="fraction of positions that are real tokens, not padding (default: 1.0, the "
-        "worst case; WikiText-2 is about 0.72 at data.max_len=64)",
-    )
-    p.add_argument(
-        "--ranks",
-        type=int,
-        default=1,
-        metavar="N",
-        help="data-parallel processes (torchrun) sharing trainer.batch_size (default: 1)",
-    )
-    return p
-
-
-def compose_config(overrides: list[str]) -> Config:
-    """The typed config `bertpretrain train OVERRIDES` would run, composed without a run dir."""
-    from bertpretrain.config import compose
-
-    return compose(overrides)[0]
-
-
-def main(argv: list[str]) -> None:
-    args = _parser().parse_args(argv)
-    if not 0 < args.fill <= 1:
-        raise UserError(f"--fill {args.fill} must be in (0, 1], e.g. --fill 0.72")
-    if (args.vocab_size is not None and args.vocab_size < 1) or args.ranks < 1:
-        raise UserError("--vocab-size and --ranks must be positive integers")
-    cfg = compose_config(args.overrides)
-    if cfg.init:  # that model's architecture and vocabulary
-        from bertpretrain import published
-
-        args.vocab_size = args.vocab_size or published.adopt_architecture(cfg)[1].vocab_size
-    if args.vocab_size is None:
-        args.vocab_size = cfg.tokenizer.vocab_size or DEFAULT_VOCAB
-    device = device_type(cfg.trainer.device)
-    if args.device_memory is not None:
-        budget, source = parse_size(args.device_memory), f"--device-memory {args.device_memory}"
-    else:
-        name = cfg.trainer.device
-        budget, source = memory_budget(cfg, torch.device(device if name == "auto" else name))
-    refusal = None
-    try:
-        accum, plan = choose_accum(
-            cfg, args.vocab_size, args.fill, device, budget, source, args.ranks
-        )
-    except UserError as e:  # what train would refuse with, after the table
-        accum = cfg.trainer.grad_accum if isinstance(cfg.trainer.grad_accum, int) else 1
-        plan = make_plan(cfg, args.vocab_size, args.fill, device, budget, args.ranks, accum)
-        refusal = str(e)
-    print(format_plan(cfg, plan, accum, args.vocab_size, args.fill, args.ranks, source, refusal))

@@ -1,0 +1,1 @@
+"""The commands' argparse and printing, around the library's functions."""
