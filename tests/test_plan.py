@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import build_wikitext, run_cli
 
-from bertpretrain import plan
+from bertpretrain import plan, published
 from bertpretrain.commands import plan as plan_command
 from bertpretrain.config import compose
 from bertpretrain.data.batches import BatchStream
@@ -56,6 +56,18 @@ def test_plan_rejects_bad_input_with_one_line_and_exit_2(tmp_path, cli_env, args
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert result.stderr.startswith("bertpretrain: error: ")
+
+
+def test_plan_of_an_init_model_takes_its_architecture_with_or_without_a_vocab_size(
+    monkeypatch, capsys
+):
+    arch = BertConfig(500, num_layers=3, hidden_size=32, num_heads=2, ffn_size=64)
+    monkeypatch.setattr(published, "init_architecture", lambda source: (source, arch))
+    for extra, vocab in (([], 500), (["--vocab-size", "700"], 700)):
+        plan_command.main(["init=somewhere", "trainer.device=cpu", "--device-memory=8GB", *extra])
+        out = capsys.readouterr().out
+        assert out.startswith("model=init: 3 layers, hidden 32, 2 heads, FFN 64;"), out
+        assert f"with vocabulary {vocab}\n" in out
 
 
 def test_device_memory_sizes_decimal_binary_and_bytes():

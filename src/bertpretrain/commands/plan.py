@@ -44,10 +44,11 @@ def main(argv: list[str]) -> None:
 
 def _vocab_size(cfg: Config, given: int | None) -> int:
     """--vocab-size, else init='s vocabulary, tokenizer.vocab_size or BERT's."""
-    if cfg.init:  # that model's architecture and vocabulary
+    if cfg.init:  # that model's architecture replaces model.*, and its vocabulary is known
         from bertpretrain import published
 
-        given = given or published.adopt_architecture(cfg)[1].vocab_size
+        adopted = published.adopt_architecture(cfg)[1].vocab_size
+        return given or adopted
     return given or cfg.tokenizer.vocab_size or DEFAULT_VOCAB
 
 
