@@ -2,18 +2,20 @@
 accumulation from it (`choose_accum`), and `bertpretrain plan` prints it
 (bertpretrain.commands.plan).
 
-Bytes are counted the way our own code spends them. Weights, gradients and Adam's two
-states are fp32: 4 + 4 + 8 bytes a parameter. Activations are the tensors autograd saves
-for backward in model.py's packed training path, summed layer by layer by dtype (fp32 4
-bytes, bf16 2, a dropout mask 1); the comments in `activation_bytes` name each one. Two
-terms are rough on purpose and say so: backward's own buffers (about two gradients of the
-largest tensor alive at once) and the runtime overhead. Gradients are counted as alive
-for the whole step, as they are from the second micro-step of gradient accumulation on,
-so with trainer.grad_accum=1 the total errs on the safe side. tests/test_plan.py holds
-the activation estimate against the peak memory of real training steps on the CPU (within
-25%), and docs/benchmarks.md whole runs' plans against their peak (within 8%); the CUDA
-attention path (SDPA's fused kernel, memory linear in L instead of the CPU path's (B,
-heads, L, L) scores) is counted from what that kernel saves but is not measured here.
+Weights, gradients and Adam's two states are read off the model itself: the plan builds
+BertForPretraining on the meta device (shapes and dtypes, no memory) and counts its
+parameters' bytes, so a change to model.py changes the plan by construction. Activations
+cannot be read off the modules; bertpretrain.activation_memory counts the tensors autograd
+saves for backward, term by term. Two terms are rough on purpose and say so: backward's
+own buffers and the runtime overhead. Gradients are counted as alive for the whole step,
+as they are from the second micro-step of gradient accumulation on, so with
+trainer.grad_accum=1 the total errs on the safe side.
+
+tests/test_plan.py holds the activation estimate against the peak memory of real training
+steps on the CPU (within 25%), and docs/benchmarks.md whole runs' plans against their peak
+(within 8%); the CUDA attention path (SDPA's fused kernel, memory linear in L instead of
+the CPU path's (B, heads, L, L) scores) is counted from what that kernel saves but is not
+measured here.
 
 Two inputs are unknown before the data is built: the vocabulary (default BERT's 30522)
 and the real-token fill. Every layer but attention works on the real tokens only, so
@@ -23,21 +25,20 @@ and at 128 about 42%. A fill of 1.0 is the worst case.
 
 from __future__ import annotations
 
-import contextlib
-import math
 import os
-import resource
-import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
+from bertpretrain.activation_memory import activation_bytes
 from bertpretrain.config import Config
-from bertpretrain.config import parse_size as config_parse_size
-from bertpretrain.data.examples import MASK_RATE
 from bertpretrain.device import bf16_is_native
 from bertpretrain.errors import UserError
+from bertpretrain.memory import device_memory, device_type, format_size, resident_memory
+from bertpretrain.memory import memory_budget as memory_budget  # for train, as plan.memory_budget
+from bertpretrain.memory import peak_memory as peak_memory  # for train and cli, as plan.peak_memory
+from bertpretrain.model import BertConfig, BertForPretraining
 
 DEFAULT_VOCAB = 30522  # BERT's WordPiece vocabulary
 LARGEST_SEARCHED = 1 << 20  # micro-batches beyond this are reported as "at least"
@@ -91,124 +92,36 @@ class Plan:
         return self.total <= MARGIN * self.device_memory
 
 
-def count_parameters(cfg: Config, vocab_size: int) -> int:
-    """BertForPretraining's parameters in closed form (the tied MLM decoder counted once)."""
-    m = cfg.model
-    h, f = m.hidden_size, m.ffn_size
-    embeddings = (vocab_size + m.max_position + 2) * h + 2 * h  # word, position, segment, LN
-    layer = (3 * h * h + 3 * h) + (h * h + h) + (h * f + f) + (f * h + h) + 2 * 2 * h
-    heads = (h * h + h) + (h * h + h + 2 * h + vocab_size) + (2 * h + 2)  # pooler, MLM, NSP
-    return embeddings + m.num_layers * layer + heads
+def architecture(cfg: Config, vocab_size: int) -> BertConfig:
+    """The BertConfig of cfg.model with this vocabulary: every field the two schemas share
+    is copied; BertConfig's defaults stand for the fields model.* does not carry."""
+    carried = {field.name for field in fields(cfg.model)}
+    shared = {
+        field.name: getattr(cfg.model, field.name)
+        for field in fields(BertConfig)
+        if field.name in carried
+    }
+    return BertConfig(vocab_size=vocab_size, **shared)
 
 
-def activation_bytes(
-    cfg: Config, vocab_size: int, batch: int, fill: float, device: str, checkpointing: bool
-) -> dict[str, int]:
-    """What one training micro-batch adds on top of weights, gradients and optimizer state.
+def model_parameters(arch: BertConfig) -> list[torch.nn.Parameter]:
+    """The trainable parameters of BertForPretraining(arch), built on the meta device:
+    their shapes and dtypes without their memory (tied weights appear once)."""
+    with torch.device("meta"):
+        model = BertForPretraining(arch)
+    return [parameter for parameter in model.parameters() if parameter.requires_grad]
 
-    Each term is a tensor autograd saves in model.py (BertForPretraining.losses, training
-    mode). Under bf16 autocast matmul outputs are bf16 and each Linear saves a bf16 copy of
-    its input, while the residual stream (the LayerNorm inputs) stays fp32; LayerNorm and
-    softmax keep their input's dtype on the CPU and run in fp32 on CUDA.
-    """
-    m = cfg.model
-    b, n = batch, cfg.data.max_len
-    h, f, heads, v = m.hidden_size, m.ffn_size, m.num_heads, vocab_size
-    padded = b * n  # attention works on every position, padding included
-    t = math.ceil(fill * padded)  # real tokens: every other layer works on these alone
-    p = max(b, round(MASK_RATE * t))  # masked positions: the MLM head runs on these alone
-    a = 2 if cfg.trainer.precision == "bf16" else 4  # bytes of a matmul output / Linear input
-    mask = 1 if m.dropout > 0 else 0  # a dropout mask is bool: 1 byte an element
-    scores = b * heads * n * n  # (B, heads, L, L)
-    # SDPA's fused kernels: on CUDA, and on the CPU without dropout (Layer.attention spells
-    # attention out on the CPU only to draw the dropout mask cheaply)
-    fused = device == "cuda" or m.dropout == 0
 
-    if fused:  # F.scaled_dot_product_attention saves q, k, v, its output and the logsumexp
-        attention = 3 * a * padded * h + a * padded * h + 4 * b * heads * n
-    else:  # matmul's contiguous copies of the padded q, k, v, then the (B, heads, L, L) scores
-        attention = 3 * a * padded * h + a * scores  # softmax output
-        attention += mask * scores + (a * scores if mask else 0)  # dropout mask, dropped probs
-    layer = (
-        a * t * h  # layer input, saved by qkv
-        + 3 * a * t * h  # qkv's output, saved by index_copy (its backward does expand_as(source))
-        + attention
-        + a * t * h  # attention output, saved by attention_output
-        + 2 * (4 * t * h + 8 * t)  # the two LayerNorms' fp32 inputs (x + ...), mean and rstd
-        + a * t * h  # the first LayerNorm's output, saved by intermediate
-        + 2 * a * t * f  # intermediate's output, saved by GELU; GELU's, saved by output
-        + 2 * mask * t * h  # dropout masks after attention_output and output
-    )
-    embeddings = (
-        3 * 8 * t  # int64 word, position and segment ids, saved by the lookups
-        + 4 * t * h  # fp32 sum of the three, saved by LayerNorm
-        + 8 * t  # LayerNorm's mean and rstd
-        + mask * t * h  # dropout mask
-        + 8 * t  # Packing.index
-        + padded  # Packing.keep (bool)
-    )
-    head_norm = 4 if device == "cuda" else a  # CUDA autocast runs LayerNorm in fp32
-    heads_ = (
-        8 * p  # int64 rows of the masked positions
-        + 2 * a * p * h  # mlm_dense's input, GELU's input
-        + head_norm * p * h  # mlm_LayerNorm's input (cast to fp32 on CUDA)
-        + 8 * p  # its mean and rstd
-        + a * p * h  # mlm_LayerNorm's output, saved by the decoder
-        + 4 * p * v  # log-softmax of the fp32 logits, saved by cross-entropy
-        + 8 * p  # labels
-        + 3 * a * b * h  # pooler input, tanh output, NSP input
-    )
-    # Backward's own buffers, rough: it starts at the MLM head, where nll_loss and
-    # log_softmax each make a (P, V) fp32 gradient while the saved log-softmax is alive and
-    # the decoder makes the word embedding's (V, H) gradient; in a layer, about two
-    # gradients of its largest tensor are alive at once.
-    head_peak = 2 * 4 * p * v + 4 * v * h
-    layer_peak = 2 * max(a * t * f, a * padded * h, 0 if fused else a * scores)
-    parts = {"embeddings": embeddings}
-    if checkpointing:
-        # torch.utils.checkpoint keeps each layer's fp32 input; backward recomputes one layer
-        # at a time, after the head's backward has freed what the head saved.
-        parts[f"layer inputs: {m.num_layers} x {format_size(4 * t * h)}"] = m.num_layers * 4 * t * h
-        if heads_ + head_peak > layer + layer_peak:
-            parts["MLM and NSP heads, and their backward (rough)"] = heads_ + head_peak
-        else:
-            parts["one layer recomputed, and its backward (rough)"] = layer + layer_peak
-    else:
-        parts[f"layers: {m.num_layers} x {format_size(layer)}"] = m.num_layers * layer
-        parts["MLM and NSP heads"] = heads_
-        parts["backward buffers (rough)"] = max(head_peak, layer_peak)
-    if a == 2:  # autocast's bf16 copies of the weights, saved by the matmuls that use them
-        parts["bf16 weight copies"] = 2 * count_parameters(cfg, vocab_size)
-    return parts
+def configured_accum(cfg: Config) -> int:
+    """trainer.grad_accum's micro-steps, or 1 under auto."""
+    return cfg.trainer.grad_accum if isinstance(cfg.trainer.grad_accum, int) else 1
 
 
 def micro_batch(cfg: Config, ranks: int = 1, accum: int | None = None) -> int:
     """Sequences per forward/backward on one device: the batch over ranks x grad_accum
-    (`accum` given, or trainer.grad_accum; auto counts as 1 here)."""
-    if accum is None:
-        accum = cfg.trainer.grad_accum if isinstance(cfg.trainer.grad_accum, int) else 1
+    (`accum` given, or trainer.grad_accum's)."""
+    accum = configured_accum(cfg) if accum is None else accum
     return max(1, cfg.trainer.batch_size // (ranks * accum))
-
-
-def device_type(name: str) -> str:
-    """cuda, mps or cpu: what trainer.device means here (`auto` as training resolves it)."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        return "mps" if torch.backends.mps.is_available() else "cpu"
-    return name.split(":")[0]
-
-
-def device_memory(name: str) -> int:
-    """The memory of trainer.device: the GPU's, or the machine's RAM for cpu and mps."""
-    if device_type(name) == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError(
-                f"trainer.device={name} is not available here; give its memory with "
-                "--device-memory SIZE, e.g. --device-memory 80GB"
-            )
-        return torch.cuda.get_device_properties(torch.device(name).index or 0).total_memory
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def make_plan(
@@ -226,28 +139,37 @@ def make_plan(
     passes what its process holds once the data is built)."""
     kind = device or device_type(cfg.trainer.device)
     memory = device_memory(cfg.trainer.device) if memory is None else memory
-    params = count_parameters(cfg, vocab_size)
-    decay = cfg.optim.name == "adam" and cfg.optim.weight_decay > 0  # adds wd * p to a grads copy
-    checkpointing = bool(getattr(cfg.model, "gradient_checkpointing", False))
+    overhead = OVERHEAD.get(kind, OVERHEAD["cpu"]) if overhead is None else overhead
+    arch = architecture(cfg, vocab_size)
+    parameters = model_parameters(arch)
+    count = sum(parameter.numel() for parameter in parameters)
+    weights = sum(parameter.numel() * parameter.element_size() for parameter in parameters)
+    # foreach Adam's temporaries: sqrt(exp_avg_sq), ...; weight decay adds wd * p to a copy
+    # of the gradients
+    decay = cfg.optim.name == "adam" and cfg.optim.weight_decay > 0
+    # autocast's bf16 copies of the weights, saved by the matmuls that use them
+    bf16 = cfg.trainer.precision == "bf16"
+    copies = {"bf16 weight copies": count * torch.bfloat16.itemsize} if bf16 else {}
 
     def plan_for(batch: int, checkpointing: bool) -> Plan:
+        activations = activation_bytes(cfg, arch, batch, fill, kind, checkpointing)
         return Plan(
-            params=params,
+            params=count,
             micro_batch=batch,
             checkpointing=checkpointing,
             device=kind,
             device_memory=memory,
-            weights=4 * params,
-            gradients=4 * params,
-            optimizer=8 * params,
-            step_scratch=(8 if decay else 4) * params,  # foreach Adam's sqrt(exp_avg_sq), ...
-            activations=activation_bytes(cfg, vocab_size, batch, fill, kind, checkpointing),
-            overhead=OVERHEAD.get(kind, OVERHEAD["cpu"]) if overhead is None else overhead,
+            weights=weights,
+            gradients=weights,  # one per parameter, of its dtype
+            optimizer=2 * weights,  # Adam's exp_avg and exp_avg_sq, each like the parameter
+            step_scratch=(2 if decay else 1) * weights,
+            activations={**activations, **copies},
+            overhead=overhead,
         )
 
-    plan = plan_for(micro_batch(cfg, ranks, accum), checkpointing)
-    plan.largest = _largest(lambda b: plan_for(b, False).fits)
-    plan.largest_checkpointed = _largest(lambda b: plan_for(b, True).fits)
+    plan = plan_for(micro_batch(cfg, ranks, accum), cfg.model.gradient_checkpointing)
+    plan.largest = _largest(lambda batch: plan_for(batch, False).fits)
+    plan.largest_checkpointed = _largest(lambda batch: plan_for(batch, True).fits)
     return plan
 
 
@@ -265,67 +187,11 @@ def _largest(fits: Callable[[int], bool]) -> int:
     return lo
 
 
-def memory_budget(cfg: Config, device: torch.device) -> tuple[int, str]:
-    """The bytes a run on `device` may plan for, and where that figure comes from:
-    trainer.memory_budget, or what the device has available now."""
-    if cfg.trainer.memory_budget is not None:
-        return config_parse_size(cfg.trainer.memory_budget, "trainer.memory_budget="), (
-            f"trainer.memory_budget={cfg.trainer.memory_budget}"
-        )
-    if device.type == "cuda":
-        return available_memory(device), "the GPU's free memory"
-    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # they share the RAM
-    return available_memory(torch.device("cpu"), local_ranks), "the available RAM"
-
-
-def available_memory(device: torch.device, local_ranks: int = 1) -> int:
-    """What this process may use: the GPU's free memory plus what torch holds there, or on
-    the CPU its share of the machine's available RAM plus what it already holds (plans
-    count that as their overhead)."""
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError(
-                f"trainer.device={device} is not available here; give its memory with "
-                "--device-memory SIZE, e.g. --device-memory 80GB"
-            )
-        return torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_reserved(device)
-    try:
-        with open("/proc/meminfo") as f:
-            info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f}
-        free = info["MemAvailable"]
-    except (OSError, KeyError, ValueError, IndexError):
-        free = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
-    return free // local_ranks + resident_memory()
-
-
 def process_overhead(device: str) -> int:
     """The overhead of a plan made inside the training process, once its data is built."""
     if device == "cpu":
         return resident_memory() + CPU_RUNTIME_GROWTH
     return OVERHEAD.get(device, OVERHEAD["cpu"])
-
-
-def peak_memory(device: torch.device | None = None) -> int:
-    """What the run has held at most: the process's peak resident memory on the CPU (the
-    figure the kernel's out-of-memory killer goes by), allocated tensors on CUDA."""
-    if device is not None and device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device)
-    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec() from the process that
-    # forked us, so a run started by a large parent (pytest, a notebook) would report it.
-    with contextlib.suppress(OSError, StopIteration, ValueError), open("/proc/self/status") as f:
-        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (
-        1 if sys.platform == "darwin" else 1024
-    )
-
-
-def resident_memory() -> int:
-    """This process's resident memory now (0 where /proc is missing)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0
 
 
 def choose_accum(
@@ -432,11 +298,3 @@ def oom_advice(cfg: Config, device, vocab_size: int | None = None) -> str:
 def format_count(n: int) -> str:
     """A largest micro-batch as the plan reports it."""
     return "none" if n == 0 else f"{n} or more" if n >= LARGEST_SEARCHED else str(n)
-
-
-def format_size(n: float) -> str:
-    """Bytes in binary units: 1.23 GiB, 45.6 MiB."""
-    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if abs(n) >= scale:
-            return f"{n / scale:.2f} {unit}" if unit == "GiB" else f"{n / scale:.1f} {unit}"
-    return f"{int(n)} B"

@@ -14,6 +14,7 @@ import argparse
 import torch
 
 from bertpretrain import plan
+from bertpretrain.activation_memory import fused_attention
 from bertpretrain.config import Config, compose
 from bertpretrain.config import parse_size as config_parse_size
 from bertpretrain.errors import ArgumentParser, UserError
@@ -36,7 +37,7 @@ def main(argv: list[str]) -> None:
             cfg, vocab_size, args.fill, device, budget, source, args.ranks
         )
     except UserError as refused:  # what train would refuse with, printed after the table
-        accum = cfg.trainer.grad_accum if isinstance(cfg.trainer.grad_accum, int) else 1
+        accum = plan.configured_accum(cfg)
         chosen = plan.make_plan(cfg, vocab_size, args.fill, device, budget, args.ranks, accum)
         refusal = str(refused)
     print(format_plan(cfg, chosen, accum, vocab_size, args.fill, args.ranks, source, refusal))
@@ -104,7 +105,7 @@ def _settings(
         vocab += " (BERT's; WikiText-2's word vocabulary is known once the data is built: --vocab-size N)"
     attention = (
         "fused attention kernel (no (B, heads, L, L) scores)"
-        if chosen.device == "cuda" or model.dropout == 0
+        if fused_attention(chosen.device, model.dropout)
         else "attention materialises (B, heads, L, L) scores (on CUDA a fused kernel does not: "
         "plan for a GPU with trainer.device=cuda)"
     )
