@@ -246,9 +246,10 @@ def measurements(tmp_path_factory, wikitext_dir):
             process.communicate()
 
 
+# Measured 0.98 to 1.03 on these cases (torch 2.13); plan.py's docstring says so.
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc and ru_maxrss")
 @pytest.mark.parametrize("case", list(CASES))
-def test_activation_estimate_within_25_percent_of_measured_peak(case, measurements):
+def test_activation_estimate_within_10_percent_of_measured_peak(case, measurements):
     cfg, vocab, fill, process = measurements[case]
     stdout, stderr = process.communicate(timeout=180)
     assert process.returncode == 0, stderr[-3000:]
@@ -258,7 +259,7 @@ def test_activation_estimate_within_25_percent_of_measured_peak(case, measuremen
     planned = plan.make_plan(cfg, vocab, fill, "cpu", memory=1 << 50)
     estimate = max(planned.activation_total, planned.step_scratch)
     ratio = estimate / measured["growth"]
-    assert 0.75 <= ratio <= 1.25, (
+    assert 0.9 <= ratio <= 1.1, (
         f"{case}: estimate {estimate / 2**20:.1f} MiB, measured {measured['growth'] / 2**20:.1f} "
         f"MiB (fill {fill:.3f}): {planned.activations}"
     )
