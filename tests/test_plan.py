@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -12,12 +13,18 @@ import pytest
 import torch
 from conftest import build_wikitext, run_cli
 
-from bertpretrain import plan
+from bertpretrain import plan, published
+from bertpretrain.commands import plan as plan_command
+from bertpretrain.config import compose
 from bertpretrain.data.batches import BatchStream
 from bertpretrain.errors import UserError
-from bertpretrain.model import BertConfig, BertForPretraining, BertModel, count_parameters
+from bertpretrain.model import BertConfig, BertForPretraining, count_parameters
 
 LARGE_512 = ["model=large", "data.max_len=512", "trainer.batch_size=32"]
+
+
+def config(*overrides: str):
+    return compose(list(overrides))[0]
 
 
 def test_plan_prints_parameters_breakdown_verdict_and_largest_micro_batches(tmp_path, cli_env):
@@ -52,27 +59,52 @@ def test_plan_rejects_bad_input_with_one_line_and_exit_2(tmp_path, cli_env, args
     assert result.stderr.startswith("bertpretrain: error: ")
 
 
+def test_plan_of_an_init_model_takes_its_architecture_with_or_without_a_vocab_size(
+    monkeypatch, capsys
+):
+    arch = BertConfig(500, num_layers=3, hidden_size=32, num_heads=2, ffn_size=64)
+    monkeypatch.setattr(published, "init_architecture", lambda source: (source, arch))
+    for extra, vocab in (([], 500), (["--vocab-size", "700"], 700)):
+        plan_command.main(["init=somewhere", "trainer.device=cpu", "--device-memory=8GB", *extra])
+        out = capsys.readouterr().out
+        assert out.startswith("model=init: 3 layers, hidden 32, 2 heads, FFN 64;"), out
+        assert f"with vocabulary {vocab}\n" in out
+
+
 def test_device_memory_sizes_decimal_binary_and_bytes():
-    assert plan.parse_size("80GB") == 80 * 10**9
-    assert plan.parse_size("80GiB") == 80 * 2**30
-    assert plan.parse_size("16G") == 16 * 2**30
-    assert plan.parse_size("1.5 tb") == 1.5 * 10**12
-    assert plan.parse_size("123456") == 123456
+    assert plan_command.parse_size("80GB") == 80 * 10**9
+    assert plan_command.parse_size("80GiB") == 80 * 2**30
+    assert plan_command.parse_size("16G") == 16 * 2**30
+    assert plan_command.parse_size("1.5 tb") == 1.5 * 10**12
+    assert plan_command.parse_size("123456") == 123456
     with pytest.raises(UserError, match="--device-memory 'lots' is not a size"):
-        plan.parse_size("lots")
+        plan_command.parse_size("lots")
 
 
-def test_closed_form_parameter_count_matches_the_model():
-    cfg = plan.compose_config(["model=tiny"])
-    for layers, hidden, heads, ffn in [(2, 128, 2, 256), (3, 64, 4, 96)]:
-        cfg.model.num_layers, cfg.model.hidden_size = layers, hidden
-        cfg.model.num_heads, cfg.model.ffn_size = heads, ffn
-        model = BertForPretraining(BertConfig(1000, layers, hidden, heads, ffn))
-        assert plan.count_parameters(cfg, 1000) == count_parameters(model)
+def planned_parameters(cfg, vocab_size: int) -> int:
+    return plan.make_plan(cfg, vocab_size, device="cpu", memory=1 << 40).params
+
+
+@pytest.mark.parametrize("model", ["tiny", "base", "large"])
+@pytest.mark.parametrize("vocab_size", [plan.DEFAULT_VOCAB, 1234])
+def test_planned_parameters_are_those_of_the_model_train_builds(model, vocab_size):
+    cfg = config(f"model={model}")
+    with torch.device("meta"):  # shapes only: BERT-large without its 1.3 GB
+        built = BertForPretraining(cfg.model.architecture(vocab_size))
+    assert planned_parameters(cfg, vocab_size) == count_parameters(built)
+
+
+def test_planned_parameters_follow_a_field_the_plan_has_no_formula_for():
+    """type_vocab_size: the plan counts the model it builds, whatever the field."""
+    two = planned_parameters(config("model=tiny"), 1234)
+    cfg = config("model=tiny", "model.type_vocab_size=5")
+    with torch.device("meta"):
+        built = BertForPretraining(cfg.model.architecture(1234))
+    assert planned_parameters(cfg, 1234) == count_parameters(built) == two + 3 * 128
 
 
 def test_fits_agrees_with_the_largest_micro_batch_and_checkpointing_helps():
-    cfg = plan.compose_config([*LARGE_512, "speed.precision=bf16"])
+    cfg = config(*LARGE_512, "speed.precision=bf16")
     for memory in (24 * 2**30, 80 * 10**9):
         p = plan.make_plan(cfg, device="cuda", memory=memory)
         assert p.fits == (p.micro_batch <= p.largest)
@@ -83,7 +115,7 @@ def test_fits_agrees_with_the_largest_micro_batch_and_checkpointing_helps():
 
 
 def test_oom_advice_is_one_line_naming_what_fits(monkeypatch):
-    cfg = plan.compose_config([*LARGE_512])
+    cfg = config(*LARGE_512)
     monkeypatch.setattr(plan, "device_memory", lambda name: 24 * 2**30)
     advice = plan.oom_advice(cfg, torch.device("cpu"))
     assert re.fullmatch(
@@ -145,31 +177,26 @@ peak = high_water_mark()
 print(json.dumps({"growth": peak - before, "new_peak": peak > before}))
 """
 
-CASES = {  # name: (overrides, checkpointing)
-    "tiny-len64-batch64": (["model=tiny", "data.max_len=64", "trainer.batch_size=64"], False),
-    "tiny-len64-batch256": (["model=tiny", "data.max_len=64", "trainer.batch_size=256"], False),
-    "4x256-len128-batch16": (
-        [
-            "model=tiny",
-            "model.num_layers=4",
-            "model.hidden_size=256",
-            "model.num_heads=4",
-            "model.ffn_size=1024",
-            "model.dropout=0.1",
-            "data.max_len=128",
-            "trainer.batch_size=16",
-        ],
-        False,
-    ),
-    "tiny-len64-batch256-checkpointed": (
-        ["model=tiny", "data.max_len=64", "trainer.batch_size=256"],
-        True,
-    ),
+CASES = {  # name: overrides, each on the CPU with the whole batch in one micro-step
+    "tiny-len64-batch64": ["model=tiny", "data.max_len=64", "trainer.batch_size=64"],
+    "tiny-len64-batch256": ["model=tiny", "data.max_len=64", "trainer.batch_size=256"],
+    "4x256-len128-batch16": [
+        "model=tiny",
+        "model.num_layers=4",
+        "model.hidden_size=256",
+        "model.num_heads=4",
+        "model.ffn_size=1024",
+        "model.dropout=0.1",
+        "data.max_len=128",
+        "trainer.batch_size=16",
+    ],
+    "tiny-len64-batch256-checkpointed": [
+        "model=tiny",
+        "data.max_len=64",
+        "trainer.batch_size=256",
+        "speed.gradient_checkpointing=true",
+    ],
 }
-
-
-def _has_checkpointing() -> bool:
-    return hasattr(BertModel(BertConfig(8, 1, 8, 2, 8)), "gradient_checkpointing")
 
 
 @pytest.fixture(scope="module")
@@ -179,10 +206,8 @@ def measurements(tmp_path_factory, wikitext_dir):
     folder = tmp_path_factory.mktemp("plan-measure")
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
     datasets, started = {}, {}
-    for case, (overrides, checkpointing) in CASES.items():
-        if checkpointing and not _has_checkpointing():
-            continue
-        cfg = plan.compose_config([*overrides, "trainer.device=cpu"])
+    for case, overrides in CASES.items():
+        cfg = config(*overrides, "trainer.device=cpu", "trainer.grad_accum=1")
         max_len = cfg.data.max_len
         if max_len not in datasets:
             data = build_wikitext(wikitext_dir / "wiki.valid.tokens", None, max_len, 5, 0)
@@ -191,19 +216,10 @@ def measurements(tmp_path_factory, wikitext_dir):
         batch = BatchStream(examples, cfg.trainer.batch_size, 0).batch(0)
         torch.save(batch, folder / f"{case}.pt")
         fill = float(batch["valid_lens"].sum()) / batch["tokens"].numel()
-        m = cfg.model
         spec = {
             "batch": str(folder / f"{case}.pt"),
-            "model": {
-                "vocab_size": vocab,
-                "num_layers": m.num_layers,
-                "hidden_size": m.hidden_size,
-                "num_heads": m.num_heads,
-                "ffn_size": m.ffn_size,
-                "dropout": m.dropout,
-                "max_position": m.max_position,
-            },
-            "checkpointing": checkpointing,
+            "model": dataclasses.asdict(cfg.model.architecture(vocab)),
+            "checkpointing": cfg.speed.gradient_checkpointing,
             "bf16": cfg.speed.precision == "bf16",
         }
         process = subprocess.Popen(
@@ -221,23 +237,20 @@ def measurements(tmp_path_factory, wikitext_dir):
             process.communicate()
 
 
+# Measured 0.98 to 1.03 on these cases (torch 2.13); plan.py's docstring says so.
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc and ru_maxrss")
 @pytest.mark.parametrize("case", list(CASES))
-def test_activation_estimate_within_25_percent_of_measured_peak(case, measurements):
-    if case not in measurements:
-        pytest.skip("the model has no gradient checkpointing yet")
+def test_activation_estimate_within_10_percent_of_measured_peak(case, measurements):
     cfg, vocab, fill, process = measurements[case]
     stdout, stderr = process.communicate(timeout=180)
     assert process.returncode == 0, stderr[-3000:]
     measured = json.loads(stdout)
     assert measured["new_peak"], "the step did not set a new high-water mark: nothing measured"
 
-    checkpointing = CASES[case][1]
-    parts = plan.activation_bytes(cfg, vocab, cfg.trainer.batch_size, fill, "cpu", checkpointing)
-    scratch = plan.make_plan(cfg, vocab, fill, "cpu", memory=1 << 50).step_scratch
-    estimate = max(sum(parts.values()), scratch)
+    planned = plan.make_plan(cfg, vocab, fill, "cpu", memory=1 << 50)
+    estimate = max(planned.activation_total, planned.step_scratch)
     ratio = estimate / measured["growth"]
-    assert 0.75 <= ratio <= 1.25, (
+    assert 0.9 <= ratio <= 1.1, (
         f"{case}: estimate {estimate / 2**20:.1f} MiB, measured {measured['growth'] / 2**20:.1f} "
-        f"MiB (fill {fill:.3f}): {parts}"
+        f"MiB (fill {fill:.3f}): {planned.activations}"
     )

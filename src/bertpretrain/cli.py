@@ -47,7 +47,7 @@ def _command(name: str) -> Callable[[list[str]], None]:
 
 
 def plan_main(argv: list[str]) -> None:
-    from bertpretrain.plan import main as plan
+    from bertpretrain.commands.plan import main as plan
 
     plan(argv)
 

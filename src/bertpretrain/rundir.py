@@ -115,7 +115,7 @@ def update_latest(run_dir: Path) -> None:
 
 def done_line(summary: dict) -> str:
     """The log's last line: what the run reached and where its results are."""
-    from bertpretrain.plan import format_size
+    from bertpretrain.memory import format_size
 
     val = (
         f", val mlm {summary['val_mlm_loss']:.3f} (acc {summary['val_mlm_acc']:.3f}) "

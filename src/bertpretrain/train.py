@@ -20,6 +20,7 @@ from bertpretrain.data.batches import BatchStream, batch_loader
 from bertpretrain.device import pick_device
 from bertpretrain.errors import UserError
 from bertpretrain.evaluate import COLLAPSED, evaluate
+from bertpretrain.memory import peak_memory
 from bertpretrain.model import flops_per_sequence
 from bertpretrain.optimize import split_batch, training_step
 from bertpretrain.progress import Progress, write_hparams
@@ -240,7 +241,7 @@ def summarise(run: Run, progress: Progress, metrics: dict, path: Path) -> dict:
         "model_tflops": seq_s * flops / 1e12,
         "grad_accum": run.accum,
         "planned_memory": run.planned,
-        "peak_memory": plan.peak_memory(run.device),
+        "peak_memory": peak_memory(run.device),
         "checkpoint": str(path),
         "tensorboard": str(run.run_dir / "tensorboard"),
     }

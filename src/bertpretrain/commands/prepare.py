@@ -9,7 +9,7 @@ import sys
 from bertpretrain.config import compose
 from bertpretrain.data import prepare
 from bertpretrain.errors import ArgumentParser
-from bertpretrain.plan import peak_memory
+from bertpretrain.memory import peak_memory
 
 
 def main(argv: list[str]) -> None:

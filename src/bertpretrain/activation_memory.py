@@ -1,0 +1,173 @@
+"""The memory one training micro-batch's activations take: the tensors autograd saves for
+backward in model.py's packed training path (BertForPretraining.losses), counted by hand.
+
+Weights can be read off the modules (bertpretrain.plan does); what backward keeps cannot,
+so each `_..._bytes` function below mirrors one part of model.py, one term a saved tensor,
+its comment naming the tensor and the op that saves it. Sizes are by dtype: fp32 4 bytes,
+bf16 2, int64 8, a bool dropout mask 1. Backward's own buffers (`_backward_peaks`) are
+rough on purpose and say so. A change to what model.py saves must change these terms:
+tests/test_plan.py measures real training steps against them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from bertpretrain.config import Config
+from bertpretrain.data.masking import MASK_RATE
+from bertpretrain.memory import format_size
+from bertpretrain.model import BertConfig
+
+
+@dataclass(frozen=True)
+class _Shapes:
+    """The sizes a micro-batch's saved tensors are made of, and their elements' bytes."""
+
+    batch: int  # B sequences
+    length: int  # L positions each: data.max_len
+    hidden: int  # H
+    ffn: int  # F
+    heads: int
+    vocab: int  # V
+    tokens: int  # T real tokens: every layer but attention works on these alone
+    masked: int  # P masked positions: the MLM head runs on these alone
+    matmul: int  # a matmul's output or a Linear's saved input: bf16 2 under autocast, fp32 4
+    head_norm: int  # mlm_LayerNorm's input: the matmul dtype, but CUDA autocast casts to fp32
+    mask: int  # a dropout mask is bool: 1 byte an element, 0 without dropout
+    fused: bool  # attention by SDPA's fused kernel, without (B, heads, L, L) scores
+
+    @property
+    def padded(self) -> int:
+        return self.batch * self.length  # attention works on every position, padding included
+
+    @property
+    def scores(self) -> int:
+        return self.batch * self.heads * self.length * self.length  # (B, heads, L, L)
+
+
+def _shapes_for(cfg: Config, arch: BertConfig, batch: int, fill: float, device: str) -> _Shapes:
+    """A micro-batch of `batch` sequences with a real-token `fill` on `device`."""
+    tokens = math.ceil(fill * batch * cfg.data.max_len)
+    matmul = 2 if cfg.speed.precision == "bf16" else 4
+    return _Shapes(
+        batch=batch,
+        length=cfg.data.max_len,
+        hidden=arch.hidden_size,
+        ffn=arch.ffn_size,
+        heads=arch.num_heads,
+        vocab=arch.vocab_size,
+        tokens=tokens,
+        masked=max(batch, round(MASK_RATE * tokens)),  # at least one a sequence
+        matmul=matmul,
+        head_norm=4 if device == "cuda" else matmul,
+        mask=1 if arch.dropout > 0 else 0,
+        fused=fused_attention(device, arch.dropout),
+    )
+
+
+def fused_attention(device: str, dropout: float) -> bool:
+    """Whether attention runs in SDPA's fused kernel, which keeps no (B, heads, L, L)
+    scores: on CUDA, and on the CPU without dropout (Layer.attention spells attention out
+    on the CPU only to draw the dropout mask cheaply)."""
+    return device == "cuda" or dropout == 0
+
+
+def _attention_bytes(shapes: _Shapes) -> int:
+    """What Layer.attention saves, on every padded position."""
+    a, padded, h = shapes.matmul, shapes.padded, shapes.hidden
+    qkv = 3 * a * padded * h  # q, k, v: SDPA's inputs, or matmul's contiguous copies of them
+    if shapes.fused:  # SDPA also saves its output and its fp32 (B, heads, L) logsumexp
+        return qkv + a * padded * h + 4 * shapes.batch * shapes.heads * shapes.length
+    probabilities = a * shapes.scores  # softmax's output, saved by softmax
+    # with dropout: its bool mask, and the dropped probabilities saved by `@ v`
+    dropped = (shapes.mask + a) * shapes.scores if shapes.mask else 0
+    return qkv + probabilities + dropped
+
+
+def _layer_bytes(shapes: _Shapes) -> int:
+    """What one Layer.forward saves: attention, and the rest on the T real tokens."""
+    t, h, f, a = shapes.tokens, shapes.hidden, shapes.ffn, shapes.matmul
+    return (
+        a * t * h  # the layer's input, saved by qkv (a Linear saves its input)
+        + 3 * a * t * h  # qkv's (T, 3H) output, saved by index_copy (backward: expand_as)
+        + _attention_bytes(shapes)
+        + a * t * h  # attention's (T, H) output, saved by attention_output
+        + 2 * (4 * t * h + 8 * t)  # each LayerNorm's fp32 input (x + ...), its mean and rstd
+        + a * t * h  # attention_LayerNorm's output, saved by intermediate
+        + 2 * a * t * f  # intermediate's output, saved by GELU; GELU's, saved by output
+        + 2 * shapes.mask * t * h  # the dropout masks after attention_output and output
+    )
+
+
+def _embedding_bytes(shapes: _Shapes) -> int:
+    """What Embeddings.forward and the packing save, on the T real tokens."""
+    t, h = shapes.tokens, shapes.hidden
+    return (
+        3 * 8 * t  # int64 word, position and segment ids, saved by the three lookups
+        + 4 * t * h  # the fp32 sum of the three, saved by LayerNorm
+        + 8 * t  # LayerNorm's fp32 mean and rstd
+        + shapes.mask * t * h  # the dropout mask after it
+        + 8 * t  # Packing.index (int64), alive until backward ends
+        + shapes.padded  # Packing.keep (bool, B x L)
+    )
+
+
+def _head_bytes(shapes: _Shapes) -> int:
+    """What the MLM head saves on the P masked positions, and the NSP head on B <cls>."""
+    p, h, a = shapes.masked, shapes.hidden, shapes.matmul
+    return (
+        8 * p  # int64 rows of the masked positions, saved by x[rows]
+        + 2 * a * p * h  # mlm_dense's input, and its output saved by GELU
+        + shapes.head_norm * p * h  # GELU's output, saved by mlm_LayerNorm
+        + 8 * p  # mlm_LayerNorm's mean and rstd
+        + a * p * h  # mlm_LayerNorm's output, saved by the decoder (the word embedding)
+        + 4 * p * shapes.vocab  # the log-softmax of the fp32 (P, V) logits, saved by cross-entropy
+        + 8 * p  # int64 labels, saved by cross-entropy
+        + 3 * a * shapes.batch * h  # the pooler's input, tanh's output, the NSP Linear's input
+    )
+
+
+def _backward_peaks(shapes: _Shapes) -> tuple[int, int]:
+    """Backward's own buffers, rough: (at the heads, inside one layer)."""
+    # Backward starts at the MLM head: nll_loss and log_softmax each make a (P, V) fp32
+    # gradient while the saved log-softmax is alive, and the decoder makes the word
+    # embedding's (V, H) gradient.
+    heads = 2 * 4 * shapes.masked * shapes.vocab + 4 * shapes.vocab * shapes.hidden
+    # In a layer, about two gradients of its largest tensor are alive at once.
+    largest = max(
+        shapes.matmul * shapes.tokens * shapes.ffn,
+        shapes.matmul * shapes.padded * shapes.hidden,
+        0 if shapes.fused else shapes.matmul * shapes.scores,
+    )
+    return heads, 2 * largest
+
+
+def activation_bytes(
+    cfg: Config, arch: BertConfig, batch: int, fill: float, device: str, checkpointing: bool
+) -> dict[str, int]:
+    """What one training micro-batch of BertForPretraining.losses saves for backward, in
+    named parts, on top of weights, gradients and optimizer state.
+
+    Under bf16 autocast matmul outputs are bf16 and each Linear saves a bf16 copy of its
+    input, while the residual stream (the LayerNorm inputs) stays fp32; LayerNorm and
+    softmax keep their input's dtype on the CPU and run in fp32 on CUDA.
+    """
+    shapes = _shapes_for(cfg, arch, batch, fill, device)
+    layers, layer, heads = arch.num_layers, _layer_bytes(shapes), _head_bytes(shapes)
+    heads_peak, layer_peak = _backward_peaks(shapes)
+    parts = {"embeddings": _embedding_bytes(shapes)}
+    if checkpointing:
+        # torch.utils.checkpoint keeps each layer's fp32 input; backward recomputes one layer
+        # at a time, after the heads' backward has freed what the heads saved.
+        layer_input = 4 * shapes.tokens * shapes.hidden
+        parts[f"layer inputs: {layers} x {format_size(layer_input)}"] = layers * layer_input
+        if heads + heads_peak > layer + layer_peak:
+            parts["MLM and NSP heads, and their backward (rough)"] = heads + heads_peak
+        else:
+            parts["one layer recomputed, and its backward (rough)"] = layer + layer_peak
+    else:
+        parts[f"layers: {layers} x {format_size(layer)}"] = layers * layer
+        parts["MLM and NSP heads"] = heads
+        parts["backward buffers (rough)"] = max(heads_peak, layer_peak)
+    return parts
