@@ -4,6 +4,7 @@ import pytest
 import torch
 from conftest import build_wikitext
 
+from bertpretrain import device
 from bertpretrain.config import compose
 from bertpretrain.data.batches import BatchStream
 from bertpretrain.distributed import Ranks
@@ -41,3 +42,55 @@ def test_speed_compile_gives_the_eager_losses_and_gradients(wikitext_dir):
     torch.testing.assert_close(torch.stack(compiled(batch)), torch.stack(eager))
     for name, p in model.named_parameters():
         torch.testing.assert_close(fast[name], p.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        ({"avx2", "avx512f", "avx512_bf16"}, "bf16"),  # e.g. Cooper Lake, Zen 4
+        ({"avx2", "avx512f", "amx_bf16", "amx_tile"}, "bf16"),  # Sapphire Rapids
+        ({"avx2", "avx512f"}, "fp32"),  # AVX-512 without BF16: torch still says AVX512
+        ({"avx2"}, "fp32"),
+        (set(), "fp32"),  # no /proc/cpuinfo
+    ],
+)
+def test_precision_auto_is_bf16_on_cpus_with_native_bf16_only(monkeypatch, flags, expected):
+    monkeypatch.setattr(device, "cpu_flags", lambda: frozenset(flags))
+    assert device.resolve_precision("auto", "cpu") == expected
+    assert device.resolve_precision("fp32", "cpu") == "fp32"
+    assert device.resolve_precision("bf16", "cpu") == "bf16"  # asked for: emulated if need be
+
+
+def test_precision_auto_on_cuda_follows_the_devices_bf16_support(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
+    assert device.resolve_precision("auto", "cuda") == "fp32"  # e.g. a V100
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    assert device.resolve_precision("auto", "cuda") == "bf16"
+    assert device.resolve_precision("auto", "mps") == "fp32"
+
+
+def test_precision_auto_plans_bf16_for_a_gpu_this_machine_lacks(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert device.resolve_precision("auto", "cuda") == "bf16"
+
+
+def test_the_run_logs_which_precision_auto_chose(monkeypatch, caplog):
+    from bertpretrain.run_setup import _autocast
+
+    monkeypatch.setattr(device, "cpu_flags", lambda: frozenset({"avx2"}))
+    with caplog.at_level("INFO"):
+        autocast = _autocast(compose(["speed.precision=auto"])[0], torch.device("cpu"))
+    assert "precision: fp32 (speed.precision=auto; bf16 is not native on cpu)" in caplog.text
+    with autocast():
+        assert torch.ones(2, 2).matmul(torch.ones(2, 2)).dtype == torch.float32
+
+
+def test_the_optimizer_uses_the_fused_kernel_on_cuda_and_foreach_elsewhere():
+    from bertpretrain.optimize import make_optimizer, update_kernel
+
+    assert update_kernel("cuda") == {"fused": True}
+    assert update_kernel("cpu") == {"foreach": True}
+    model = torch.nn.Linear(2, 2)
+    optimizer = make_optimizer(model, compose([])[0].optim)
+    assert optimizer.defaults["foreach"] and not optimizer.defaults["fused"]

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from bertpretrain.config import Config
 from bertpretrain.data.masking import MASK_RATE
+from bertpretrain.device import resolve_precision
 from bertpretrain.memory import format_size
 from bertpretrain.model import BertConfig
 
@@ -49,7 +50,7 @@ class _Shapes:
 def _shapes_for(cfg: Config, arch: BertConfig, batch: int, fill: float, device: str) -> _Shapes:
     """A micro-batch of `batch` sequences with a real-token `fill` on `device`."""
     tokens = math.ceil(fill * batch * cfg.data.max_len)
-    matmul = 2 if cfg.speed.precision == "bf16" else 4
+    matmul = 2 if resolve_precision(cfg.speed.precision, device) == "bf16" else 4
     return _Shapes(
         batch=batch,
         length=cfg.data.max_len,

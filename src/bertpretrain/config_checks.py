@@ -110,8 +110,8 @@ def _check_trainer(trainer: TrainerConfig) -> None:
 
 def _check_speed(speed: SpeedConfig) -> None:
     _require(
-        speed.precision in ("fp32", "bf16"),
-        f"speed.precision={speed.precision!r} is unknown; use fp32 or bf16",
+        speed.precision in ("auto", "fp32", "bf16"),
+        f"speed.precision={speed.precision!r} is unknown; use auto, fp32 or bf16",
     )
     _require(
         speed.num_workers >= 0,

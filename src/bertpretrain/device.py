@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import torch
@@ -36,7 +37,35 @@ def pick_device(name: str, option: str = "trainer.device") -> torch.device:
 
 
 def bf16_is_native(device: torch.device) -> bool:
-    """Whether bf16 matmuls run in hardware; on an AVX2-only CPU they are emulated and slow."""
-    if device.type != "cpu":
-        return True
-    return torch.backends.cpu.get_cpu_capability() not in ("DEFAULT", "NO AVX", "AVX2")
+    """Whether bf16 matmuls run in hardware: on CUDA devices that support bf16, and on CPUs
+    with AVX-512 BF16 or AMX. Elsewhere they are emulated, and slower than fp32."""
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+    return False  # Apple's MPS: bf16 support depends on the chip and the OS
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags as Linux lists them; empty where /proc/cpuinfo is absent
+    (torch's own capability string says AVX512 for CPUs with and without BF16)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def resolve_precision(setting: str, device_type: str) -> str:
+    """speed.precision as a run uses it: `auto` is bf16 where bf16 is native (above), fp32
+    elsewhere. Planning for a CUDA device that this machine lacks assumes a GPU of the last
+    five years, which all compute bf16."""
+    if setting != "auto":
+        return setting
+    if device_type == "cuda" and not torch.cuda.is_available():
+        return "bf16"
+    return "bf16" if bf16_is_native(torch.device(device_type)) else "fp32"

@@ -21,7 +21,14 @@ def make_optimizer(model: torch.nn.Module, optim: OptimConfig) -> torch.optim.Op
         {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
     ]
     cls = torch.optim.AdamW if optim.name == "adamw" else torch.optim.Adam
-    return cls(groups, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps, foreach=True)
+    kernel = update_kernel(params[0].device.type)
+    return cls(groups, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps, **kernel)
+
+
+def update_kernel(device_type: str) -> dict[str, bool]:
+    """On CUDA the fused kernel updates every parameter in one launch; elsewhere `foreach`
+    batches the update per tensor list (there is no fused CPU kernel worth its name)."""
+    return {"fused": True} if device_type == "cuda" else {"foreach": True}
 
 
 def make_scheduler(

@@ -35,7 +35,7 @@ import torch
 
 from bertpretrain.activation_memory import activation_bytes
 from bertpretrain.config import Config
-from bertpretrain.device import bf16_is_native
+from bertpretrain.device import bf16_is_native, resolve_precision
 from bertpretrain.errors import UserError
 from bertpretrain.memory import (
     device_memory,
@@ -144,7 +144,7 @@ def make_plan(
     # of the gradients
     decay = cfg.optim.name == "adam" and cfg.optim.weight_decay > 0
     # autocast's bf16 copies of the weights, saved by the matmuls that use them
-    bf16 = cfg.speed.precision == "bf16"
+    bf16 = resolve_precision(cfg.speed.precision, kind) == "bf16"
     copies = {"bf16 weight copies": count * torch.bfloat16.itemsize} if bf16 else {}
 
     def plan_for(batch: int, checkpointing: bool) -> Plan:
@@ -252,7 +252,9 @@ def _what_fits(cfg: Config, plan: Plan, device: str) -> str:
         ideas.append("speed.gradient_checkpointing=true")
     if cfg.data.max_len > 128:
         ideas.append(f"a shorter data.max_len (now {cfg.data.max_len})")
-    if cfg.speed.precision != "bf16" and (device == "cuda" or _bf16_native_cpu(device)):
+    if resolve_precision(cfg.speed.precision, device) != "bf16" and (
+        device == "cuda" or _bf16_native_cpu(device)
+    ):
         ideas.append("speed.precision=bf16")
     ideas.append("a smaller model, or more memory")
     return "try " + ", or ".join(ideas)

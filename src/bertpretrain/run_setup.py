@@ -19,7 +19,7 @@ from bertpretrain import checkpoint, data, distributed, plan, published
 from bertpretrain.config import Config, SpeedConfig
 from bertpretrain.data.examples import Dataset
 from bertpretrain.data.tokenizer import from_state as tokenizer_from_state
-from bertpretrain.device import bf16_is_native, pick_device
+from bertpretrain.device import bf16_is_native, pick_device, resolve_precision
 from bertpretrain.errors import UserError
 from bertpretrain.model import BertConfig, BertForPretraining, count_parameters, describe
 from bertpretrain.optimize import PretrainingLosses, make_optimizer, make_scheduler
@@ -111,6 +111,11 @@ def apply_threads(speed: SpeedConfig) -> None:
 def _device(cfg: Config, ranks: distributed.Ranks) -> torch.device:
     """The device, each rank its own GPU; the batch must split evenly over the ranks."""
     device = pick_device(cfg.trainer.device)
+    if device.type == "cuda":
+        # fp32 matmuls (the fp32 parts under autocast, and precision=fp32) on tensor cores
+        # in TF32: BERT's pretraining is insensitive to its 10-bit mantissa.
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     if device.type == "cuda" and ranks.world > 1:
         device = torch.device("cuda", ranks.local_rank)
     batch, accum = cfg.trainer.batch_size, cfg.trainer.grad_accum
@@ -207,11 +212,18 @@ def make_module(cfg: Config, model: BertForPretraining, device, ranks) -> torch.
 
 
 def _autocast(cfg: Config, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
-    use_bf16 = cfg.speed.precision == "bf16"
-    if use_bf16 and not bf16_is_native(device):
-        log.warning(
-            "speed.precision=bf16 on a %s CPU without bf16 instructions is emulated and "
-            "much slower than fp32; use fp32 here",
-            torch.backends.cpu.get_cpu_capability(),
+    precision = resolve_precision(cfg.speed.precision, device.type)
+    if cfg.speed.precision == "auto":
+        native = "native" if precision == "bf16" else "not native"
+        log.info(
+            "precision: %s (speed.precision=auto; bf16 is %s on %s)", precision, native, device
         )
+    elif precision == "bf16" and not bf16_is_native(device):
+        log.warning(
+            "speed.precision=bf16 on a device without bf16 instructions (%s, %s) is emulated "
+            "and much slower than fp32; use fp32 or auto here",
+            device,
+            torch.backends.cpu.get_cpu_capability() if device.type == "cpu" else "no bf16",
+        )
+    use_bf16 = precision == "bf16"
     return lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)

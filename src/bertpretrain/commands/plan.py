@@ -17,6 +17,7 @@ from bertpretrain import plan
 from bertpretrain.activation_memory import fused_attention
 from bertpretrain.config import Config, compose
 from bertpretrain.config_checks import parse_size as config_parse_size
+from bertpretrain.device import resolve_precision
 from bertpretrain.errors import ArgumentParser, UserError
 from bertpretrain.plan import DEFAULT_VOCAB, MARGIN, Plan, format_count, format_size
 
@@ -90,6 +91,11 @@ def format_plan(
     )
 
 
+def _precision(setting: str, device: str) -> str:
+    resolved = resolve_precision(setting, device)
+    return setting if resolved == setting else f"{setting} ({resolved} on {device})"
+
+
 def _settings(
     cfg: Config, chosen: Plan, accum: int, vocab_size: int, fill: float, ranks: int, source: str
 ) -> list[str]:
@@ -113,7 +119,7 @@ def _settings(
     return [
         f"model={model.name}: {model.num_layers} layers, hidden {model.hidden_size}, "
         f"{model.num_heads} heads, FFN {model.ffn_size}; data.max_len={cfg.data.max_len}; "
-        f"speed.precision={cfg.speed.precision}",
+        f"speed.precision={_precision(cfg.speed.precision, chosen.device)}",
         f"parameters: {chosen.params / 1e6:.1f}M with {vocab}",
         f"micro-batch: {chosen.micro_batch} sequences ({split}); gradient checkpointing "
         f"{'on' if chosen.checkpointing else 'off'}",
