@@ -86,16 +86,16 @@ def any_rank_each(flags: list[bool], device: torch.device) -> list[bool]:
     """any_rank of each flag, in one collective."""
     if not dist.is_initialized():
         return list(flags)
-    t = torch.tensor([float(f) for f in flags], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return [bool(v) for v in t.tolist()]
+    raised = torch.tensor([float(flag) for flag in flags], device=device)
+    dist.all_reduce(raised, op=dist.ReduceOp.MAX)
+    return [bool(value) for value in raised.tolist()]
 
 
-def sum_over_ranks(t: torch.Tensor) -> torch.Tensor:
+def sum_over_ranks(values: torch.Tensor) -> torch.Tensor:
     if dist.is_initialized():
-        t = t.clone()
-        dist.all_reduce(t)
-    return t
+        values = values.clone()
+        dist.all_reduce(values)
+    return values
 
 
 def shutdown() -> None:

@@ -125,37 +125,37 @@ def resolve(source: str) -> Path:
 def read_config(folder: Path) -> BertConfig:
     """Our BertConfig from a transformers `config.json`; not BERT is a UserError."""
     try:
-        c = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        settings = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise UserError(f"cannot read {folder / 'config.json'}: {e}") from None
-    kind = c.get("model_type")
+    kind = settings.get("model_type")
     if kind != "bert":
         raise UserError(
             f"{folder} holds a {kind or 'model without a model_type'}, not a BERT (model_type "
             "bert): RoBERTa, DistilBERT and ALBERT differ in their layers or tokenizer; give a "
             "BERT folder"
         )
-    act = c.get("hidden_act", "gelu")
+    act = settings.get("hidden_act", "gelu")
     if act not in ACTIVATIONS:
         raise UserError(
             f"{folder}: hidden_act {act!r} is not supported (only {', '.join(ACTIVATIONS)})"
         )
-    if c.get("position_embedding_type", "absolute") != "absolute":
+    if settings.get("position_embedding_type", "absolute") != "absolute":
         raise UserError(
-            f"{folder}: position_embedding_type {c['position_embedding_type']!r} is not "
+            f"{folder}: position_embedding_type {settings['position_embedding_type']!r} is not "
             "supported (only absolute positions, as in BERT)"
         )
     try:
         return BertConfig(
-            vocab_size=int(c["vocab_size"]),
-            num_layers=int(c["num_hidden_layers"]),
-            hidden_size=int(c["hidden_size"]),
-            num_heads=int(c["num_attention_heads"]),
-            ffn_size=int(c["intermediate_size"]),
-            dropout=float(c.get("hidden_dropout_prob", 0.1)),
-            max_position=int(c.get("max_position_embeddings", 512)),
-            type_vocab_size=int(c.get("type_vocab_size", 2)),
-            layer_norm_eps=float(c.get("layer_norm_eps", 1e-12)),
+            vocab_size=int(settings["vocab_size"]),
+            num_layers=int(settings["num_hidden_layers"]),
+            hidden_size=int(settings["hidden_size"]),
+            num_heads=int(settings["num_attention_heads"]),
+            ffn_size=int(settings["intermediate_size"]),
+            dropout=float(settings.get("hidden_dropout_prob", 0.1)),
+            max_position=int(settings.get("max_position_embeddings", 512)),
+            type_vocab_size=int(settings.get("type_vocab_size", 2)),
+            layer_norm_eps=float(settings.get("layer_norm_eps", 1e-12)),
             hidden_act=ACTIVATIONS[act],
         )
     except (KeyError, TypeError, ValueError) as e:
