@@ -13,7 +13,9 @@ Measured in one process, contenders interleaved over --reps repetitions, medians
 - building the examples of a WikiText-2-train-sized corpus, cold and from the cache;
 - the cold start of `bertpretrain encode` as a process;
 - `train`'s memory plan against the peak resident memory of real training runs (`--only
-  memory`: tiny and base at max_len 64 and 512, each a `bertpretrain train` process).
+  memory`: tiny and base at max_len 64 and 512, each a `bertpretrain train` process);
+- `speed.compile` (`--only compile`): the tiny run eager and compiled, the compile time and
+  the steady step, and from them a 50- and a 1000-step run's time.
 transformers is optional (`pip install -e ".[bench]"`); without it only ours is measured.
 """
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import multiprocessing as mp
 import os
 import platform
@@ -580,6 +583,55 @@ def _datasets_map(corpus: Path, tmp: Path) -> dict:
     }
 
 
+def bench_compile(steps: int, precisions: list[str], device) -> list[dict]:
+    """speed.compile: the tiny reference run (L=64, B=512) eager and torch.compile'd, on
+    real batches (each with its own count of real tokens, as in training: the packed
+    shapes vary). The first steps carry compilation (and any recompilation for a new
+    shape); the median of the last half is the steady step. From the two, the time of a
+    50- and a 1000-step run and the step count from which compiling pays."""
+    batches, vocab, _ = real_batches(64, 512, steps)
+    rows = []
+    for precision in precisions:
+        timings = {}
+        for contender in ("eager", "compiled"):
+            layers, hidden, heads, ffn, dropout = SIZES["tiny"]
+            torch.manual_seed(0)
+            model = BertForPretraining(BertConfig(vocab, layers, hidden, heads, ffn, dropout))
+            model = model.to(device)
+            optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, foreach=True)
+            losses = PretrainingLosses(model)
+            if contender == "compiled":
+                losses = torch.compile(losses)
+
+            def autocast(precision=precision):
+                return torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16")
+
+            times = []
+            for batch in batches:
+                batch = {k: v.to(device) for k, v in batch.items()}
+                start = time.perf_counter()
+                training_step(losses, optimizer, [batch], autocast, 1.0)
+                _sync(device)
+                times.append(time.perf_counter() - start)
+            steady = statistics.median(times[len(times) // 2 :])
+            overhead = max(0.0, sum(times) - steady * len(times))
+            timings[contender] = (steady, overhead)
+            rows.append(
+                {
+                    "what": f"compile tiny L=64 B=512 {precision}",
+                    "contender": contender,
+                    "step_seconds": steady,
+                    "overhead_seconds": overhead,
+                    "run_50_seconds": overhead + 50 * steady,
+                    "run_1000_seconds": overhead + 1000 * steady,
+                }
+            )
+        (eager, eager_extra), (fast, extra) = timings["eager"], timings["compiled"]
+        gain = eager - fast
+        rows[-1]["pays_after_steps"] = (extra - eager_extra) / gain if gain > 0 else math.inf
+    return rows
+
+
 def print_table(rows: list[dict]) -> None:
     print(f"{'what':<38} {'contender':<32} {'result'}")
     for r in rows:
@@ -593,6 +645,13 @@ def print_table(rows: list[dict]) -> None:
                 f"planned {r['planned_mb']:7.0f} MB  peak RSS {r['peak_mb']:7.0f} MB  "
                 f"planned/peak {r['planned_over_peak']:.2f}"
             )
+        elif "overhead_seconds" in r:
+            result = (
+                f"step {r['step_seconds']:.3f} s  first steps +{r['overhead_seconds']:.1f} s  "
+                f"50 steps {r['run_50_seconds']:.0f} s  1000 steps {r['run_1000_seconds']:.0f} s"
+            )
+            if "pays_after_steps" in r:
+                result += f"  pays after {r['pays_after_steps']:.0f} steps"
         elif "tflops" in r:
             result = f"{r['tflops'] * 1e3:8.1f} GFLOP/s"
         else:
@@ -622,12 +681,15 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument(
-        "--only", choices=["train", "examples", "encode", "memory", "corpus"], action="append"
+        "--only",
+        choices=["train", "examples", "encode", "memory", "corpus", "compile"],
+        action="append",
     )
     p.add_argument("--corpus-tokens", type=int, default=100_000_000, help="for --only corpus")
     p.add_argument(
         "--corpus-dir", type=Path, help="--only corpus: reuse (or make) the big corpus here"
     )
+    p.add_argument("--compile-steps", type=int, default=40, help="for --only compile")
     p.add_argument("--models", default="tiny,base")
     p.add_argument("--precisions", default="fp32,bf16")
     p.add_argument("--reps", type=int, default=3)
@@ -662,6 +724,8 @@ def main() -> None:
         rows += bench_memory()
     if "corpus" in only:
         rows += bench_corpus(args.corpus_tokens, args.corpus_dir)
+    if "compile" in only:
+        rows += bench_compile(args.compile_steps, args.precisions.split(","), device)
     print_table(rows)
     sys.stdout.flush()
     machine = {

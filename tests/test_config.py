@@ -61,7 +61,7 @@ def test_a_users_model_file_with_a_moved_setting_names_its_new_home(tmp_path: Pa
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("speed.precision=fp16", "speed.precision='fp16' is unknown; use fp32 or bf16"),
+        ("speed.precision=fp16", "speed.precision='fp16' is unknown; use auto, fp32 or bf16"),
         ("speed.threads=0", "speed.threads=0 must be a positive integer, or null"),
         ("speed.num_workers=-1", "speed.num_workers=-1 must be >= 0"),
         ("model.hidden_act=relu", "hidden_act 'relu' is not one of gelu, gelu_tanh"),

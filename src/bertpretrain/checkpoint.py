@@ -37,6 +37,11 @@ def path_for(run_dir: Path, step: int) -> Path:
     return run_dir / SUBDIR / f"step_{step:08d}.pt"
 
 
+def step_of(path: Path) -> int:
+    """The step in a checkpoint's file name (path_for's inverse)."""
+    return int(_NAME.fullmatch(path.name)[1])
+
+
 def list_checkpoints(run_dir: Path) -> list[Path]:
     """The run's checkpoints, oldest first (the zero-padded step sorts by name). Only the
     exact names the trainer writes: a user's `step_00000002.backup.pt` is not one."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bertpretrain import checkpoint, published
+from bertpretrain import checkpoint, published, rundir
 from bertpretrain.data.tokenizer import Tokenizer, from_state
 from bertpretrain.errors import UserError
 from bertpretrain.model import BertConfig, BertForPretraining
@@ -88,7 +88,7 @@ def default_checkpoint(root: str | Path = ".") -> Path:
     """The newest run's checkpoint: `outputs/latest` (kept by `train`), else the newest
     `outputs/**/checkpoints/step_*.pt` by modification time."""
     outputs = Path(root) / "outputs"
-    latest = outputs / "latest"
+    latest = outputs / rundir.LATEST
     if latest.is_dir():
         return checkpoint.resolve(latest)
     found = list(outputs.glob(f"**/{checkpoint.SUBDIR}/step_*.pt"))

@@ -7,6 +7,7 @@
       tensorboard/            the curves
       checkpoints/step_*.pt   checkpoint.SUBDIR
       summary.json            the outcome, written when the run completes
+    outputs/latest            a link to the newest run under ./outputs (`encode`'s default)
 
 Nothing is written here before the lock is held, and a run that is refused (another
 run's dir, a resume that would change the recipe or the corpus) writes nothing at all
@@ -28,6 +29,7 @@ from bertpretrain.errors import UserError
 log = logging.getLogger(__name__)
 
 SUMMARY = "summary.json"
+LATEST = "latest"  # outputs/latest: a link to the newest run under ./outputs
 LOG = "train.log"
 RECORD = ".hydra"
 LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # Hydra's own
@@ -110,7 +112,7 @@ def update_latest(run_dir: Path) -> None:
     except ValueError:
         return
     with contextlib.suppress(OSError):  # a missing link costs `encode outputs/latest` only
-        files.replace_symlink(outputs / "latest", target, target_is_directory=True)
+        files.replace_symlink(outputs / LATEST, target, target_is_directory=True)
 
 
 def done_line(summary: dict) -> str:

@@ -19,7 +19,7 @@ def find_runs(root: Path) -> list[Path]:
     runs = {
         p.parent.resolve()
         for p in root.rglob(rundir.RECORD)
-        if "latest" not in p.relative_to(root).parts
+        if rundir.LATEST not in p.relative_to(root).parts
     }
     return sorted(runs, key=lambda p: p.stat().st_mtime)
 
@@ -40,7 +40,7 @@ def describe(run: Path) -> dict:
         "run": str(run),
         "date": time.strftime("%Y-%m-%d %H:%M", time.localtime(run.stat().st_mtime)),
         "overrides": overrides,
-        "steps": int(checkpoints[-1].stem.split("_")[1]) if checkpoints else 0,
+        "steps": checkpoint.step_of(checkpoints[-1]) if checkpoints else 0,
         "finished": bool(summary),
         "train_mlm_loss": summary.get("train_mlm_loss"),
         "train_nsp_loss": summary.get("train_nsp_loss"),
