@@ -29,6 +29,16 @@ def relative_error(x: torch.Tensor, reference: torch.Tensor) -> float:
     return ((x.float() - reference.float()).norm() / reference.float().norm()).item()
 
 
+def assert_gradients_close(grads: dict, reference: dict, rel: float) -> None:
+    """Each gradient within `rel` of its reference's norm; one that is zero in exact
+    arithmetic (the key bias's: softmax ignores what is added to a whole row of scores)
+    holds only rounding noise, so it is held to a thousandth of the largest instead."""
+    largest = max(grad.float().norm().item() for grad in reference.values())
+    for name, expected in reference.items():
+        error = (grads[name].float() - expected.float()).norm().item()
+        assert error <= rel * max(expected.float().norm().item(), 1e-3 * largest), name
+
+
 def on_cuda(batch: dict) -> dict:
     return {k: v.to(CUDA) for k, v in batch.items()}
 
@@ -102,8 +112,7 @@ def test_varlen_training_in_bf16_matches_the_padded_path(monkeypatch):
     monkeypatch.setattr(model, "varlen_kernel", lambda device, dtype, head_dim: None)
     padded_losses, padded_grads = losses_and_gradients(batch)
     assert packed_losses == pytest.approx(padded_losses, rel=1e-2)
-    for name, grad in padded_grads.items():
-        assert relative_error(packed_grads[name], grad) < 5e-2, name
+    assert_gradients_close(packed_grads, padded_grads, rel=5e-2)
 
 
 def test_a_row_encodes_the_same_alone_and_in_a_padded_batch_in_bf16():
@@ -123,7 +132,7 @@ def test_a_row_encodes_the_same_alone_and_in_a_padded_batch_in_bf16():
                 row["pred_positions"],
             )
             assert relative_error(encoded[i : i + 1, :n], alone) < 1e-2
-            assert relative_error(nsp[i : i + 1], nsp_alone) < 2e-2
+            torch.testing.assert_close(nsp[i : i + 1].float(), nsp_alone.float(), rtol=0, atol=1e-2)
 
 
 def test_fp32_on_cuda_computes_what_the_cpu_computes(fp32_matmuls):
@@ -160,6 +169,5 @@ def test_gradient_checkpointing_on_cuda_gives_the_same_gradients():
         results.append((losses, {n: p.grad for n, p in bert.named_parameters()}))
     (plain_losses, plain), (recomputed_losses, recomputed) = results
     torch.testing.assert_close(recomputed_losses, plain_losses)
-    for name, grad in plain.items():
-        # Flash Attention's backward adds with atomics: not bit-for-bit repeatable
-        assert relative_error(recomputed[name], grad) < 1e-2, name
+    # Flash Attention's backward adds with atomics: not bit-for-bit repeatable
+    assert_gradients_close(recomputed, plain, rel=1e-2)
