@@ -5,7 +5,9 @@
 #
 #   bash scripts/fetch_wheels.sh [FOLDER]      # default .gpu (kept out of git)
 #
-# Wheels, pure Python, at the versions installed here (the ones the tests pass with):
+# Wheels at the versions installed here (the ones the tests pass with), for the GPU
+# machine's Python, GPU_PYTHON (default 3.12, the device tool's H200 image), on Linux
+# x86-64; all four are pure Python today:
 #   hydra-core, omegaconf, antlr4-python3-runtime   the config (absent from the GPU image)
 #   transformers                                    the bench's contender (the image has
 #                                                   one; carried in case it does not)
@@ -17,6 +19,8 @@ cd "$(dirname "$0")/.."
 dest=${1:-.gpu}
 wikitext=${WIKITEXT:-../shared/data/wikitext-2}
 python=${PYTHON:-python3}
+target=(--python-version "${GPU_PYTHON:-3.12}" --implementation cp
+    --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64)
 
 version() {
     "$python" -c "from importlib.metadata import version; print(version('$1'))" 2>/dev/null ||
@@ -27,7 +31,8 @@ mkdir -p "$dest/wheels" "$dest/wikitext-2"
 rm -f "$dest"/wheels/*.whl  # one version of each: two would stop the install
 for name in hydra-core omegaconf transformers; do
     spec="$name==$(version "$name")"
-    "$python" -m pip download -q --no-deps --only-binary=:all: -d "$dest/wheels" "$spec"
+    "$python" -m pip download -q --no-deps --only-binary=:all: "${target[@]}" \
+        -d "$dest/wheels" "$spec"
 done
 # antlr4-python3-runtime 4.9.3 (what omegaconf pins) is published as source only: build
 # its wheel here; it is pure Python, so it installs on any interpreter there.
