@@ -328,12 +328,10 @@ def main() -> int:
         args.result.write_text(json.dumps(result))
         return 0
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    report = {
-        "date": time.strftime("%Y-%m-%d %H:%M"),
-        "machine": machine(sizes),
-        "sizes": asdict(sizes),
-    }
-    report["stages"] = {name: run_stage(name, sizes.limits[name], args) for name in args.only}
+    date = time.strftime("%Y-%m-%d %H:%M")
+    stages = {name: run_stage(name, sizes.limits[name], args) for name in args.only}
+    # the machine last: this process holds no CUDA context while the stages measure
+    report = {"date": date, "machine": machine(sizes), "sizes": asdict(sizes), "stages": stages}
     (args.out_dir / "gpu-check.json").write_text(json.dumps(report, indent=1))
     print(table(report["stages"]))
     print(f"written: {args.out_dir / 'gpu-check.json'}")
