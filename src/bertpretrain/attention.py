@@ -133,6 +133,8 @@ def varlen_attention(
     tokens, width = qkv.shape
     # views of the (T, 3H) projections: the kernels want only the last dim contiguous
     q, k, v = qkv.view(tokens, 3, num_heads, width // 3 // num_heads).unbind(1)  # (T, heads, d)
+    # max_len: the padded length bounds every sequence's. The kernels size their grid by it
+    # and stop at each sequence's end, and the true maximum would cost a device sync.
     out = kernel.run(q, k, v, packing.cu_lens, packing.length, dropout_p)
     return out.reshape(tokens, width // 3)  # (T, H)
 
