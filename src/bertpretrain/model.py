@@ -7,32 +7,15 @@ difference is the fused query/key/value projection (`qkv`), split apart on expor
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
 from bertpretrain.architecture import ACTIVATIONS, BertConfig
+from bertpretrain.attention import Packing, pack, varlen_attention, varlen_kernel
 
 __all__ = ["ACTIVATIONS", "BertConfig"]  # where Python users have always found them
-
-
-class Packing(NamedTuple):
-    """Where the real tokens of a padded (B, L) batch are: every layer but attention works
-    on those T tokens only, so padding (a third of a WikiText batch) costs nothing there."""
-
-    index: torch.Tensor  # (T,) flat positions b * L + p of the real tokens
-    keep: torch.Tensor  # (B, 1, 1, L) True where the key is a real token
-    batch: int
-    length: int
-
-
-def pack(valid_lens: torch.Tensor, length: int) -> Packing:
-    keep = torch.arange(length, device=valid_lens.device) < valid_lens[:, None]  # (B, L)
-    index = keep.flatten().nonzero().squeeze(1)
-    return Packing(index, keep[:, None, None, :], len(valid_lens), length)
 
 
 def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
@@ -55,6 +38,26 @@ def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     uniform16 = words.view(torch.int16)[:n].view(x.shape)  # uniform over [-32768, 32767]
     keep = uniform16 >= threshold - 32768
     return x * keep * (65536 / (65536 - threshold))
+
+
+def padded_attention(
+    qkv: torch.Tensor, packing: Packing, num_heads: int, dropout_p: float
+) -> torch.Tensor:
+    """Attention of packed (T, 3H) projections on the batch padded back to (B, heads, L, d),
+    padded keys masked out: the path off CUDA, and on CUDA in fp32."""
+    b, n, h3 = packing.batch, packing.length, qkv.shape[-1]
+    d = h3 // 3 // num_heads
+    padded = qkv.new_zeros(b * n, h3).index_copy(0, packing.index, qkv)
+    q, k, v = padded.view(b, n, 3, num_heads, d).permute(2, 0, 3, 1, 4)  # (B, heads, L, d)
+    if dropout_p and qkv.device.type == "cpu":
+        # SDPA with dropout falls back to this very computation on CPU, but with the
+        # slow mask: spelling it out lets the attention probabilities use the cheap one.
+        scores = (q @ k.transpose(-1, -2)) * d**-0.5
+        scores = scores.masked_fill(~packing.keep, float("-inf"))
+        a = dropout(scores.softmax(-1), dropout_p, True) @ v
+    else:
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=packing.keep, dropout_p=dropout_p)
+    return a.transpose(1, 2).reshape(b * n, h3 // 3).index_select(0, packing.index)  # (T, H)
 
 
 class Embeddings(nn.Module):
@@ -95,21 +98,14 @@ class Layer(nn.Module):
         self.output_LayerNorm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
 
     def attention(self, qkv: torch.Tensor, packing: Packing) -> torch.Tensor:
-        """Multi-head self-attention of packed (T, 3H) projections; padded keys are ignored."""
-        b, n, h3 = packing.batch, packing.length, qkv.shape[-1]
-        d = h3 // 3 // self.num_heads
-        padded = qkv.new_zeros(b * n, h3).index_copy(0, packing.index, qkv)
-        q, k, v = padded.view(b, n, 3, self.num_heads, d).permute(2, 0, 3, 1, 4)  # (B, heads, L, d)
+        """Multi-head self-attention of packed (T, 3H) projections; padded keys are ignored.
+        The variable-length kernel where it runs (bertpretrain.attention), else SDPA on the
+        batch padded back to (B, heads, L, d)."""
         p = self.dropout_p if self.training else 0.0
-        if p and qkv.device.type == "cpu":
-            # SDPA with dropout falls back to this very computation on CPU, but with the
-            # slow mask: spelling it out lets the attention probabilities use the cheap one.
-            scores = (q @ k.transpose(-1, -2)) * d**-0.5
-            scores = scores.masked_fill(~packing.keep, float("-inf"))
-            a = dropout(scores.softmax(-1), p, True) @ v
-        else:
-            a = F.scaled_dot_product_attention(q, k, v, attn_mask=packing.keep, dropout_p=p)
-        return a.transpose(1, 2).reshape(b * n, h3 // 3).index_select(0, packing.index)  # (T, H)
+        kernel = varlen_kernel(qkv.device, qkv.dtype, qkv.shape[-1] // 3 // self.num_heads)
+        if kernel is not None:
+            return varlen_attention(qkv, packing, self.num_heads, kernel, p)
+        return padded_attention(qkv, packing, self.num_heads, p)
 
     def forward(self, x: torch.Tensor, packing: Packing) -> torch.Tensor:
         p, training = self.dropout_p, self.training

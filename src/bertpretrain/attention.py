@@ -1,0 +1,156 @@
+"""Self-attention over packed tokens: where the real tokens are, and which kernel runs.
+
+The model keeps only the T real tokens of a padded (B, L) batch (`pack`). Attention then
+takes one of two paths, chosen per call by `varlen_kernel` and named by `attention_path`
+for the training log:
+
+- **variable-length** (CUDA, fp16/bf16, an Ampere or newer GPU, head dim a multiple of 8
+  up to 256): Flash Attention's varlen kernel reads the packed (T, heads, d) q, k and v as
+  they are, sequence b being packed rows cu_lens[b]:cu_lens[b + 1]. Nothing is padded.
+  `flash_attn.flash_attn_varlen_func` where that package is installed (it applies the
+  attention dropout), else `torch.nn.attention.varlen.varlen_attn` (it has no dropout:
+  on that kernel attention dropout is off, and the log line says so).
+- **padded** (everywhere else): the tokens are scattered back to (B, heads, L, d) for
+  scaled_dot_product_attention with a key mask (model.py's `padded_attention`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from bertpretrain.model import BertConfig
+
+HALF = (torch.float16, torch.bfloat16)  # the dtypes Flash Attention computes in
+LARGEST_HEAD_DIM = 256  # Flash Attention's limit; it also wants a multiple of 8
+
+
+class Packing(NamedTuple):
+    """Where the real tokens of a padded (B, L) batch are: every layer but attention works
+    on those T tokens only, so padding (a third of a WikiText batch) costs nothing there."""
+
+    index: torch.Tensor  # (T,) flat positions b * L + p of the real tokens, in order
+    keep: torch.Tensor  # (B, 1, 1, L) True where the key is a real token
+    cu_lens: torch.Tensor  # (B + 1,) int32: sequence b is packed rows cu_lens[b]:cu_lens[b + 1]
+    batch: int
+    length: int
+
+
+def pack(valid_lens: torch.Tensor, length: int) -> Packing:
+    keep = torch.arange(length, device=valid_lens.device) < valid_lens[:, None]  # (B, L)
+    index = keep.flatten().nonzero().squeeze(1)
+    return Packing(
+        index, keep[:, None, None, :], cumulative_lengths(valid_lens), len(valid_lens), length
+    )
+
+
+def cumulative_lengths(valid_lens: torch.Tensor) -> torch.Tensor:
+    """(B + 1,) int32 offsets of each sequence in the packed tokens: 0, n0, n0 + n1, ...
+    (`index` lists the real tokens row by row, so sequence b's follow sequence b - 1's)."""
+    return F.pad(valid_lens.cumsum(0, dtype=torch.int32), (1, 0))
+
+
+class VarlenKernel(NamedTuple):
+    """A variable-length attention kernel behind one call signature:
+    run(q, k, v, cu_lens, max_len, dropout_p) -> (T, heads, d), q, k, v each (T, heads, d)."""
+
+    name: str  # for the log
+    run: Callable[..., torch.Tensor]
+    dropout: bool  # whether `run` applies dropout_p to the attention probabilities
+
+
+def _flash_attn_kernel() -> VarlenKernel | None:
+    try:
+        from flash_attn import flash_attn_varlen_func
+    except ImportError:  # not installed, or built for another torch
+        return None
+
+    def run(q, k, v, cu_lens, max_len, dropout_p):
+        return flash_attn_varlen_func(
+            q, k, v, cu_lens, cu_lens, max_len, max_len, dropout_p=dropout_p
+        )
+
+    return VarlenKernel("flash_attn.flash_attn_varlen_func", run, dropout=True)
+
+
+def _torch_kernel() -> VarlenKernel | None:
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:  # torch before 2.9
+        return None
+    # varlen_attn logs one INFO line per call, which a Hydra run (root logger at INFO)
+    # would write into train.log for every layer of every step.
+    logging.getLogger("torch.nn.attention.varlen").setLevel(logging.WARNING)
+
+    def run(q, k, v, cu_lens, max_len, dropout_p):
+        # No dropout argument: dropout_p is not applied (VarlenKernel.dropout is False).
+        return varlen_attn(q, k, v, cu_lens, cu_lens, max_len, max_len)
+
+    return VarlenKernel("torch.nn.attention.varlen.varlen_attn", run, dropout=False)
+
+
+# What this installation offers, found once at import: a lookup inside the forward would
+# cost every layer of every step, and torch.compile traces a constant for free.
+VARLEN = _flash_attn_kernel() or _torch_kernel()
+
+
+def why_not_varlen(device: torch.device, dtype: torch.dtype, head_dim: int) -> str | None:
+    """Why attention on `device` in `dtype` cannot take the variable-length kernel, or
+    None when it does. A CUDA device this process cannot see (planning for a GPU on a CPU
+    machine) is taken to be an Ampere or newer one."""
+    if device.type != "cuda":
+        return f"the device is {device.type}, not CUDA"
+    if dtype not in HALF:
+        return f"{str(dtype).removeprefix('torch.')} is not fp16 or bf16"
+    if head_dim > LARGEST_HEAD_DIM or head_dim % 8:
+        return f"head dim {head_dim} is not a multiple of 8 up to {LARGEST_HEAD_DIM}"
+    if torch.cuda.is_available() and torch.cuda.get_device_properties(device).major < 8:
+        return "the GPU is older than Ampere (compute capability 8.0)"
+    if VARLEN is None:
+        return f"torch {torch.__version__} has no torch.nn.attention.varlen and flash_attn is not installed"
+    return None
+
+
+def varlen_kernel(device: torch.device, dtype: torch.dtype, head_dim: int) -> VarlenKernel | None:
+    """The kernel attention takes on `device` in `dtype`; None for the padded path."""
+    return VARLEN if why_not_varlen(device, dtype, head_dim) is None else None
+
+
+def varlen_attention(
+    qkv: torch.Tensor,
+    packing: Packing,
+    num_heads: int,
+    kernel: VarlenKernel,
+    dropout_p: float,
+) -> torch.Tensor:
+    """Multi-head self-attention of packed (T, 3H) projections, sequence by sequence:
+    each token attends to the real tokens of its own sequence only."""
+    tokens, width = qkv.shape
+    # views of the (T, 3H) projections: the kernels want only the last dim contiguous
+    q, k, v = qkv.view(tokens, 3, num_heads, width // 3 // num_heads).unbind(1)  # (T, heads, d)
+    # max_len: the padded length bounds every sequence's. The kernels size their grid by it
+    # and stop at each sequence's end, and the true maximum would cost a device sync.
+    out = kernel.run(q, k, v, packing.cu_lens, packing.length, dropout_p)
+    return out.reshape(tokens, width // 3)  # (T, H)
+
+
+def attention_path(config: BertConfig, device: torch.device, dtype: torch.dtype) -> str:
+    """One line for the training log: the attention kernel training on `device` in `dtype`
+    takes, and what becomes of attention dropout there."""
+    head_dim = config.hidden_size // config.num_heads
+    reason = why_not_varlen(torch.device(device), dtype, head_dim)
+    p = config.dropout
+    if reason is not None:
+        return (
+            "attention: scaled_dot_product_attention on the batch padded to (B, heads, L, d) "
+            f"with a key mask ({reason}); attention dropout {p}"
+        )
+    line = f"attention: {VARLEN.name} on the packed tokens, no padding"
+    if p == 0 or VARLEN.dropout:
+        return f"{line}; attention dropout {p}"
+    return f"{line}; attention dropout is OFF on this kernel (it has none), the other dropouts ({p}) stay"
