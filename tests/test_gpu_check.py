@@ -10,17 +10,10 @@ import sys
 import pytest
 from conftest import REPO
 
-from bertpretrain.config import conf_dir
-
 STAGES = ["tests", "bench", "large", "tiny"]
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    not (conf_dir() / "speed").is_dir(),
-    reason="the check's runs use the speed config group (speed.precision, ...), "
-    "which this tree does not have yet",
-)
 def test_the_gpu_check_runs_every_stage_in_its_cpu_smoke(tmp_path, wikitext_dir, cli_env):
     env = {**cli_env, "OUT": str(tmp_path), "PYTHON": sys.executable}
     done = subprocess.run(

@@ -14,6 +14,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import torch
+
+from bertpretrain.attention import why_not_varlen
 from bertpretrain.config import Config
 from bertpretrain.data.masking import MASK_RATE
 from bertpretrain.device import resolve_precision
@@ -37,6 +40,7 @@ class _Shapes:
     head_norm: int  # mlm_LayerNorm's input: the matmul dtype, but CUDA autocast casts to fp32
     mask: int  # a dropout mask is bool: 1 byte an element, 0 without dropout
     fused: bool  # attention by SDPA's fused kernel, without (B, heads, L, L) scores
+    varlen: bool  # attention by Flash Attention's varlen kernel on the T packed tokens
 
     @property
     def padded(self) -> int:
@@ -51,6 +55,9 @@ def _shapes_for(cfg: Config, arch: BertConfig, batch: int, fill: float, device: 
     """A micro-batch of `batch` sequences with a real-token `fill` on `device`."""
     tokens = math.ceil(fill * batch * cfg.data.max_len)
     matmul = 2 if resolve_precision(cfg.speed.precision, device) == "bf16" else 4
+    dtype = torch.bfloat16 if matmul == 2 else torch.float32
+    head_dim = arch.hidden_size // arch.num_heads
+    varlen = why_not_varlen(torch.device(device), dtype, head_dim) is None
     return _Shapes(
         batch=batch,
         length=cfg.data.max_len,
@@ -64,6 +71,7 @@ def _shapes_for(cfg: Config, arch: BertConfig, batch: int, fill: float, device: 
         head_norm=4 if device == "cuda" else matmul,
         mask=1 if arch.dropout > 0 else 0,
         fused=fused_attention(device, arch.dropout),
+        varlen=varlen,
     )
 
 
@@ -75,7 +83,12 @@ def fused_attention(device: str, dropout: float) -> bool:
 
 
 def _attention_bytes(shapes: _Shapes) -> int:
-    """What Layer.attention saves, on every padded position."""
+    """What Layer.attention saves: on every padded position, or with the varlen kernel
+    only its fp32 (heads, T) logsumexp and the (B + 1,) int32 offsets (q, k and v are views
+    of qkv's output and the kernel's output is attention_output's input, both counted in
+    _layer_bytes)."""
+    if shapes.varlen:
+        return 4 * shapes.heads * shapes.tokens + 4 * (shapes.batch + 1)
     a, padded, h = shapes.matmul, shapes.padded, shapes.hidden
     qkv = 3 * a * padded * h  # q, k, v: SDPA's inputs, or matmul's contiguous copies of them
     if shapes.fused:  # SDPA also saves its output and its fp32 (B, heads, L) logsumexp
@@ -138,7 +151,7 @@ def _backward_peaks(shapes: _Shapes) -> tuple[int, int]:
     # In a layer, about two gradients of its largest tensor are alive at once.
     largest = max(
         shapes.matmul * shapes.tokens * shapes.ffn,
-        shapes.matmul * shapes.padded * shapes.hidden,
+        0 if shapes.varlen else shapes.matmul * shapes.padded * shapes.hidden,
         0 if shapes.fused else shapes.matmul * shapes.scores,
     )
     return heads, 2 * largest

@@ -16,6 +16,7 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 
 from bertpretrain import checkpoint, data, distributed, plan, published
+from bertpretrain.attention import attention_path
 from bertpretrain.config import Config, SpeedConfig
 from bertpretrain.data.examples import Dataset
 from bertpretrain.data.tokenizer import from_state as tokenizer_from_state
@@ -92,7 +93,7 @@ def set_up(cfg: Config, run_dir: Path, stop: list[int], accepted: Callable[[], N
         make_module(cfg, model, device, ranks),
         optimizer,
         scheduler,
-        _autocast(cfg, device),
+        _autocast(cfg, device, model.config),
         accum,
         planned,
         start,
@@ -211,7 +212,11 @@ def make_module(cfg: Config, model: BertForPretraining, device, ranks) -> torch.
     return module
 
 
-def _autocast(cfg: Config, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
+def _autocast(
+    cfg: Config, device: torch.device, architecture: BertConfig
+) -> Callable[[], contextlib.AbstractContextManager]:
+    """Autocast as speed.precision resolves on `device`; the log says which precision and
+    which attention kernel that gives."""
     precision = resolve_precision(cfg.speed.precision, device.type)
     if cfg.speed.precision == "auto":
         native = "native" if precision == "bf16" else "not native"
@@ -226,4 +231,6 @@ def _autocast(cfg: Config, device: torch.device) -> Callable[[], contextlib.Abst
             torch.backends.cpu.get_cpu_capability() if device.type == "cpu" else "no bf16",
         )
     use_bf16 = precision == "bf16"
+    dtype = torch.bfloat16 if use_bf16 else torch.float32
+    log.info(attention_path(architecture, device, dtype))
     return lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)

@@ -15,6 +15,7 @@ import torch
 
 from bertpretrain import plan
 from bertpretrain.activation_memory import fused_attention
+from bertpretrain.attention import why_not_varlen
 from bertpretrain.config import Config, compose
 from bertpretrain.config_checks import parse_size as config_parse_size
 from bertpretrain.device import resolve_precision
@@ -109,12 +110,18 @@ def _settings(
         vocab += " (tokenizer.vocab_size)"
     elif vocab_size == DEFAULT_VOCAB:
         vocab += " (BERT's; WikiText-2's word vocabulary is known once the data is built: --vocab-size N)"
-    attention = (
-        "fused attention kernel (no (B, heads, L, L) scores)"
-        if fused_attention(chosen.device, model.dropout)
-        else "attention materialises (B, heads, L, L) scores (on CUDA a fused kernel does not: "
-        "plan for a GPU with trainer.device=cuda)"
-    )
+    precision = resolve_precision(cfg.speed.precision, chosen.device)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    head_dim = model.hidden_size // model.num_heads
+    if why_not_varlen(torch.device(chosen.device), dtype, head_dim) is None:
+        attention = "variable-length attention kernel on the packed tokens (nothing padded)"
+    elif fused_attention(chosen.device, model.dropout):
+        attention = "fused attention kernel (no (B, heads, L, L) scores)"
+    else:
+        attention = (
+            "attention materialises (B, heads, L, L) scores (on CUDA a fused kernel does not: "
+            "plan for a GPU with trainer.device=cuda)"
+        )
     memory = format_size(chosen.device_memory)
     return [
         f"model={model.name}: {model.num_layers} layers, hidden {model.hidden_size}, "
