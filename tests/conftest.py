@@ -80,6 +80,16 @@ def wikitext_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def valid_batch(wikitext_dir) -> tuple[dict, int]:
+    """A batch of 32 real examples (the valid split, max_len 64) and the vocabulary size,
+    built once for the model tests that need real data rather than random ids."""
+    from bertpretrain.data.batches import BatchStream
+
+    data = build_wikitext(wikitext_dir / "wiki.valid.tokens", None, 64, 5, seed=0)
+    return BatchStream(data.train, batch_size=32, seed=0).batch(0), len(data.vocab)
+
+
+@pytest.fixture(scope="session")
 def cli_env(tmp_path_factory) -> dict[str, str]:
     """Environment for CLI subprocesses: a private data cache, no colour, no TTY tricks."""
     env = dict(os.environ)
