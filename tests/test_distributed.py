@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import SHARED_WIKITEXT, run_cli, trained_run
+from conftest import ONE_THREAD, SHARED_WIKITEXT, trained_run
 from test_train_cli import scalars
 
 from bertpretrain import checkpoint, distributed
@@ -55,7 +55,9 @@ def losses(run_dir: Path) -> dict[str, list[float]]:
 
 @pytest.fixture(scope="module")
 def single(tmp_path_factory, cli_env, wikitext_dir) -> Path:
-    return trained_run(tmp_path_factory.mktemp("single"), [*ARGS, "trainer.max_steps=4"], cli_env)
+    # one thread, as torchrun gives each of its processes
+    cwd = tmp_path_factory.mktemp("single")
+    return trained_run(cwd, [*ARGS, "trainer.max_steps=4"], cli_env | ONE_THREAD)
 
 
 @pytest.mark.slow
@@ -106,18 +108,21 @@ def test_distributed_run_resumes_from_its_checkpoint(tmp_path, cli_env, single):
 
 
 @pytest.mark.slow
-def test_every_rank_trains_on_rank_zeros_wordpiece_vocabulary(tmp_path, cli_env):
+def test_every_rank_trains_on_rank_zeros_wordpiece_vocabulary(
+    tmp_path, cli_env, bertpretrain, monkeypatch
+):
     """WordPiece training is not reproducible, so each rank training its own would give
-    each its own ids; rank 0 shares its vocabulary instead. A single process reading rank
-    0's vocabulary from the cache must then see the same losses."""
+    each its own ids; rank 0 shares its vocabulary instead. A single process (this one)
+    reading rank 0's vocabulary from the cache must then see the same losses."""
     pytest.importorskip("tokenizers", reason="pip install -e '.[wordpiece]'")
     env = cli_env | {"BERTPRETRAIN_DATA": str(tmp_path / "data")}
     args = [*ARGS, "tokenizer=wordpiece", "tokenizer.vocab_size=2000", "trainer.max_steps=2"]
     ranks = torchrun([*args, "hydra.run.dir=ranks"], tmp_path, env)
     assert ranks.returncode == 0, ranks.stderr[-3000:]
-    one = run_cli(["train", *args, "hydra.run.dir=one"], tmp_path, env)
-    assert one.returncode == 0, one.stderr[-3000:]
-    assert "vocabulary from cache" in one.stdout
+    monkeypatch.setenv("BERTPRETRAIN_DATA", env["BERTPRETRAIN_DATA"])
+    one = bertpretrain(["train", *args, "hydra.run.dir=one"], tmp_path)
+    assert one.code == 0, one.err[-3000:]
+    assert "vocabulary from cache" in one.out
     ours, reference = losses(tmp_path / "ranks"), losses(tmp_path / "one")
     for key in ("mlm_loss", "nsp_loss"):
         assert ours[key] == pytest.approx(reference[key], rel=TOLERANCE), key

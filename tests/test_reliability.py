@@ -128,7 +128,7 @@ def assert_same_weights(run_dir: Path, reference: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("moment", ["random-0", "random-1", "mid-checkpoint-write"])
 def test_kill_9_leaves_loadable_checkpoints_and_resume_matches_uninterrupted_run(
-    moment, tmp_path, env, reference
+    moment, tmp_path, env, reference, bertpretrain
 ):
     run = tmp_path / "run"
     ckpts = run / checkpoint.SUBDIR
@@ -152,18 +152,20 @@ def test_kill_9_leaves_loadable_checkpoints_and_resume_matches_uninterrupted_run
     if proc.returncode == -signal.SIGKILL:
         assert (run / ".lock").read_text().strip() == str(proc.pid)  # stale: its owner is dead
 
-    resumed = run_cli(
-        ["train", *train_args(), f"hydra.run.dir={run}", "trainer.resume=true"], tmp_path, env
+    resumed = bertpretrain(
+        ["train", *train_args(), f"hydra.run.dir={run}", "trainer.resume=true"], tmp_path
     )
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"resuming from {found[-1]} " in resumed.stdout
+    assert resumed.code == 0, resumed.err[-3000:]
+    assert f"resuming from {found[-1]} " in resumed.out
     assert losses(run) == losses(reference)  # one value per step 1..N, equal bit for bit
     assert_same_weights(run, reference)
     assert not (run / ".lock").exists()
 
 
 @pytest.mark.slow
-def test_kill_9_before_the_first_checkpoint_then_resume_logs_each_step_once(tmp_path, env):
+def test_kill_9_before_the_first_checkpoint_then_resume_logs_each_step_once(
+    tmp_path, env, bertpretrain
+):
     run, steps = tmp_path / "run", STEPS
     args = train_args({"trainer.save_every": "0", "trainer.max_steps": str(steps)})
     proc = start_train([*args, f"hydra.run.dir={run}"], tmp_path, env, subprocess.DEVNULL)
@@ -176,11 +178,11 @@ def test_kill_9_before_the_first_checkpoint_then_resume_logs_each_step_once(tmp_
     if proc.returncode != -signal.SIGKILL or checkpoint.list_checkpoints(run):
         pytest.fail("the kill did not land before the first checkpoint")
 
-    resumed = run_cli(
-        ["train", *args, f"hydra.run.dir={run}", "trainer.resume=true"], tmp_path, env
+    resumed = bertpretrain(
+        ["train", *args, f"hydra.run.dir={run}", "trainer.resume=true"], tmp_path
     )
-    if resumed.returncode != 0:
-        pytest.fail(f"the resume failed: {resumed.stderr[-3000:]}")
+    if resumed.code != 0:
+        pytest.fail(f"the resume failed: {resumed.err[-3000:]}")
     for curve in losses(run).values():
         assert [s for s, _ in curve] == list(range(1, steps + 1))
 
@@ -196,7 +198,7 @@ def test_kill_9_before_the_first_checkpoint_then_resume_logs_each_step_once(tmp_
     ids=["SIGINT", "SIGTERM"],
 )
 def test_signal_saves_says_how_to_resume_and_resume_matches_uninterrupted_run(
-    sig, code, resume, tmp_path, env, reference
+    sig, code, resume, tmp_path, env, reference, bertpretrain
 ):
     run = tmp_path / "run"
     args = train_args({"trainer.save_every": "0"})  # the only checkpoint is the one the stop saves
@@ -221,19 +223,21 @@ def test_signal_saves_says_how_to_resume_and_resume_matches_uninterrupted_run(
     assert not (run / ".lock").exists()
 
     how = "trainer.resume=true" if resume == "true" else f"trainer.resume={saved}"
-    resumed = run_cli(["train", *args, f"hydra.run.dir={run_dir}", how], tmp_path, env)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    resumed = bertpretrain(["train", *args, f"hydra.run.dir={run_dir}", how], tmp_path)
+    assert resumed.code == 0, resumed.err[-3000:]
     assert losses(run) == losses(reference)
     assert_same_weights(run, reference)
 
 
 @pytest.mark.slow
-def test_a_signal_within_an_accumulated_step_drops_it_and_the_resume_matches(tmp_path, env):
+def test_a_signal_within_an_accumulated_step_drops_it_and_the_resume_matches(
+    tmp_path, env, bertpretrain
+):
     """32 micro-steps a step: a signal must not wait for the step to end (at BERT-large's
     scale one takes minutes), and what it drops must not change the resumed run."""
     args = train_args({"trainer.save_every": "0", "trainer.grad_accum": "32"})
-    whole = run_cli(["train", *args, "hydra.run.dir=whole"], tmp_path, env)
-    assert whole.returncode == 0, whole.stderr[-3000:]
+    whole = bertpretrain(["train", *args, "hydra.run.dir=whole"], tmp_path)
+    assert whole.code == 0, whole.err[-3000:]
     run = tmp_path / "run"
     with (tmp_path / "stderr.txt").open("w") as err:
         proc = start_train([*args, f"hydra.run.dir={run}"], tmp_path, env, err)
@@ -252,17 +256,17 @@ def test_a_signal_within_an_accumulated_step_drops_it_and_the_resume_matches(tmp
     (saved,) = checkpoint.list_checkpoints(run)
     assert checkpoint.load(saved)["step"] == int(dropped[1]) - 1
 
-    resumed = run_cli(
-        ["train", *args, f"hydra.run.dir={run}", "trainer.resume=true"], tmp_path, env
+    resumed = bertpretrain(
+        ["train", *args, f"hydra.run.dir={run}", "trainer.resume=true"], tmp_path
     )
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert resumed.code == 0, resumed.err[-3000:]
     assert losses(run) == losses(tmp_path / "whole")
     assert_same_weights(run, tmp_path / "whole")
 
 
 @pytest.mark.slow
 def test_a_resume_across_an_epoch_boundary_with_workers_matches_the_uninterrupted_run(
-    tmp_path, env
+    tmp_path, env, bertpretrain
 ):
     """A corpus of 2-3 batches an epoch: steps 1-3, then a resume to step 8 through two
     more epochs, with batches made in a DataLoader worker and new masks each epoch, equals
@@ -277,8 +281,8 @@ def test_a_resume_across_an_epoch_boundary_with_workers_matches_the_uninterrupte
         "trainer.save_every": "0",
     }
     args = [f"{k}={v}" for k, v in run.items()]
-    whole = run_cli(["train", *args, "hydra.run.dir=whole"], tmp_path, env)
-    assert whole.returncode == 0, whole.stderr[-3000:]
+    whole = bertpretrain(["train", *args, "hydra.run.dir=whole"], tmp_path)  # made in the loop
+    assert whole.code == 0, whole.err[-3000:]
     log = (tmp_path / "whole" / "train.log").read_text()
     examples = int(re.search(r"data: (\d+) training examples", log)[1])
     assert 2 * 32 < examples <= 3 * 32, examples  # so 8 steps cross two epoch boundaries
@@ -416,11 +420,9 @@ def test_checkpoint_save_on_a_really_full_disk_is_one_user_error(tiny_disk):
 
 
 @pytest.mark.slow
-def test_sweep_with_a_failing_job_runs_the_others_and_reports_the_failure(tmp_path, env):
+def test_sweep_with_a_failing_job_runs_the_others_and_reports_the_failure(tmp_path, bertpretrain):
     args = train_args({"data.train_split": "nosuchsplit,valid", "trainer.max_steps": "2"})
-    result = run_cli(["train", "-m", *args, "hydra.sweep.dir=sweep"], tmp_path, env)
-    assert result.returncode != 0
-    line = one_error_line(result)
+    line = bertpretrain(["train", "-m", *args, "hydra.sweep.dir=sweep"], tmp_path).error_line()
     assert "1 sweep job(s) failed" in line
     assert "data.train_split=nosuchsplit" in line and "wiki.nosuchsplit.tokens" in line
     failed, passed = tmp_path / "sweep" / "0", tmp_path / "sweep" / "1"

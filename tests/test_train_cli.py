@@ -102,14 +102,13 @@ def test_training_leaves_a_checkpoint_that_loads_into_the_model(tiny_run):
 
 
 @pytest.mark.slow
-def test_training_losses_fall_on_real_data(tmp_path, cli_env, wikitext_dir):
+def test_training_losses_fall_on_real_data(tmp_path, bertpretrain, wikitext_dir):
     args = [a for a in TINY_ARGS if not a.startswith(("trainer.max_steps", "trainer.log_every"))]
-    result = run_cli(
+    result = bertpretrain(
         ["train", *args, "trainer.max_steps=16", "trainer.log_every=4", "hydra.run.dir=run"],
         tmp_path,
-        cli_env,
     )
-    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.code == 0, result.err[-2000:]
     mlm = [v for _, v in scalars(tmp_path / "run")["train/mlm_loss"]]
     assert mlm[-1] < mlm[0] - 1.0, mlm
 
@@ -129,12 +128,12 @@ def test_run_writes_everything_under_its_run_dir_and_summarises(
 
 
 @pytest.mark.slow
-def test_multirun_sweep_makes_one_run_dir_per_job(tmp_path, cli_env, wikitext_dir):
+def test_multirun_sweep_makes_one_run_dir_per_job(tmp_path, bertpretrain, wikitext_dir):
     args = [a for a in TINY_ARGS if not a.startswith("trainer.max_steps")]
-    result = run_cli(
-        ["train", "-m", *args, "trainer.max_steps=2", "optim.lr=1e-3,1e-2"], tmp_path, cli_env
+    result = bertpretrain(
+        ["train", "-m", *args, "trainer.max_steps=2", "optim.lr=1e-3,1e-2"], tmp_path
     )
-    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.code == 0, result.err[-2000:]
     jobs = sorted((tmp_path / "outputs" / "multirun").glob("*/*/[0-9]*"))
     assert [j.name for j in jobs] == ["0", "1"]
     lrs = []
@@ -167,6 +166,19 @@ def test_user_config_dir_adds_a_model(tmp_path, bertpretrain):
     )
     assert result.code == 0, result.err
     assert "hidden_size: 64" in result.out
+
+
+MODELS = ("tiny", "base", "large")
+# The installed package composes each set of overrides (argv) with `train --cfg job`, all in
+# one process: a process each would pay torch's import ten times.
+COMPOSE_EACH = """
+import sys
+from bertpretrain import cli, config
+print(config.conf_dir())
+for overrides in sys.argv[1:]:
+    print("=== " + overrides, flush=True)
+    cli.main(["train", "--cfg", "job", *overrides.split()])
+"""
 
 
 @pytest.mark.slow
@@ -206,30 +218,25 @@ def test_installed_wheel_ships_and_composes_every_config(tmp_path, cli_env):
         ],
         check=True,
     )
-    env = dict(cli_env, PYTHONPATH=str(target))
-    for model in ("tiny", "base", "large"):
-        for optim in ("adam", "adamw"):
-            result = run_cli(
-                ["train", "--cfg", "job", f"model={model}", f"optim={optim}"], tmp_path, env
-            )
-            assert result.returncode == 0, result.stderr
-            assert f"name: {model}" in result.stdout
-    for overrides, shown in [
-        (["data=text", "data.files=[a.txt]"], "source: text"),
-        (["data=hf", "data.name=Salesforce/wikitext"], "source: hf"),
-        (["tokenizer=wordpiece"], "name: wordpiece"),
-    ]:
-        result = run_cli(["train", "--cfg", "job", *overrides], tmp_path, env)
-        assert result.returncode == 0, result.stderr
-        assert shown in result.stdout
-    where = subprocess.run(
-        [sys.executable, "-c", "import bertpretrain.config as c; print(c.conf_dir())"],
-        env=env,
+    shown = {f"model={m} optim={o}": f"name: {m}" for m in MODELS for o in ("adam", "adamw")}
+    shown |= {
+        "data=text data.files=[a.txt]": "source: text",
+        "data=hf data.name=Salesforce/wikitext": "source: hf",
+        "tokenizer=wordpiece": "name: wordpiece",
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", COMPOSE_EACH, *shown],
+        cwd=tmp_path,
+        env=dict(cli_env, PYTHONPATH=str(target)),
         capture_output=True,
         text=True,
-        check=True,
+        timeout=300,
     )
-    assert Path(where.stdout.strip()).is_relative_to(target)
+    assert result.returncode == 0, result.stderr[-3000:]
+    where, *sections = result.stdout.split("=== ")
+    assert Path(where.strip()).is_relative_to(target)  # the wheel's configs, not conf/
+    for section, (overrides, expected) in zip(sections, shown.items(), strict=True):
+        assert section.startswith(f"{overrides}\n") and expected in section, section
 
 
 @pytest.mark.slow
