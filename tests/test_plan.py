@@ -221,6 +221,7 @@ def measurements(tmp_path_factory, wikitext_dir):
             process.communicate()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc and ru_maxrss")
 @pytest.mark.parametrize("case", list(CASES))
 def test_activation_estimate_within_25_percent_of_measured_peak(case, measurements):
