@@ -5,7 +5,7 @@ PIP := $(PYTHON) -m pip
 # `make install` keeps it.
 TORCH ?= torch==2.13.0
 
-.PHONY: install train test lint format bench clean
+.PHONY: install train test test-fast lint format bench clean
 
 install:
 	$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install "$(TORCH)"
@@ -17,6 +17,10 @@ train:
 
 test:
 	$(PYTHON) -m pytest -q
+
+# Everything but the tests marked slow (long end-to-end runs): the loop while you work.
+test-fast:
+	$(PYTHON) -m pytest -q -m "not slow"
 
 lint:
 	$(PYTHON) -m ruff check src tests scripts

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -80,6 +81,16 @@ def wikitext_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def valid_batch(wikitext_dir) -> tuple[dict, int]:
+    """A batch of 32 real examples (the valid split, max_len 64) and the vocabulary size,
+    built once for the model tests that need real data rather than random ids."""
+    from bertpretrain.data.batches import BatchStream
+
+    data = build_wikitext(wikitext_dir / "wiki.valid.tokens", None, 64, 5, seed=0)
+    return BatchStream(data.train, batch_size=32, seed=0).batch(0), len(data.vocab)
+
+
+@pytest.fixture(scope="session")
 def cli_env(tmp_path_factory) -> dict[str, str]:
     """Environment for CLI subprocesses: a private data cache, no colour, no TTY tricks."""
     env = dict(os.environ)
@@ -100,6 +111,83 @@ def run_cli(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 30
     )
 
 
+@dataclass
+class Exited:
+    """What a `bertpretrain` command left behind: its exit code and what it printed."""
+
+    code: int | str
+    out: str
+    err: str
+
+    def error_line(self) -> str:
+        """The one line of a refused command: exit code 2, one `bertpretrain: error:` line
+        on stderr (no traceback: one would have failed the test where it was raised)."""
+        assert self.code == 2, (self.code, self.err[-3000:])
+        lines = self.err.strip().splitlines()
+        assert len(lines) == 1, self.err[-3000:]
+        assert lines[0].startswith("bertpretrain: error: "), lines[0]
+        return lines[0]
+
+
+# On a small machine shared with other processes, OpenMP's spinning threads make a tiny-BERT
+# step many times slower; one thread keeps the tiny runs fast and changes no test's result.
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """Torch on one thread (ONE_THREAD) for a test that trains in this process."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def bertpretrain(
+    monkeypatch, capfd, cli_env, one_torch_thread
+) -> Callable[[list[str], Path], Exited]:
+    """`bertpretrain ARGV` from a folder, through the console script's own `cli.main` in
+    this process: the seconds of a new interpreter and torch import saved per command.
+
+    Each call starts as a fresh process would: no Hydra instance, the root logger as it
+    was (Hydra's logging config replaces its handlers), the private data cache, no
+    HYDRA_FULL_ERROR; the working dir, sys.argv and the environment come back afterwards.
+    Any exception but SystemExit propagates: the traceback a user would have seen.
+    """
+    from hydra.core.global_hydra import GlobalHydra
+
+    from bertpretrain import cli
+
+    monkeypatch.setenv("BERTPRETRAIN_DATA", cli_env["BERTPRETRAIN_DATA"])
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    monkeypatch.setattr(sys, "argv", ["bertpretrain"])  # train_main hands Hydra its own
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+
+    def run(argv: list[str], cwd: Path) -> Exited:
+        monkeypatch.chdir(cwd)
+        GlobalHydra.instance().clear()
+        capfd.readouterr()  # what earlier calls printed is theirs
+        try:
+            cli.main(list(argv))  # an explicit argv: main never re-executes the process
+            code: int | str = 0
+        except SystemExit as exited:
+            code = 0 if exited.code is None else exited.code
+        finally:
+            GlobalHydra.instance().clear()
+            for handler in set(root.handlers) - set(handlers):
+                handler.close()
+            root.handlers[:] = handlers
+            root.setLevel(level)
+        out, err = capfd.readouterr()
+        return Exited(code, out, err)
+
+    return run
+
+
 def trained_run(cwd: Path, args: list[str], env: dict[str, str]) -> Path:
     """`bertpretrain train ARGS` into cwd/run, which must succeed; returns the run dir."""
     result = run_cli(["train", *args, "hydra.run.dir=run"], cwd, env)
@@ -112,7 +200,8 @@ def tiny_run(tmp_path_factory, cli_env, wikitext_dir) -> Path:
     """A run dir with a checkpoint, trained once per test session through the CLI (default
     recipe), under ./outputs so that `encode` finds it as the newest run."""
     cwd = tmp_path_factory.mktemp("tiny-run")
-    result = run_cli(["train", *TINY_ARGS, "hydra.run.dir=outputs/tiny"], cwd, cli_env)
+    args = ["train", *TINY_ARGS, "hydra.run.dir=outputs/tiny"]
+    result = run_cli(args, cwd, cli_env | ONE_THREAD)
     assert result.returncode == 0, result.stderr[-3000:]
     return cwd / "outputs" / "tiny"
 
@@ -120,7 +209,8 @@ def tiny_run(tmp_path_factory, cli_env, wikitext_dir) -> Path:
 @pytest.fixture(scope="session")
 def collapsed_run(tmp_path_factory, cli_env, wikitext_dir) -> Path:
     """The tiny run at the reference's optimizer (optim=d2l), which collapses the encoder."""
-    return trained_run(tmp_path_factory.mktemp("collapsed-run"), [*TINY_ARGS, "optim=d2l"], cli_env)
+    cwd = tmp_path_factory.mktemp("collapsed-run")
+    return trained_run(cwd, [*TINY_ARGS, "optim=d2l"], cli_env | ONE_THREAD)
 
 
 def one_line_error(call: Callable[[], object]) -> str:

@@ -40,6 +40,7 @@ def summary(run: Path) -> dict:
     return json.loads((run / "summary.json").read_text())
 
 
+@pytest.mark.slow
 def test_text_files_pretrain_validate_and_encode(files, tmp_path, cli_env):
     train, held_out = files
     args = [f"data.files=['{train}']", f"data.valid_files=[{held_out}]", "hydra.run.dir=run"]
@@ -82,6 +83,7 @@ def hf_folder(files, tmp_path) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_hf_dataset_pretrains_offline_with_a_wordpiece_vocabulary(hf_folder, tmp_path, cli_env):
     pytest.importorskip("datasets", reason="install the hf extra: pip install -e '.[dev]'")
     env = cli_env | {

@@ -1,4 +1,8 @@
-"""Data parallel training: torchrun with 2 gloo processes on CPU matches one process."""
+"""Data parallel training: torchrun with 2 gloo processes on CPU matches one process.
+
+Every torchrun here is slow (two processes, each importing torch and joining a group), so
+what needs no second process runs in this one: gradient accumulation, and the batch rule,
+which reads only the ranks' count (patched)."""
 
 from __future__ import annotations
 
@@ -7,10 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import SHARED_WIKITEXT, run_cli, trained_run
+from conftest import ONE_THREAD, SHARED_WIKITEXT, trained_run
 from test_train_cli import scalars
 
-from bertpretrain import checkpoint
+from bertpretrain import checkpoint, distributed
 
 # dropout off: with it, each rank draws its own masks and the runs differ by design.
 # Adam with an eps far above the gradients updates in proportion to the gradient, so a
@@ -51,9 +55,12 @@ def losses(run_dir: Path) -> dict[str, list[float]]:
 
 @pytest.fixture(scope="module")
 def single(tmp_path_factory, cli_env, wikitext_dir) -> Path:
-    return trained_run(tmp_path_factory.mktemp("single"), [*ARGS, "trainer.max_steps=4"], cli_env)
+    # one thread, as torchrun gives each of its processes
+    cwd = tmp_path_factory.mktemp("single")
+    return trained_run(cwd, [*ARGS, "trainer.max_steps=4"], cli_env | ONE_THREAD)
 
 
+@pytest.mark.slow
 def test_two_gloo_ranks_match_one_process_and_share_one_run_dir(tmp_path, cli_env, single):
     result = torchrun([*ARGS, "trainer.max_steps=4"], tmp_path, cli_env)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -70,18 +77,21 @@ def test_two_gloo_ranks_match_one_process_and_share_one_run_dir(tmp_path, cli_en
     assert result.stdout.count("done: 4 steps") == 1  # only rank 0 logs
 
 
-def test_gradient_accumulation_matches_the_whole_batch(tmp_path, cli_env, single):
-    result = run_cli(
-        ["train", *ARGS, "trainer.max_steps=4", "trainer.grad_accum=4", "hydra.run.dir=run"],
-        tmp_path,
-        cli_env,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    ours, reference = losses(tmp_path / "run"), losses(single)
+def test_gradient_accumulation_matches_the_whole_batch(tmp_path, bertpretrain):
+    """The same runs in one process: 4 micro-steps of 4 examples give the losses of 16."""
+    small = [a for a in ARGS if not a.startswith("trainer.batch_size")]
+    small += ["trainer.batch_size=16", "trainer.max_steps=3"]
+    for run, micro_steps in (("whole", 1), ("accumulated", 4)):
+        args = [*small, f"trainer.grad_accum={micro_steps}", f"hydra.run.dir={run}"]
+        result = bertpretrain(["train", *args], tmp_path)
+        assert result.code == 0, result.err[-2000:]
+    ours, reference = losses(tmp_path / "accumulated"), losses(tmp_path / "whole")
     for key in ("mlm_loss", "nsp_loss"):
+        assert len(ours[key]) == 3
         assert ours[key] == pytest.approx(reference[key], rel=1e-5), key
 
 
+@pytest.mark.slow
 def test_distributed_run_resumes_from_its_checkpoint(tmp_path, cli_env, single):
     first = torchrun([*ARGS, "trainer.max_steps=2", "hydra.run.dir=run"], tmp_path, cli_env)
     assert first.returncode == 0, first.stderr[-3000:]
@@ -97,26 +107,32 @@ def test_distributed_run_resumes_from_its_checkpoint(tmp_path, cli_env, single):
     assert ours["mlm_loss"] == pytest.approx(losses(single)["mlm_loss"], rel=TOLERANCE)
 
 
-def test_every_rank_trains_on_rank_zeros_wordpiece_vocabulary(tmp_path, cli_env):
+@pytest.mark.slow
+def test_every_rank_trains_on_rank_zeros_wordpiece_vocabulary(
+    tmp_path, cli_env, bertpretrain, monkeypatch
+):
     """WordPiece training is not reproducible, so each rank training its own would give
-    each its own ids; rank 0 shares its vocabulary instead. A single process reading rank
-    0's vocabulary from the cache must then see the same losses."""
+    each its own ids; rank 0 shares its vocabulary instead. A single process (this one)
+    reading rank 0's vocabulary from the cache must then see the same losses."""
     pytest.importorskip("tokenizers", reason="pip install -e '.[wordpiece]'")
     env = cli_env | {"BERTPRETRAIN_DATA": str(tmp_path / "data")}
     args = [*ARGS, "tokenizer=wordpiece", "tokenizer.vocab_size=2000", "trainer.max_steps=2"]
     ranks = torchrun([*args, "hydra.run.dir=ranks"], tmp_path, env)
     assert ranks.returncode == 0, ranks.stderr[-3000:]
-    one = run_cli(["train", *args, "hydra.run.dir=one"], tmp_path, env)
-    assert one.returncode == 0, one.stderr[-3000:]
-    assert "vocabulary from cache" in one.stdout
+    monkeypatch.setenv("BERTPRETRAIN_DATA", env["BERTPRETRAIN_DATA"])
+    one = bertpretrain(["train", *args, "hydra.run.dir=one"], tmp_path)
+    assert one.code == 0, one.err[-3000:]
+    assert "vocabulary from cache" in one.out
     ours, reference = losses(tmp_path / "ranks"), losses(tmp_path / "one")
     for key in ("mlm_loss", "nsp_loss"):
         assert ours[key] == pytest.approx(reference[key], rel=TOLERANCE), key
 
 
-def test_batch_that_does_not_split_across_ranks_is_refused(tmp_path, cli_env):
-    result = torchrun([*ARGS, "trainer.batch_size=63", "trainer.max_steps=1"], tmp_path, cli_env)
-    assert result.returncode != 0
-    # torchrun adds its own report of the failed workers; each rank's own answer is one line
-    assert "bertpretrain: error: trainer.batch_size=63 does not split into 2 ranks" in result.stderr
-    assert 'bertpretrain/train.py", line' not in result.stderr
+def test_a_batch_that_does_not_split_across_ranks_is_refused_in_one_line(
+    tmp_path, bertpretrain, monkeypatch
+):
+    """Rank 0 of two, as the trainer sees it: the rule reads only the ranks' count."""
+    monkeypatch.setattr(distributed, "ranks", lambda: distributed.Ranks(rank=0, world=2))
+    args = [*ARGS, "trainer.batch_size=63", "trainer.max_steps=1", "hydra.run.dir=run"]
+    line = bertpretrain(["train", *args], tmp_path).error_line()
+    assert "trainer.batch_size=63 does not split into 2 ranks" in line

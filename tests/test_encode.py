@@ -260,6 +260,7 @@ def _text_rows(stdout: str) -> dict[int, tuple[str, list[float]]]:
     return rows
 
 
+@pytest.mark.slow
 def test_cli_text_output_uses_outputs_latest_by_default(runs):
     out = _ok(runs["text"])
     assert "outputs/latest/checkpoints/step_" in out
@@ -272,12 +273,14 @@ def test_cli_text_output_uses_outputs_latest_by_default(runs):
     ]
 
 
+@pytest.mark.slow
 def test_cli_pair_from_a_run_dir(runs):
     out = _ok(runs["pair"])
     assert "(1, 10, 128)" in out
     assert "segments   0 0 0 0 0 0 1 1 1 1" in out
 
 
+@pytest.mark.slow
 def test_cli_json_from_a_checkpoint_file_agrees_with_text_and_api(runs, encoder):
     doc = json.loads(_ok(runs["json"]))
     assert doc["tokens"] == ["<cls>", *SENTENCE.split(), "<sep>"]
@@ -290,6 +293,7 @@ def test_cli_json_from_a_checkpoint_file_agrees_with_text_and_api(runs, encoder)
         np.testing.assert_allclose(shown, vectors[i, : len(shown)], atol=6e-5)
 
 
+@pytest.mark.slow
 def test_cli_npy_holds_the_same_vectors_as_json(runs, files):
     _ok(runs["npy"])
     doc = json.loads(_ok(runs["json"]))
@@ -298,6 +302,7 @@ def test_cli_npy_holds_the_same_vectors_as_json(runs, files):
     np.testing.assert_array_equal(saved[0], np.array(doc["vectors"], dtype=np.float32))
 
 
+@pytest.mark.slow
 def test_cli_token_prints_every_occurrence_in_full(runs, encoder):
     out = _ok(runs["token"])
     expected = encoder.encode("a crane saw a crane").vectors
@@ -308,6 +313,7 @@ def test_cli_token_prints_every_occurrence_in_full(runs, encoder):
         np.testing.assert_allclose(values, expected[int(position)].numpy(), atol=6e-5)
 
 
+@pytest.mark.slow
 def test_cli_file_batches_to_npz_with_the_one_by_one_vectors(runs, files, encoder):
     assert "wrote" in _ok(runs["file_npz"])
     with np.load(files / "v.npz") as z:
@@ -322,6 +328,7 @@ def test_cli_file_batches_to_npz_with_the_one_by_one_vectors(runs, files, encode
         assert not vectors[row, n:].any()  # padding is zeros
 
 
+@pytest.mark.slow
 def test_cli_file_json_lines_agree_with_the_npz(runs, files):
     _ok(runs["file_npz"])
     docs = [json.loads(line) for line in _ok(runs["file_json"]).splitlines()]
@@ -333,6 +340,7 @@ def test_cli_file_json_lines_agree_with_the_npz(runs, files):
             np.testing.assert_allclose(doc["vectors"], row[:n], atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", PROCESS_ERRORS)
 def test_cli_user_errors_are_one_line_and_exit_2(runs, name):
     result = runs[name]
@@ -358,6 +366,7 @@ def test_cli_more_user_errors_are_one_line_and_exit_2(tiny_run, files, capsys, a
     assert needle in lines[0], lines[0]
 
 
+@pytest.mark.slow
 def test_importing_encode_stays_light(runs):
     loaded = set(_ok(runs["import"]).split())
     assert "torch" in loaded

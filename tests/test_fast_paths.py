@@ -12,9 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import build_wikitext
 
-from bertpretrain.data.batches import BatchStream
 from bertpretrain.model import BertConfig, BertForPretraining, dropout
 
 
@@ -50,14 +48,8 @@ def plain_losses(model: BertForPretraining, batch: dict) -> tuple[torch.Tensor, 
     return mlm, nsp
 
 
-@pytest.fixture(scope="module")
-def batch(wikitext_dir):
-    data = build_wikitext(wikitext_dir / "wiki.valid.tokens", None, 64, 5, 0)
-    return BatchStream(data.train, 128, seed=0).batch(0), len(data.vocab)
-
-
-def test_packed_losses_equal_the_plain_padded_computation(batch):
-    batch, vocab = batch
+def test_packed_losses_equal_the_plain_padded_computation(valid_batch):
+    batch, vocab = valid_batch
     torch.manual_seed(0)
     model = BertForPretraining(BertConfig(vocab, 2, 128, 2, 256, dropout=0.0)).train()
     mlm, nsp = model.losses(batch)
@@ -66,8 +58,8 @@ def test_packed_losses_equal_the_plain_padded_computation(batch):
     torch.testing.assert_close(nsp, ref_nsp, atol=1e-5, rtol=1e-5)
 
 
-def test_packed_gradients_equal_the_plain_padded_computation(batch):
-    batch, vocab = batch
+def test_packed_gradients_equal_the_plain_padded_computation(valid_batch):
+    batch, vocab = valid_batch
     torch.manual_seed(0)
     model = BertForPretraining(BertConfig(vocab, 2, 128, 2, 256, dropout=0.0)).train()
     sum(model.losses(batch)).backward()
@@ -78,9 +70,9 @@ def test_packed_gradients_equal_the_plain_padded_computation(batch):
         torch.testing.assert_close(packed[name], p.grad, atol=1e-5, rtol=1e-4, msg=name)
 
 
-def test_forward_api_matches_the_training_path(batch):
+def test_forward_api_matches_the_training_path(valid_batch):
     """`forward` (used by encode and validation) scatters the packed result back to (B, L, H)."""
-    batch, vocab = batch
+    batch, vocab = valid_batch
     torch.manual_seed(0)
     model = BertForPretraining(BertConfig(vocab, 2, 128, 2, 256, dropout=0.0)).eval()
     _, mlm_logits, nsp_logits = model(

@@ -67,15 +67,16 @@ def one_row(*ids: int, length: int = 16):
 
 
 def words_of(tokens, segments, valid_lens):
-    """Each row's words as lists of positions, found one position at a time."""
-    candidate = candidates(segments, valid_lens)
+    """Each row's words as lists of positions, found one position at a time (on Python
+    lists: indexing a tensor element by element costs microseconds a position)."""
+    continuation = CONTINUATION.tolist()
     rows = []
-    for r in range(len(tokens)):
+    for row, candidate in zip(tokens.tolist(), candidates(segments, valid_lens).tolist()):
         words = []
-        for p in range(tokens.shape[1]):
-            if not candidate[r, p]:
+        for p, token in enumerate(row):
+            if not candidate[p]:
                 continue
-            if CONTINUATION[tokens[r, p]] and p > 0 and candidate[r, p - 1]:
+            if continuation[token] and p > 0 and candidate[p - 1]:
                 words[-1].append(p)
             else:
                 words.append([p])

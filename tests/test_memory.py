@@ -211,6 +211,7 @@ def tiny_512_runs(tmp_path_factory, cli_env, wikitext_dir):
     return whole, budgeted, budget, (budgeted / "train.log").read_text()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads ru_maxrss in KiB")
 def test_a_run_under_a_small_budget_stays_within_it_with_the_same_losses(tiny_512_runs):
     whole, budgeted, budget, log = tiny_512_runs
@@ -243,6 +244,7 @@ def test_a_runs_plan_is_within_10_percent_of_its_measured_peak(tiny_512_runs):
         assert 0.9 <= ratio <= 1.1, (run.name, summary["planned_memory"], summary["peak_memory"])
 
 
+@pytest.mark.slow
 def test_plan_shows_the_accumulation_train_would_take(tmp_path, cli_env):
     result = run_cli(
         ["plan", "model=large", "data.max_len=512", "--device-memory", "80GB"], tmp_path, cli_env

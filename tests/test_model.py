@@ -7,12 +7,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import build_wikitext
-from omegaconf import OmegaConf
 from torch import nn
 
-from bertpretrain.config import conf_dir
-from bertpretrain.data.batches import BatchStream
+from bertpretrain.config import compose
 from bertpretrain.model import BertConfig, BertForPretraining, count_parameters
 
 BERT_VOCAB = 30522  # the WordPiece vocabulary of the original BERT
@@ -76,16 +73,7 @@ def expected_parameters(c: BertConfig) -> int:
 
 
 def preset(name: str, vocab_size: int = BERT_VOCAB) -> BertConfig:
-    m = OmegaConf.load(conf_dir() / "model" / f"{name}.yaml")
-    return BertConfig(
-        vocab_size=vocab_size,
-        num_layers=m.num_layers,
-        hidden_size=m.hidden_size,
-        num_heads=m.num_heads,
-        ffn_size=m.ffn_size,
-        dropout=m.dropout,
-        max_position=m.max_position,
-    )
+    return compose([f"model={name}"])[0].model.architecture(vocab_size)
 
 
 def count_on_meta(c: BertConfig) -> int:
@@ -255,16 +243,8 @@ def test_losses_are_cross_entropy_averaged_over_real_predictions():
     assert nsp.item() == pytest.approx(nsp_total / 4, rel=1e-5)
 
 
-@pytest.fixture(scope="module")
-def real_batch(wikitext_dir) -> tuple[dict[str, torch.Tensor], int]:
-    """A batch of 32 real examples (valid split, max_len 64) and the vocabulary size."""
-    data = build_wikitext(wikitext_dir / "wiki.valid.tokens", None, 64, 5, seed=0)
-    batch = BatchStream(data.train, batch_size=32, seed=0).batch(0)
-    return batch, len(data.vocab)
-
-
-def test_untrained_model_on_real_batch_scores_chance_losses(real_batch):
-    batch, vocab_size = real_batch
+def test_untrained_model_on_real_batch_scores_chance_losses(valid_batch):
+    batch, vocab_size = valid_batch
     torch.manual_seed(0)
     model = BertForPretraining(preset("tiny", vocab_size)).eval()
     with torch.no_grad():

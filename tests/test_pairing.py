@@ -143,6 +143,7 @@ def test_wikitext_articles_are_the_documents_and_fill_512(tmp_path, wikitext_dir
     assert np.mean(pairs.a_len + pairs.b_len) > 400
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pairing", ["d2l", "bert"])
 def test_both_pairing_rules_train_and_record_their_tokens_per_example(
     pairing, tmp_path, cli_env, wikitext_dir

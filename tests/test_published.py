@@ -241,6 +241,7 @@ def losses(output: str) -> list[float]:
     return [float(m) for m in __import__("re").findall(r"step \d+/\d+  mlm ([\d.]+)", output)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pairing", ["d2l", "bert"])
 def test_continued_pretraining_from_a_published_folder_trains_and_exports_back(
     folder, tmp_path, cli_env, pairing
@@ -293,6 +294,7 @@ def test_encode_cli_on_a_published_folder(folder, tmp_path, cli_env):
     assert "[CLS]" in result.stdout and "(a transformers folder)" in result.stdout
 
 
+@pytest.mark.slow
 def test_a_run_started_from_init_resumes_and_prepares_with_its_vocabulary(
     folder, tmp_path, cli_env
 ):

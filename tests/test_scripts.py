@@ -39,6 +39,7 @@ def test_plot_losses_refuses_a_folder_without_events(tmp_path):
     assert result.returncode != 0 and "no tensorboard/ folder" in result.stderr
 
 
+@pytest.mark.slow
 def test_context_check_compares_the_crane_vectors_of_a_run(tiny_run, collapsed_run):
     result = subprocess.run(
         [

@@ -152,6 +152,7 @@ def prepare_cli(folder: Path, cwd: Path, env: dict[str, str]):
     return run_cli(args, cwd, env)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_prepare_streams_and_a_store_is_mapped_not_loaded(tmp_path, cli_env, wikitext_dir):
     """The corpus grows 24 times; neither preparing it nor opening its store grows with it."""
@@ -184,6 +185,7 @@ def test_prepare_streams_and_a_store_is_mapped_not_loaded(tmp_path, cli_env, wik
     assert peaks[24] - peaks[1] < 60, peaks
 
 
+@pytest.mark.slow
 def test_prepare_takes_trains_overrides_and_a_second_call_finds_the_store(tmp_path, cli_env):
     args = ["prepare", f"data.dir={SHARED_WIKITEXT}", "data.train_split=valid"]
     args += ["data.valid_split=test"]
@@ -202,6 +204,7 @@ def test_prepare_takes_trains_overrides_and_a_second_call_finds_the_store(tmp_pa
     assert len(bad.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="kill -9 semantics")
 def test_kill_9_during_prepare_leaves_nothing_a_later_run_trusts(tmp_path, cli_env, wikitext_dir):
     folder = big_corpus(tmp_path / "corpus", 40)

@@ -192,6 +192,7 @@ def test_whole_word_masking_changes_the_examples_only_for_word_pieces(wikitext_d
 # --- the run: cache, checkpoint, resume ----------------------------------------------------
 
 
+@pytest.mark.slow
 def test_run_saves_the_tokenizer_with_the_checkpoint_and_caches_it(run, cli_env):
     state = checkpoint.load(checkpoint.resolve(run))
     assert state["tokenizer"] == {"kind": "wordpiece", "lowercase": True}
@@ -202,6 +203,7 @@ def test_run_saves_the_tokenizer_with_the_checkpoint_and_caches_it(run, cli_env)
     assert json.loads((run / "summary.json").read_text())["steps"] == 3
 
 
+@pytest.mark.slow
 def test_resume_keeps_the_checkpoints_vocabulary_when_the_cache_is_gone(tmp_path, cli_env):
     """WordPiece training is not reproducible bit for bit: a resume must not retrain."""
     env = cli_env | {"BERTPRETRAIN_DATA": str(tmp_path / "cache")}
@@ -221,6 +223,7 @@ def test_resume_keeps_the_checkpoints_vocabulary_when_the_cache_is_gone(tmp_path
 # --- encode and export ---------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_encode_shows_word_pieces_and_finds_a_split_word_by_its_text(run, tmp_path, cli_env):
     enc = Encoder.load(run)
     out = enc.encode("A crane is flying unbelievably")
@@ -239,6 +242,7 @@ def test_encode_shows_word_pieces_and_finds_a_split_word_by_its_text(run, tmp_pa
     assert doc["positions"] == split and len(doc["vectors"]) == len(split)
 
 
+@pytest.mark.slow
 def test_crane_gets_another_vector_in_another_context(run):
     enc = Encoder.load(run)
     flying = enc.encode("a crane is flying")
@@ -251,6 +255,7 @@ def test_crane_gets_another_vector_in_another_context(run):
     assert float(torch.nn.functional.cosine_similarity(x, y, dim=0)) < 0.9999
 
 
+@pytest.mark.slow
 def test_export_tokenizes_raw_text_as_we_do_and_transformers_gives_our_vectors(run, tmp_path):
     hf = pytest.importorskip("transformers", reason="install the dev extra")
     from bertpretrain.export import export
