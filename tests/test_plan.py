@@ -17,6 +17,7 @@ from bertpretrain import plan, published
 from bertpretrain.commands import plan as plan_command
 from bertpretrain.config import compose
 from bertpretrain.data.batches import BatchStream
+from bertpretrain.device import resolve_precision
 from bertpretrain.errors import UserError
 from bertpretrain.model import BertConfig, BertForPretraining, count_parameters
 
@@ -220,7 +221,7 @@ def measurements(tmp_path_factory, wikitext_dir):
             "batch": str(folder / f"{case}.pt"),
             "model": dataclasses.asdict(cfg.model.architecture(vocab)),
             "checkpointing": cfg.speed.gradient_checkpointing,
-            "bf16": cfg.speed.precision == "bf16",
+            "bf16": resolve_precision(cfg.speed.precision, "cpu") == "bf16",
         }
         process = subprocess.Popen(
             [sys.executable, "-c", MEASURE, json.dumps(spec)],
