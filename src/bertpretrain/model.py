@@ -61,13 +61,13 @@ def padded_attention(
 
 
 class Embeddings(nn.Module):
-    def __init__(self, c: BertConfig):
+    def __init__(self, config: BertConfig):
         super().__init__()
-        self.word_embeddings = nn.Embedding(c.vocab_size, c.hidden_size)
-        self.position_embeddings = nn.Embedding(c.max_position, c.hidden_size)
-        self.token_type_embeddings = nn.Embedding(c.type_vocab_size, c.hidden_size)
-        self.LayerNorm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
-        self.dropout_p = c.dropout
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.position_embeddings = nn.Embedding(config.max_position, config.hidden_size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout_p = config.dropout
 
     def forward(
         self, tokens: torch.Tensor, segments: torch.Tensor, packing: Packing
@@ -85,17 +85,17 @@ class Embeddings(nn.Module):
 class Layer(nn.Module):
     """One post-LN Transformer block: x = LN(x + attn(x)); x = LN(x + ffn(x))."""
 
-    def __init__(self, c: BertConfig):
+    def __init__(self, config: BertConfig):
         super().__init__()
-        self.num_heads = c.num_heads
-        self.dropout_p = c.dropout
-        self.approximate = ACTIVATIONS[c.hidden_act]
-        self.qkv = nn.Linear(c.hidden_size, 3 * c.hidden_size)
-        self.attention_output = nn.Linear(c.hidden_size, c.hidden_size)
-        self.attention_LayerNorm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
-        self.intermediate = nn.Linear(c.hidden_size, c.ffn_size)
-        self.output = nn.Linear(c.ffn_size, c.hidden_size)
-        self.output_LayerNorm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
+        self.num_heads = config.num_heads
+        self.dropout_p = config.dropout
+        self.approximate = ACTIVATIONS[config.hidden_act]
+        self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
+        self.attention_output = nn.Linear(config.hidden_size, config.hidden_size)
+        self.attention_LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.intermediate = nn.Linear(config.hidden_size, config.ffn_size)
+        self.output = nn.Linear(config.ffn_size, config.hidden_size)
+        self.output_LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def attention(self, qkv: torch.Tensor, packing: Packing) -> torch.Tensor:
         """Multi-head self-attention of packed (T, 3H) projections; padded keys are ignored.
@@ -118,12 +118,12 @@ class Layer(nn.Module):
 class BertModel(nn.Module):
     """Embeddings, encoder and pooler: text in, contextual vectors out."""
 
-    def __init__(self, c: BertConfig):
+    def __init__(self, config: BertConfig):
         super().__init__()
-        self.config = c
-        self.embeddings = Embeddings(c)
-        self.layer = nn.ModuleList(Layer(c) for _ in range(c.num_layers))
-        self.pooler = nn.Linear(c.hidden_size, c.hidden_size)
+        self.config = config
+        self.embeddings = Embeddings(config)
+        self.layer = nn.ModuleList(Layer(config) for _ in range(config.num_layers))
+        self.pooler = nn.Linear(config.hidden_size, config.hidden_size)
         self.gradient_checkpointing = False  # a memory/speed trade, not part of the model
 
     def encode_packed(self, tokens, segments, packing: Packing) -> torch.Tensor:
@@ -149,14 +149,14 @@ class BertModel(nn.Module):
 
 
 class BertForPretraining(nn.Module):
-    def __init__(self, c: BertConfig):
+    def __init__(self, config: BertConfig):
         super().__init__()
-        self.config = c
-        self.bert = BertModel(c)
-        self.mlm_dense = nn.Linear(c.hidden_size, c.hidden_size)
-        self.mlm_LayerNorm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
-        self.mlm_bias = nn.Parameter(torch.zeros(c.vocab_size))
-        self.nsp = nn.Linear(c.hidden_size, 2)
+        self.config = config
+        self.bert = BertModel(config)
+        self.mlm_dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.mlm_LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlm_bias = nn.Parameter(torch.zeros(config.vocab_size))
+        self.nsp = nn.Linear(config.hidden_size, 2)
         self.apply(_init_weights)
 
     def mlm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -216,17 +216,17 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())  # tied weights counted once
 
 
-def flops_per_sequence(c: BertConfig, seq_len: int, predictions: float) -> float:
+def flops_per_sequence(config: BertConfig, seq_len: int, predictions: float) -> float:
     """Training FLOPs of one padded sequence (forward + backward = 3x the forward matmuls)."""
-    h, f = c.hidden_size, c.ffn_size
-    per_token = c.num_layers * (2 * 3 * h * h + 2 * h * h + 2 * 2 * h * f)
-    attention = c.num_layers * 2 * 2 * seq_len * seq_len * h
-    head = predictions * (2 * h * h + 2 * h * c.vocab_size)
+    h, f = config.hidden_size, config.ffn_size
+    per_token = config.num_layers * (2 * 3 * h * h + 2 * h * h + 2 * 2 * h * f)
+    attention = config.num_layers * 2 * 2 * seq_len * seq_len * h
+    head = predictions * (2 * h * h + 2 * h * config.vocab_size)
     return 3 * (seq_len * per_token + attention + head + 2 * h * h + 2 * h * 2)
 
 
-def describe(c: BertConfig, params: int) -> str:
+def describe(config: BertConfig, params: int) -> str:
     return (
-        f"{c.num_layers} layers, hidden {c.hidden_size}, {c.num_heads} heads, FFN {c.ffn_size}, "
-        f"vocab {c.vocab_size}: {params / 1e6:.2f}M parameters"
+        f"{config.num_layers} layers, hidden {config.hidden_size}, {config.num_heads} heads, FFN {config.ffn_size}, "
+        f"vocab {config.vocab_size}: {params / 1e6:.2f}M parameters"
     )
