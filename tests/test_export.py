@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import build_wikitext, run_cli
+from conftest import build_wikitext
 
 from bertpretrain import checkpoint
 from bertpretrain.data.vocab import PAD_ID, UNK_ID, token_index
@@ -113,11 +113,11 @@ def real_batch(dataset, n: int = 16):
 # --- the folder ----------------------------------------------------------------------------
 
 
-def test_cli_writes_the_same_folder_as_the_api(run_dir, exported, tmp_path, cli_env):
+def test_cli_writes_the_same_folder_as_the_api(run_dir, exported, tmp_path, bertpretrain):
     out = tmp_path / "cli"
-    result = run_cli(["export", str(run_dir), str(out)], tmp_path, cli_env)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert f"wrote {out}" in result.stdout
+    result = bertpretrain(["export", str(run_dir), str(out)], tmp_path)
+    assert result.code == 0, result.err[-2000:]
+    assert f"wrote {out}" in result.out
     assert sorted(p.name for p in out.iterdir()) == sorted([*FILES, MARKER])
     for name in FILES:
         assert (out / name).read_bytes() == (exported / name).read_bytes(), name
@@ -294,11 +294,9 @@ def test_force_replaces_a_previous_export_whole(run_dir, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
 
-def test_bad_checkpoint_path_exits_2_with_one_line(tmp_path, cli_env):
-    result = run_cli(["export", "missing.pt", "out"], tmp_path, cli_env)
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "missing.pt does not exist" in lines[0], result.stderr
+def test_bad_checkpoint_path_exits_2_with_one_line(tmp_path, bertpretrain):
+    line = bertpretrain(["export", "missing.pt", "out"], tmp_path).error_line()
+    assert "missing.pt does not exist" in line
     assert not (tmp_path / "out").exists()
 
 

@@ -234,6 +234,7 @@ def test_a_run_under_a_small_budget_stays_within_it_with_the_same_losses(tiny_51
         assert curve == pytest.approx(losses(whole)[name], rel=1e-4), name
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads ru_maxrss in KiB")
 def test_a_runs_plan_is_within_10_percent_of_its_measured_peak(tiny_512_runs):
     """What plan.py's docstring promises: measured 0.99 (whole batch) and 0.96 (budgeted)."""

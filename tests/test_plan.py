@@ -11,7 +11,7 @@ import sys
 
 import pytest
 import torch
-from conftest import build_wikitext, run_cli
+from conftest import build_wikitext
 
 from bertpretrain import plan, published
 from bertpretrain.commands import plan as plan_command
@@ -28,10 +28,10 @@ def config(*overrides: str):
     return compose(list(overrides))[0]
 
 
-def test_plan_prints_parameters_breakdown_verdict_and_largest_micro_batches(tmp_path, cli_env):
-    result = run_cli(["plan", *LARGE_512, "--device-memory", "80GB"], tmp_path, cli_env)
-    assert result.returncode == 0, result.stderr
-    out = result.stdout
+def test_plan_prints_parameters_breakdown_verdict_and_largest_micro_batches(tmp_path, bertpretrain):
+    result = bertpretrain(["plan", *LARGE_512, "--device-memory", "80GB"], tmp_path)
+    assert result.code == 0, result.err
+    out = result.out
     assert "parameters: 336.2M with vocabulary 30522" in out
     for row in ("weights (fp32)", "gradients (fp32)", "optimizer state (Adam: 2 x fp32)"):
         assert re.search(rf"^  {re.escape(row)} +\d+\.\d+ GiB$", out, re.MULTILINE), row
@@ -53,11 +53,8 @@ def test_plan_prints_parameters_breakdown_verdict_and_largest_micro_batches(tmp_
     [["model=huge"], ["trainer.batch_size=abc"]],
     ids=["unknown-group-option", "wrong-type"],
 )
-def test_plan_rejects_bad_input_with_one_line_and_exit_2(tmp_path, cli_env, args):
-    result = run_cli(["plan", *args], tmp_path, cli_env)
-    assert result.returncode == 2
-    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
-    assert result.stderr.startswith("bertpretrain: error: ")
+def test_plan_rejects_bad_input_with_one_line_and_exit_2(tmp_path, bertpretrain, args):
+    assert bertpretrain(["plan", *args], tmp_path).error_line().startswith("bertpretrain: error: ")
 
 
 def test_plan_of_an_init_model_takes_its_architecture_with_or_without_a_vocab_size(

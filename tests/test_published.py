@@ -274,24 +274,18 @@ def test_continued_pretraining_from_a_published_folder_trains_and_exports_back(
     assert hf.config.num_hidden_layers == 2 and hf.config.vocab_size == len(bert_vocab())
 
 
-def test_a_model_override_that_contradicts_init_is_refused_in_one_line(folder, tmp_path, cli_env):
-    result = run_cli(["train", f"init={folder}", "model=base"], tmp_path, cli_env)
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert (
-        len(lines) == 1
-        and "sets the architecture" in lines[0]
-        and "model.num_layers=12" in lines[0]
-    )
+def test_a_model_override_that_contradicts_init_is_refused_in_one_line(
+    folder, tmp_path, bertpretrain
+):
+    line = bertpretrain(["train", f"init={folder}", "model=base"], tmp_path).error_line()
+    assert "sets the architecture" in line and "model.num_layers=12" in line
     assert not (tmp_path / "outputs").exists()
 
 
-def test_encode_cli_on_a_published_folder(folder, tmp_path, cli_env):
-    result = run_cli(
-        ["encode", "a crane is flying", "--checkpoint", str(folder)], tmp_path, cli_env
-    )
-    assert result.returncode == 0, result.stderr
-    assert "[CLS]" in result.stdout and "(a transformers folder)" in result.stdout
+def test_encode_cli_on_a_published_folder(folder, tmp_path, bertpretrain):
+    result = bertpretrain(["encode", "a crane is flying", "--checkpoint", str(folder)], tmp_path)
+    assert result.code == 0, result.err
+    assert "[CLS]" in result.out and "(a transformers folder)" in result.out
 
 
 @pytest.mark.slow
