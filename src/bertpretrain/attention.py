@@ -147,7 +147,7 @@ def attention_path(config: BertConfig, device: torch.device, dtype: torch.dtype)
     p = config.dropout
     if reason is not None:
         return (
-            "attention: scaled_dot_product_attention on the batch padded to (B, heads, L, d) "
+            "attention: on the batch padded to (B, heads, L, d) "
             f"with a key mask ({reason}); attention dropout {p}"
         )
     line = f"attention: {VARLEN.name} on the packed tokens, no padding"
