@@ -13,8 +13,10 @@ trainer.grad_accum=1 the total errs on the safe side.
 
 How close it is, measured on the CPU: a real training step's activations came within 3%
 of the estimate (tests/test_plan.py holds them within 10%), and a whole tiny run's peak
-resident memory within 4% of its plan (tests/test_memory.py holds it within 10%;
-docs/benchmarks.md measured 0.93 to 1.08 for tiny and base at max_len 64 and 512). The CUDA
+resident memory was 0.96 to 0.99 of its plan with the whole batch in one step; under
+accumulation the plan over-stated it by 1.10 to 1.12 in some runs (tests/test_memory.py
+holds the plan between 0.9 and 1.15 of the peak: it may err on the safe side, not the
+other; docs/benchmarks.md measured 0.93 to 1.08 for tiny and base at max_len 64 and 512). The CUDA
 attention path (SDPA's fused kernel, memory linear in L instead of the CPU path's (B,
 heads, L, L) scores) is counted from what that kernel saves but is not measured here.
 
