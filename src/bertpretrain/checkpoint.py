@@ -16,12 +16,15 @@ import re
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from bertpretrain import files
-from bertpretrain.config import Config, to_dict
 from bertpretrain.errors import UserError
+
+if TYPE_CHECKING:
+    from bertpretrain.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +183,9 @@ def resume_state(cfg: Config, run_dir: Path) -> dict | None:
         path = found[-1]
     else:
         path = resolve(resume)
+    # here, not at the top: `encode` reads checkpoints and should not pay for omegaconf
+    from bertpretrain.config import to_dict
+
     state = load(path)
     try:
         check_resume(path, state, to_dict(cfg))
