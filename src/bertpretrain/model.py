@@ -13,18 +13,27 @@ import torch.utils.checkpoint
 from torch import nn
 
 from bertpretrain.architecture import ACTIVATIONS, BertConfig
-from bertpretrain.attention import Packing, pack, varlen_attention, varlen_kernel
+from bertpretrain.attention import (
+    Packing,
+    pack,
+    rounded_rows,
+    varlen_attention,
+    varlen_kernel,
+)
 
 __all__ = ["ACTIVATIONS", "BertConfig"]  # where Python users have always found them
 
 
-def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
-    """Inverted dropout with a cheaper mask on CPU.
+def dropout(x: torch.Tensor, p: float, training: bool, real: int | None = None) -> torch.Tensor:
+    """Inverted dropout with a cheaper mask on CPU; of packed (rows, H) activations only the
+    first `real` rows draw (the rest pad a step's shape and are never used).
 
     On CPU, `bernoulli_` draws one Mersenne-twister number per element and costs about a
     fifth of a tiny-BERT step; here every 64-bit draw gives four 16-bit uniforms. The keep
     probability is quantised to 1/65536 and the scale uses that exact probability, so the
     output stays unbiased. GPUs' Philox generator is already fast: they use F.dropout.
+    Drawing for the real rows alone keeps the random stream, and so every mask and loss,
+    what it is without the padding rows.
     """
     if not training or p == 0.0:
         return x
@@ -34,7 +43,11 @@ def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     if threshold in (0, 65536):
         return F.dropout(x, p, True)
     n = x.numel()
-    words = torch.randint(-(2**63), 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64)
+    drawn = n if real is None else real * x.shape[-1]  # the real rows come first
+    words = torch.empty((n + 3) // 4, dtype=torch.int64)  # one shape per shape of x
+    cut = (drawn + 3) // 4
+    words[:cut].random_(-(2**63), 2**63 - 1)  # the very draws of torch.randint
+    words[cut:].zero_()
     uniform16 = words.view(torch.int16)[:n].view(x.shape)  # uniform over [-32768, 32767]
     keep = uniform16 >= threshold - 32768
     return x * keep * (65536 / (65536 - threshold))
@@ -79,7 +92,7 @@ class Embeddings(nn.Module):
             + self.position_embeddings(i % packing.length)
             + self.token_type_embeddings(segments.flatten()[i])
         )
-        return dropout(self.LayerNorm(x), self.dropout_p, self.training)
+        return dropout(self.LayerNorm(x), self.dropout_p, self.training, packing.real)
 
 
 class Layer(nn.Module):
@@ -110,9 +123,10 @@ class Layer(nn.Module):
     def forward(self, x: torch.Tensor, packing: Packing) -> torch.Tensor:
         p, training = self.dropout_p, self.training
         a = self.attention(self.qkv(x), packing)
-        x = self.attention_LayerNorm(x + dropout(self.attention_output(a), p, training))
+        real = packing.real
+        x = self.attention_LayerNorm(x + dropout(self.attention_output(a), p, training, real))
         f = self.output(F.gelu(self.intermediate(x), approximate=self.approximate))
-        return self.output_LayerNorm(x + dropout(f, p, training))
+        return self.output_LayerNorm(x + dropout(f, p, training, real))
 
 
 class BertModel(nn.Module):
@@ -183,22 +197,31 @@ class BertForPretraining(nn.Module):
 
         Works on the packed tokens throughout, and runs the MLM head only where the
         prediction weight is 1: padded slots cost nothing and cannot leak into the loss.
-        A micro-batch of a larger batch passes the larger batch's counts, so the summed
+        The packed tokens and the MLM rows are rounded up to one of a few sizes
+        (`attention.rounded_rows`); the extra rows are ignored by both losses. A
+        micro-batch of a larger batch passes the larger batch's counts, so the summed
         micro-batch losses equal the whole batch's mean exactly.
         """
         tokens, valid_lens = batch["tokens"], batch["valid_lens"]
-        packing = pack(valid_lens, tokens.shape[1])
-        x = self.bert.encode_packed(tokens, batch["segments"], packing)  # (T, H)
+        packing = pack(valid_lens, tokens.shape[1], round_rows=True)
+        x = self.bert.encode_packed(tokens, batch["segments"], packing)  # (rows, H)
         starts = torch.cumsum(valid_lens, 0) - valid_lens  # packed row of each <cls>
         real = batch["pred_weights"] > 0  # (B, P)
         rows = (starts[:, None] + batch["pred_positions"])[real]  # packed rows of the targets
+        labels = batch["pred_labels"][real]
+        padding = rounded_rows(len(rows), real.numel()) - len(rows)
+        rows = F.pad(rows, (0, padding))  # extra rows read row 0 ...
+        labels = F.pad(labels, (0, padding), value=IGNORED)  # ... and count for nothing
         logits = self.mlm_logits(x[rows]).float()
-        mlm = F.cross_entropy(logits, batch["pred_labels"][real], reduction="sum")
+        mlm = F.cross_entropy(logits, labels, reduction="sum", ignore_index=IGNORED)
         nsp_logits = self.nsp(self.bert.pool(x[starts])).float()
         nsp = F.cross_entropy(nsp_logits, batch["nsp_labels"], reduction="sum")
         mlm_count = real.sum() if mlm_count is None else mlm_count
         nsp_count = len(valid_lens) if nsp_count is None else nsp_count
         return mlm / mlm_count, nsp / nsp_count
+
+
+IGNORED = -100  # a target cross_entropy skips
 
 
 def _init_weights(module: nn.Module) -> None:
