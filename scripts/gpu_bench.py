@@ -7,7 +7,7 @@ lengths spread evenly over [L/4, L] (62% real tokens; WikiText-2's d2l pairs are
 L=128), where skipping the padding pays. MFU counts the FLOPs of the real tokens only,
 what an implementation without padding must do (model.flops_per_sequence per sequence),
 against the bf16 matmul peak measured in the same process. Both contenders take the same
-Adam (foreach), clipping and batches (scripts/bench.py's `ours` and `hf_inputs`), and the
+Adam (foreach), clipping and batches (scripts/benchmarks/step.py's `ours` and `hf_inputs`), and the
 same attention dropout: none on both where our kernel has none.
 """
 
@@ -17,8 +17,9 @@ import statistics
 import time
 from collections.abc import Callable
 
-import bench
 import torch
+from benchmarks import harness
+from benchmarks import step as in_process
 
 from bertpretrain.attention import attention_path, varlen_kernel
 from bertpretrain.export import hf_config
@@ -73,7 +74,7 @@ def transformers_step(
 
     def step(batch: dict) -> None:
         with torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16"):
-            loss = model(**bench.hf_inputs(batch)).loss
+            loss = model(**in_process.hf_inputs(batch)).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -143,8 +144,8 @@ def run(
     """Every shape, full and with mixed lengths, for both contenders; and the targets."""
     device = torch.device(device)
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    peak = bench.matmul_peak(dtype, device)
-    layers, hidden, heads, ffn, dropout = bench.SIZES[size]
+    peak = harness.matmul_peak(dtype, device)
+    layers, hidden, heads, ffn, dropout = harness.SIZES[size]
     config = BertConfig(VOCAB, layers, hidden, heads, ffn, dropout)
     kernel = varlen_kernel(device, dtype, hidden // heads)
     path = attention_path(config, device, dtype)
@@ -152,7 +153,7 @@ def run(
     # ours drops attention probabilities unless its kernel cannot: transformers the same
     attention_dropout = 0.0 if kernel is not None and not kernel.dropout else dropout
     contenders = {  # ours first: its row carries the speed-up
-        "bertpretrain": bench.ours(size, VOCAB, precision, device),
+        "bertpretrain": in_process.ours(size, VOCAB, precision, device),
         "transformers": transformers_step(config, device, precision, attention_dropout),
     }
     g = torch.Generator().manual_seed(0)

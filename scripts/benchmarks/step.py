@@ -1,0 +1,160 @@
+"""Our training step against transformers' BertForPreTraining (SDPA) in one process, on
+the same real batches, sizes, optimizer (Adam, foreach) and clipping: seq/s, model FLOPs
+utilisation against the matmul peak, and each step's peak memory in a fresh process."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+
+from benchmarks.harness import SIZES, real_batches, sync
+from bertpretrain.model import BertConfig, BertForPretraining, flops_per_sequence
+from bertpretrain.optimize import PretrainingLosses, training_step
+
+
+def ours(size: str, vocab: int, precision: str, device) -> Callable[[dict], None]:
+    layers, hidden, heads, ffn, dropout = SIZES[size]
+    torch.manual_seed(0)
+    model = BertForPretraining(BertConfig(vocab, layers, hidden, heads, ffn, dropout)).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, foreach=True)
+
+    def autocast():
+        return torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16")
+
+    losses = PretrainingLosses(model)
+
+    def step(batch):
+        training_step(losses, optimizer, [batch], autocast, 1.0)
+
+    return step
+
+
+def hf_inputs(batch: dict) -> dict:
+    """Our batch as transformers wants it: labels -100 except at the real masked positions."""
+    tokens = batch["tokens"]
+    labels = torch.full_like(tokens, -100)
+    real = batch["pred_weights"] > 0
+    rows = torch.arange(len(tokens), device=tokens.device)[:, None].expand_as(real)
+    labels[rows[real], batch["pred_positions"][real]] = batch["pred_labels"][real]
+    keep = torch.arange(tokens.shape[1], device=tokens.device) < batch["valid_lens"][:, None]
+    return {
+        "input_ids": tokens,
+        "token_type_ids": batch["segments"],
+        "attention_mask": keep.long(),
+        "labels": labels,
+        "next_sentence_label": batch["nsp_labels"],
+    }
+
+
+def transformers_bert(size: str, vocab: int, precision: str, device) -> Callable[[dict], None]:
+    import transformers
+
+    layers, hidden, heads, ffn, dropout = SIZES[size]
+    config = transformers.BertConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=ffn,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
+        max_position_embeddings=512,
+        attn_implementation="sdpa",
+    )
+    torch.manual_seed(0)
+    model = transformers.BertForPreTraining(config).to(device).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, foreach=True)
+
+    def step(batch):
+        inputs = hf_inputs(batch)
+        with torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16"):
+            loss = model(**inputs).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+
+    return step
+
+
+def _peak_memory_child(make, args, shape, device, queue) -> None:
+    batches = [{k: v.to(device) for k, v in b.items()} for b in real_batches(*shape, 2)[0]]
+    step = make(*args, device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        for b in batches:
+            step(b)
+        torch.cuda.synchronize()
+        queue.put(torch.cuda.max_memory_allocated())
+        return
+    with open("/proc/self/statm") as f:
+        before = int(f.read().split()[1]) * resource.getpagesize()
+    for b in batches:
+        step(b)
+    queue.put(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before)
+
+
+def peak_memory(make, args, shape, device) -> float:
+    """Peak memory of two steps in a fresh process, so contenders do not share a high-water
+    mark (spawned, not forked: a forked child deadlocks in an initialised OpenMP pool)."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_peak_memory_child, args=(make, args, shape, device, queue))
+    child.start()
+    value = queue.get()
+    child.join()
+    return value
+
+
+def bench_training(
+    size, max_len, batch_size, precision, reps, steps, device, peaks, memory: bool = True
+) -> list[dict]:
+    batches, vocab, preds = real_batches(max_len, batch_size, steps + 1)
+    batches = [{k: v.to(device) for k, v in b.items()} for b in batches]
+    layers, hidden, heads, ffn, dropout = SIZES[size]
+    flops = flops_per_sequence(BertConfig(vocab, layers, hidden, heads, ffn), max_len, preds)
+    contenders = {"bertpretrain": ours}
+    try:
+        import transformers  # noqa: F401
+
+        contenders["transformers"] = transformers_bert
+    except ImportError:
+        print("transformers is not installed: measuring bertpretrain only", file=sys.stderr)
+    steps_fns = {name: make(size, vocab, precision, device) for name, make in contenders.items()}
+    for fn in steps_fns.values():
+        fn(batches[0])  # warm-up: allocator, lazy init
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(reps):
+        for name, fn in steps_fns.items():
+            sync(device)
+            t0 = time.perf_counter()
+            for b in batches[1:]:
+                fn(b)
+            sync(device)
+            times[name].append((time.perf_counter() - t0) / steps)
+    peak = peaks[torch.bfloat16 if precision == "bf16" else torch.float32]
+    rows = []
+    for name, make in contenders.items():
+        t = statistics.median(times[name])
+        rows.append(
+            {
+                "what": f"train {size} L={max_len} B={batch_size} {precision}",
+                "contender": name,
+                "step_s": t,
+                "seq_per_s": batch_size / t,
+                "tokens_per_s": batch_size * max_len / t,
+                "model_gflop_per_step": flops * batch_size / 1e9,
+                "mfu": flops * batch_size / t / peak,
+            }
+        )
+        if memory:
+            shape = (max_len, batch_size)
+            bytes_ = peak_memory(make, (size, vocab, precision), shape, device)
+            rows[-1]["peak_memory_mb"] = bytes_ / 2**20
+    return rows
