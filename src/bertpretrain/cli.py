@@ -63,10 +63,6 @@ COMMANDS: dict[str, Callable[[list[str]], None]] = {
 
 
 def main(argv: list[str] | None = None) -> None:
-    if argv is None and sys.argv[1:2] == ["train"]:
-        from bertpretrain.commands.allocator import bounded_allocator
-
-        bounded_allocator()  # the `bertpretrain train` process, not a test's call of main
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE, end="")
