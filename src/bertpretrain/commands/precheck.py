@@ -53,11 +53,16 @@ def composition(args: argparse.Namespace) -> tuple[list[str], str]:
     that Hydra composes from `args`."""
     overrides = list(args.overrides)
     if args.config_dir:
-        path = os.path.abspath(args.config_dir)
-        if not os.path.isdir(path):
-            raise UserError(f"--config-dir {args.config_dir} is not a folder")
-        overrides.append(f"hydra.searchpath=[file://{path}]")
+        overrides.append(search_path(args.config_dir))
     return overrides, args.config_name or "config"
+
+
+def search_path(config_dir: str) -> str:
+    """The override that adds --config-dir's folder to the configs Hydra composes from."""
+    path = os.path.abspath(config_dir)
+    if not os.path.isdir(path):
+        raise UserError(f"--config-dir {config_dir} is not a folder")
+    return f"hydra.searchpath=[file://{path}]"
 
 
 def _check_init_overrides(overrides: list[str], cfg: DictConfig) -> None:

@@ -23,7 +23,13 @@ from bertpretrain.commands.overrides import added
 from bertpretrain.commands.precheck import precheck
 from bertpretrain.commands.resume import recorded_overrides
 from bertpretrain.commands.sweep_failures import failure_reports, report_failure
-from bertpretrain.config import conf_dir, register_configs, to_config, without_hydra
+from bertpretrain.config import (
+    conf_dir,
+    name_the_model,
+    register_configs,
+    to_config,
+    without_hydra,
+)
 from bertpretrain.errors import Interrupted, UserError
 
 log = logging.getLogger("bertpretrain")
@@ -107,6 +113,7 @@ def _job(cfg: DictConfig) -> None:
     hydra_config = HydraConfig.get()
     multirun = hydra_config.mode == RunMode.MULTIRUN
     run_dir = Path(hydra_config.runtime.output_dir)
+    name_the_model(cfg)
     try:
         config = to_config(without_hydra(cfg))
         train(config, run_dir, _record(run_dir, without_hydra(cfg), hydra_config))
