@@ -73,12 +73,17 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", type=Path, help="run dirs (each holding tensorboard/)")
     parser.add_argument("--out", type=Path, default=Path("losses.png"))
     args = parser.parse_args()
-    missing = [r for r in args.runs if not (r / "tensorboard").is_dir()]
-    if missing:
+    # A sweep's glob (multirun/DATE/TIME/*) also matches its multirun.yaml: skip what is
+    # not a run dir, and fail only when nothing is left.
+    runs = [r for r in args.runs if (r / "tensorboard").is_dir()]
+    for skipped in (r for r in args.runs if r not in runs):
+        print(f"plot_losses: skipping {skipped}: not a run dir (no tensorboard/)", file=sys.stderr)
+    if not runs:
         sys.exit(
-            f"plot_losses: error: no tensorboard/ folder in {', '.join(map(str, missing))}; give run dirs"
+            f"plot_losses: error: no tensorboard/ folder in {', '.join(map(str, args.runs))}; "
+            "give run dirs"
         )
-    plot(args.runs, args.out)
+    plot(runs, args.out)
     print(f"wrote {args.out}")
 
 

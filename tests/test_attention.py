@@ -45,6 +45,17 @@ def reference_varlen(q, k, v, cu_lens, max_len, dropout_p):
 
 REFERENCE = VarlenKernel("reference", reference_varlen, dropout=False)
 
+# The packed and padded paths sum in different orders, so they differ by float32 rounding:
+# at most 4 eps of the values' largest magnitude, measured over 200 random packings (and 40
+# models) at 1 and 2 threads, outputs and gradients alike. Held to 32 eps of that scale: a
+# margin of 8 over the noise, and still a millionth of the values, far below any real bug.
+NOISE = 32 * torch.finfo(torch.float32).eps
+
+
+def assert_equal_but_for_rounding(actual, expected, msg=None) -> None:
+    scale = float(expected.abs().max())
+    torch.testing.assert_close(actual, expected, rtol=0, atol=NOISE * scale, msg=msg)
+
 
 def packed_qkv(valid_lens: list[int], length: int, width: int, seed: int = 0):
     """Random packed (T, 3H) projections of sequences of `valid_lens`, and their packing."""
@@ -153,12 +164,12 @@ def test_per_sequence_attention_equals_the_padded_path():
     padded = padded_attention(qkv, packing, num_heads=4, dropout_p=0.0)
     packed = varlen_attention(qkv, packing, 4, REFERENCE, 0.0)
     assert packed.shape == (len(qkv), 32)
-    torch.testing.assert_close(packed, padded, rtol=1e-5, atol=1e-6)
+    assert_equal_but_for_rounding(packed, padded)
 
     grad = torch.randn_like(packed)
     (padded_grad,) = torch.autograd.grad(padded, qkv, grad)
     (packed_grad,) = torch.autograd.grad(packed, qkv, grad)
-    torch.testing.assert_close(packed_grad, padded_grad, rtol=1e-5, atol=1e-6)
+    assert_equal_but_for_rounding(packed_grad, padded_grad)
 
 
 def take_the_varlen_path(monkeypatch) -> None:
@@ -179,9 +190,9 @@ def test_the_model_on_the_varlen_path_trains_as_on_the_padded_path(monkeypatch):
     padded_losses, padded_grads = losses_and_gradients(batch)
     take_the_varlen_path(monkeypatch)
     packed_losses, packed_grads = losses_and_gradients(batch)
-    torch.testing.assert_close(packed_losses, padded_losses, rtol=1e-5, atol=1e-6)
+    assert_equal_but_for_rounding(torch.stack(packed_losses), torch.stack(padded_losses))
     for name, grad in padded_grads.items():
-        torch.testing.assert_close(packed_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+        assert_equal_but_for_rounding(packed_grads[name], grad, msg=name)
 
 
 def test_the_varlen_path_encodes_as_the_padded_path(monkeypatch):
@@ -191,4 +202,4 @@ def test_the_varlen_path_encodes_as_the_padded_path(monkeypatch):
     padded = bert(*args)
     take_the_varlen_path(monkeypatch)
     for x, y in zip(bert(*args), padded, strict=True):
-        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5)
+        assert_equal_but_for_rounding(x, y)

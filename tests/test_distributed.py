@@ -137,3 +137,21 @@ def test_a_batch_that_does_not_split_across_ranks_is_refused_in_one_line(
     args = [*ARGS, "trainer.batch_size=63", "trainer.max_steps=1", "hydra.run.dir=run"]
     line = bertpretrain(["train", *args], tmp_path).error_line()
     assert "trainer.batch_size=63 does not split into 2 ranks" in line
+
+
+def test_only_rank_zero_probes_the_run_dir(tmp_path, monkeypatch):
+    """The precheck probes a new run dir by creating and removing its folders; two ranks
+    probing one dir removed the folders the other was creating ("cannot create the run dir
+    ...: No such file or directory" under load). Rank 0 alone creates it (run_dir.py)."""
+    from bertpretrain.commands.precheck import precheck
+    from bertpretrain.commands.train import parse_hydra_args
+
+    monkeypatch.chdir(tmp_path)
+    touched = []
+    monkeypatch.setattr(Path, "mkdir", lambda self, *args, **kwargs: touched.append(self))
+    monkeypatch.setattr(Path, "rmdir", lambda self: touched.append(self))
+    args = parse_hydra_args(["model=tiny", "hydra.run.dir=outputs/new"])
+    precheck(args, probe_run_dir=False)
+    assert touched == []
+    precheck(args)
+    assert tmp_path / "outputs" / "new" in touched

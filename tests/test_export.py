@@ -6,6 +6,7 @@ and LayerNorm, so a mis-mapped tensor shows), not trained: export only renames w
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import sys
@@ -16,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import build_wikitext
+from conftest import build_wikitext, one_line_error
 
 from bertpretrain import checkpoint
 from bertpretrain.data.vocab import PAD_ID, UNK_ID, token_index
@@ -286,12 +287,27 @@ def test_force_replaces_a_previous_export_whole(run_dir, tmp_path):
     out = tmp_path / "out"
     out.mkdir()  # an empty folder is fine
     export(run_dir, out)
-    (out / "tokenizer.json").write_text("{}")  # a stale file would shadow vocab.txt
     with pytest.raises(UserError, match="--force"):
         export(run_dir, out)
+    (out / "config.json").write_text("{}")  # ours, even when edited
     export(run_dir, out, force=True)
     assert sorted(p.name for p in out.iterdir()) == sorted([*FILES, MARKER])
+    assert json.loads((out / "config.json").read_text())["model_type"] == "bert"
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+@pytest.mark.parametrize("added", ["notes.txt", "tokenizer.json", "eval/results.json"])
+def test_force_refuses_naming_a_file_it_did_not_write_and_deletes_nothing(run_dir, tmp_path, added):
+    pytest.importorskip("safetensors", reason=NEEDS_TRANSFORMERS)
+    out = tmp_path / "out"
+    export(run_dir, out)
+    (out / added).parent.mkdir(exist_ok=True)
+    (out / added).write_text("the user's own")
+    before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    message = one_line_error(lambda: export(run_dir, out, force=True))
+    assert repr(added.split("/")[0]) in message and "did not write" in message, message
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before
+    assert (out / added).read_text() == "the user's own"
 
 
 def test_bad_checkpoint_path_exits_2_with_one_line(tmp_path, bertpretrain):

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 import torch
-from conftest import build_wikitext
+from conftest import REPO, build_wikitext
 
 from bertpretrain import plan, published
 from bertpretrain.commands import plan as plan_command
@@ -253,3 +253,12 @@ def test_activation_estimate_within_10_percent_of_measured_peak(case, measuremen
         f"{case}: estimate {estimate / 2**20:.1f} MiB, measured {measured['growth'] / 2**20:.1f} "
         f"MiB (fill {fill:.3f}): {planned.activations}"
     )
+
+
+def test_the_readmes_plan_sample_is_what_plan_prints(tmp_path, bertpretrain):
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    sample = readme.split("$ bertpretrain plan ", 1)[1].split("```", 1)[0].splitlines()
+    printed = bertpretrain(["plan", *sample[0].split()], tmp_path)
+    assert printed.code == 0, printed.err
+    shown = [line for line in sample[1:] if line and line != "..."]
+    assert shown and all(line in printed.out.splitlines() for line in shown), printed.out

@@ -315,3 +315,60 @@ def test_a_run_started_from_init_resumes_and_prepares_with_its_vocabulary(
     from_ours = run_cli([*ours, "hydra.run.dir=run2"], tmp_path, cli_env)  # a run dir of ours
     assert from_ours.returncode == 0, from_ours.stderr[-3000:]
     assert "starting from" in from_ours.stdout and "step_00000008.pt" in from_ours.stdout
+
+
+@pytest.fixture(scope="module")
+def saved_folder(tmp_path_factory, folder) -> Path:
+    """The model and its tokenizer as the installed transformers saves them, nothing written
+    by hand: transformers 5 writes tokenizer.json and no vocab.txt."""
+    out = tmp_path_factory.mktemp("saved") / "bert"
+    transformers.BertForPreTraining.from_pretrained(folder).save_pretrained(out)
+    transformers.AutoTokenizer.from_pretrained(folder).save_pretrained(out)
+    if int(transformers.__version__.split(".")[0]) >= 5:
+        assert not (out / "vocab.txt").exists() and (out / "tokenizer.json").is_file()
+    return out
+
+
+def saved_vocab(folder: Path) -> list[str]:
+    """The tokens of the folder's tokenizer.json (or vocab.txt), in id order."""
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    return tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+
+
+def test_a_folder_saved_by_the_installed_transformers_tokenises_as_it_does(saved_folder):
+    ref = transformers.AutoTokenizer.from_pretrained(saved_folder)
+    tokenizer = published_vocab.read_tokenizer(saved_folder)
+    ours_of = published_vocab.published_order(tokenizer)
+    assert published_vocab.published_vocab(tokenizer) == saved_vocab(saved_folder)
+    for text in HARD_TEXT:
+        expected = ref(text, add_special_tokens=False)["input_ids"]
+        assert [i for _, i in tokenizer.split(text)] == ours_of[expected].tolist(), text
+
+
+def test_a_folder_saved_by_the_installed_transformers_encodes_trains_and_exports(
+    saved_folder, tmp_path, bertpretrain
+):
+    encoded = bertpretrain(["encode", "a crane", "--checkpoint", str(saved_folder)], tmp_path)
+    assert encoded.code == 0, encoded.err
+    trained = bertpretrain(
+        [
+            "train",
+            f"init={saved_folder}",
+            f"data.dir={SHARED_WIKITEXT}",
+            "data.train_split=valid",
+            "data.valid_split=null",
+            "trainer.batch_size=16",
+            "trainer.max_steps=1",
+            "hydra.run.dir=run",
+        ],
+        tmp_path,
+    )
+    assert trained.code == 0, trained.err[-3000:]
+    exported = bertpretrain(["export", "run", "exported"], tmp_path)
+    assert exported.code == 0, exported.err
+    lines = (tmp_path / "exported" / "vocab.txt").read_text(encoding="utf-8").split("\n")
+    assert lines[:-1] == saved_vocab(saved_folder)
+    ref = transformers.AutoTokenizer.from_pretrained(saved_folder)
+    again = transformers.AutoTokenizer.from_pretrained(tmp_path / "exported")
+    for text in HARD_TEXT:
+        assert again(text)["input_ids"] == ref(text)["input_ids"], text

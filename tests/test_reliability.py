@@ -529,10 +529,9 @@ def test_two_trains_started_into_one_new_dir_leave_the_winners_record(tmp_path, 
         for seed in (11, 12)
     ]
     outcomes = [(p.wait(timeout=300), p.stderr.read().decode()) for p in procs]
-    codes = sorted(code for code, _ in outcomes)
-    if codes == [0, 0]:
-        pytest.skip("the two runs did not overlap on this machine")
-    assert codes == [0, 2], outcomes
+    # [0, 0] is the failure this test exists for: whichever started later found the dir
+    # holding a run (refused, 2) or its lock held (refused, 2), unless both wrote there.
+    assert sorted(code for code, _ in outcomes) == [0, 2], outcomes
     winner = (11, 12)[[code for code, _ in outcomes].index(0)]
     loser = 23 - winner
     record = (tmp_path / "run" / ".hydra" / "overrides.yaml").read_text()
@@ -586,7 +585,9 @@ def test_sigterm_during_the_final_validation_saves_and_exits_143(
     with pytest.raises(Interrupted) as info:
         train_module.train(_tiny_config(), tmp_path / "run")
     assert info.value.exit_code == 143
-    assert "SIGTERM" in str(info.value) and "trainer.resume=true" in str(info.value)
+    message = str(info.value)
+    assert "SIGTERM" in message and "training is complete (step 2" in message, message
+    assert "resume" not in message  # a resume would be refused: max_steps is reached
     assert checkpoint.load(checkpoint.list_checkpoints(tmp_path / "run")[-1])["step"] == 2
 
 

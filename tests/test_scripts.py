@@ -29,6 +29,21 @@ def test_plot_losses_draws_a_png_from_tensorboard_events(tiny_run, tmp_path):
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
 
 
+def test_plot_losses_skips_what_a_sweeps_glob_matches_besides_run_dirs(tiny_run, tmp_path):
+    pytest.importorskip("matplotlib", reason="pip install -e '.[plot]'")
+    (tmp_path / "multirun.yaml").write_text("hydra: {}\n")
+    out = tmp_path / "losses.png"
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "plot_losses.py"), str(tiny_run)]
+        + [str(tmp_path / "multirun.yaml"), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "skipping" in result.stderr and out.is_file()
+
+
 def test_plot_losses_refuses_a_folder_without_events(tmp_path):
     result = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "plot_losses.py"), str(tmp_path)],

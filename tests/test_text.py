@@ -231,3 +231,18 @@ def test_blank_lines_and_file_ends_end_documents_in_the_store(tmp_path):
     plain = encode_split(read_text_files([a, b]), tokenizer)
     assert plain.documents.tolist() == [0, 4]
     assert np.array_equal(split.paragraphs, plain.paragraphs)
+
+
+def test_prepare_logs_each_files_line_count_once(tmp_path, monkeypatch, caplog, wikitext_dir):
+    """A wordpiece vocabulary reads the files once more: that pass stays out of the log."""
+    from bertpretrain.config import compose
+    from bertpretrain.data import prepare
+
+    monkeypatch.setenv("BERTPRETRAIN_DATA", str(tmp_path))
+    valid = wikitext_dir / "wiki.valid.tokens"
+    overrides = ["data=text", f"data.files=[{valid}]", "tokenizer=wordpiece"]
+    cfg = compose([*overrides, "tokenizer.vocab_size=500"])[0]
+    with caplog.at_level(logging.INFO):
+        prepare(cfg.data, cfg.tokenizer)
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("read ")]
+    assert len(said) == 1 and str(valid) in said[0], said

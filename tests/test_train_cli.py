@@ -178,17 +178,19 @@ def test_help_and_cfg_job_work_like_a_hydra_app(tmp_path, bertpretrain):
     assert not (tmp_path / "outputs").exists()
 
 
-def test_user_config_dir_adds_a_model(tmp_path, bertpretrain):
+def test_user_config_dir_adds_a_model_named_after_its_file(tmp_path, bertpretrain):
     (tmp_path / "mine" / "model").mkdir(parents=True)
-    (tmp_path / "mine" / "model" / "mini.yaml").write_text(
-        "name: mini\nnum_layers: 1\nhidden_size: 64\nnum_heads: 4\nffn_size: 128\n"
+    (tmp_path / "mine" / "model" / "mini.yaml").write_text(  # no `name:` key
+        "num_layers: 1\nhidden_size: 64\nnum_heads: 4\nffn_size: 128\n"
         "dropout: 0.1\nmax_position: 128\n"
     )
-    result = bertpretrain(
-        ["train", "--config-dir", str(tmp_path / "mine"), "model=mini", "--cfg", "job"], tmp_path
-    )
+    args = ["--config-dir", str(tmp_path / "mine"), "model=mini"]
+    result = bertpretrain(["train", *args, "--cfg", "job"], tmp_path)
     assert result.code == 0, result.err
     assert "hidden_size: 64" in result.out
+    planned = bertpretrain(["plan", *args, "trainer.device=cpu"], tmp_path)
+    assert planned.code == 0, planned.err
+    assert "mini" in planned.out
 
 
 MODELS = ("tiny", "base", "large")

@@ -135,7 +135,7 @@ def check_resume(path: Path, state: dict, config: dict) -> None:
     """Refuse a resume that would not continue the checkpoint's run: a changed setting
     that changes the results (each listed with its old and new value), or a max_steps the
     checkpoint has already reached."""
-    saved, wanted = _flat(state["config"]), _flat(config)
+    saved, wanted = flat(state["config"]), flat(config)
     changed = [
         f"{key} {_shown(saved[key])} -> {_shown(value)}"
         for key, value in wanted.items()
@@ -143,9 +143,9 @@ def check_resume(path: Path, state: dict, config: dict) -> None:
     ]
     if changed:
         raise UserError(
-            f"cannot resume {path}: these settings change the results and differ from its "
-            f"run: {', '.join(changed)}; resume with the run's settings, or start a new run "
-            "in another hydra.run.dir"
+            f"cannot resume {path}: {', '.join(changed)} would change the results of its "
+            "run (a resume may change speed.*, trainer.max_steps and how it logs, evaluates "
+            "and saves); drop that override, or start a new run in another hydra.run.dir"
         )
     max_steps, step = config["trainer"]["max_steps"], state["step"]
     if max_steps <= step:
@@ -202,11 +202,12 @@ def _free(key: str) -> bool:
     return key in FREE_ON_RESUME or key.startswith(FREE_GROUPS)
 
 
-def _flat(config: dict, prefix: str = "") -> dict:
+def flat(config: dict, prefix: str = "") -> dict:
+    """A nested config as {"group.key": value}."""
     out = {}
     for key, value in config.items():
         if isinstance(value, dict):
-            out |= _flat(value, f"{prefix}{key}.")
+            out |= flat(value, f"{prefix}{key}.")
         else:
             out[f"{prefix}{key}"] = value
     return out

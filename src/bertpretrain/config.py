@@ -252,6 +252,14 @@ def _typed_data(data: DictConfig) -> DataConfig:
         ) from None
 
 
+def name_the_model(cfg: DictConfig) -> None:
+    """A model config without `name:` (a user's --config-dir file) is named after its file:
+    `model=mini` gives `mini`. `cfg` is Hydra's composed config, the hydra node included."""
+    model = cfg.get("model")
+    if isinstance(model, DictConfig) and OmegaConf.is_missing(model, "name"):
+        model.name = OmegaConf.select(cfg, "hydra.runtime.choices.model") or "custom"
+
+
 def without_hydra(cfg: DictConfig) -> DictConfig:
     return OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
 
@@ -290,6 +298,7 @@ def compose(overrides: list[str], config_name: str = "config") -> tuple[Config, 
             cfg = hydra_compose(
                 config_name=config_name, overrides=overrides, return_hydra_config=True
             )
+        name_the_model(cfg)
         return to_config(without_hydra(cfg)), cfg
     except (HydraException, OmegaConfBaseException, ValueError) as e:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":

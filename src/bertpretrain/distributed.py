@@ -34,6 +34,11 @@ def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def env_rank() -> int:
+    """This process's rank as torchrun set it, before the process group exists."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def init_from_env() -> Ranks:
     """Join the process group torchrun describes in RANK/WORLD_SIZE/MASTER_ADDR/..."""
     if not dist.is_initialized():

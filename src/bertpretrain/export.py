@@ -226,6 +226,13 @@ def _check_target(out: Path, source: Path, force: bool) -> None:
             f"OUT_DIR {out} is not an export of ours (it has no {MARKER} file), and --force "
             "replaces only a folder that `bertpretrain export` wrote; give another OUT_DIR"
         )
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in {*FILES, MARKER})
+    if foreign:
+        raise UserError(
+            f"OUT_DIR {out} holds {foreign[0]!r}, which `bertpretrain export` did not write "
+            f"and --force would delete{f' (and {len(foreign) - 1} more)' if foreign[1:] else ''}; "
+            "move it out of OUT_DIR, or give another OUT_DIR"
+        )
     if out.resolve() in source.resolve().parents:
         raise UserError(
             f"the checkpoint {source} lies inside OUT_DIR {out}, which --force would replace; "

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import sys
 import time
+from pathlib import Path
 
 import torch
 from torch.utils.tensorboard import SummaryWriter
@@ -79,6 +81,30 @@ class Progress:
 
     def close(self) -> None:
         self.bar.close()
+
+
+_OPENED = re.compile(r"events\.out\.tfevents\.(\d+)\.")  # the second a file was opened
+
+
+def open_writer(folder: Path, purge_step: int) -> SummaryWriter:
+    """A TensorBoard writer whose event file sorts after every file already in `folder`.
+
+    TensorBoard reads a run's event files in name order, and a name starts with the second
+    it was opened, then the host and pid. A resume opened in the second its killed run
+    opened would sort by pid, maybe first: its steps would read as the start and the dead
+    run's as a restart, purging the curve after them. So wait for a later second (at most
+    one, and only for a quick resume); `purge_step` drops what the dead run logged beyond
+    its checkpoint.
+    """
+    opened = [
+        int(m[1]) for p in folder.glob("events.out.tfevents.*") if (m := _OPENED.match(p.name))
+    ]
+    wait = max(opened, default=0) + 1 - time.time()
+    if wait > 5:  # a file from a clock far ahead (another node's): waiting would not end soon
+        log.warning("an event file in %s is from the future; the curve may be cut", folder)
+    elif wait > 0:
+        time.sleep(wait)
+    return SummaryWriter(str(folder), purge_step=purge_step)
 
 
 def log_line(step: int, max_steps: int, mlm: float, nsp: float, seq_s: float) -> str:

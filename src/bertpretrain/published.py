@@ -109,7 +109,8 @@ def resolve(source: str) -> Path:
             f"init={source} is not a folder, and a Hub name needs huggingface_hub "
             "(pip install huggingface_hub); or give init=/path/to/folder"
         ) from None
-    patterns = ["config.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"]
+    patterns = ["config.json", "vocab.txt", "tokenizer.json", "tokenizer_config.json"]
+    patterns += ["special_tokens_map.json"]
     patterns += ["model.safetensors"]  # not also the same weights as pytorch_model.bin
     try:
         return Path(snapshot_download(source, allow_patterns=patterns))
@@ -203,7 +204,7 @@ def load(folder: Path) -> tuple[BertForPretraining, Tokenizer, int]:
     tokenizer = read_tokenizer(folder)
     if len(tokenizer.vocab) != config.vocab_size:
         raise UserError(
-            f"{folder}: vocab.txt has {len(tokenizer.vocab)} tokens but config.json says "
+            f"{folder}: the vocabulary has {len(tokenizer.vocab)} tokens but config.json says "
             f"vocab_size {config.vocab_size}; the folder's files do not belong together"
         )
     model = BertForPretraining(config)

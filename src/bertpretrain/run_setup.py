@@ -24,6 +24,7 @@ from bertpretrain.device import bf16_is_native, pick_device, resolve_precision
 from bertpretrain.errors import UserError
 from bertpretrain.model import BertConfig, BertForPretraining, count_parameters, describe
 from bertpretrain.optimize import PretrainingLosses, make_optimizer, make_scheduler
+from bertpretrain.progress import open_writer
 
 log = logging.getLogger("bertpretrain.train")
 
@@ -79,9 +80,7 @@ def set_up(cfg: Config, run_dir: Path, stop: list[int], accepted: Callable[[], N
         torch.manual_seed(cfg.trainer.seed + 1_000_003 * ranks.rank + start)
     # Steps up to `start` were logged by the interrupted run; drop anything it logged later
     # (everything, when a killed run left no checkpoint and we start again from 0).
-    writer = (
-        SummaryWriter(str(run_dir / "tensorboard"), purge_step=start + 1) if ranks.main else None
-    )
+    writer = open_writer(run_dir / "tensorboard", purge_step=start + 1) if ranks.main else None
     return Run(
         cfg,
         run_dir,

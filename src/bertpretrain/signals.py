@@ -43,14 +43,24 @@ def stop_requests() -> Iterator[list[int]]:
             signal.signal(s, handler)
 
 
-def stopped(stop: list[int], step: int, path: Path | None, run_dir: Path, writer) -> NoReturn:
-    """Stop after a signal: say where the weights are and how to resume, exit 128 + signal."""
+def stopped(
+    stop: list[int], step: int, path: Path | None, run_dir: Path, writer, complete: bool = False
+) -> NoReturn:
+    """Stop after a signal: say where the weights are and how to resume (or, `complete`,
+    in the final validation, that there is nothing to resume), exit 128 + signal."""
     signum = stop[0] if stop else signal.SIGTERM
     name = signal.Signals(signum).name
     log.warning("received %s: stopping after step %d", name, step)
     if writer is not None:
         writer.close()
     where = f"; checkpoint {path}" if path is not None else ""
+    if complete:  # a resume would be refused: max_steps is reached
+        raise Interrupted(
+            f"stopped by {name} in the final validation: training is complete (step {step}"
+            f"{where}), only the final validation and summary.json are missing; encode and "
+            "export take the checkpoint as it is",
+            128 + signum,
+        )
     raise Interrupted(
         f"stopped by {name} after step {step}{where}; to resume, rerun with "
         f"hydra.run.dir={run_dir} trainer.resume=true",

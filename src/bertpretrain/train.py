@@ -207,7 +207,7 @@ def finish(run: Run, progress: Progress) -> dict:
     path = save(run, max_steps)
     metrics = validate(run, max_steps)
     if run.stop:
-        signals.stopped(run.stop, max_steps, path, run.run_dir, run.writer)
+        signals.stopped(run.stop, max_steps, path, run.run_dir, run.writer, complete=True)
     if metrics:
         save(run, max_steps)  # again, now recording the final validation (encode reads it)
     if metrics and metrics["token_spread"] < COLLAPSED:

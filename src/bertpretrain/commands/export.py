@@ -40,7 +40,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("out_dir", metavar="OUT_DIR", help="the folder to write; new or empty")
     parser.add_argument(
-        "--force", action="store_true", help="replace a previous export in OUT_DIR (its files go)"
+        "--force",
+        action="store_true",
+        help="replace a previous export in OUT_DIR (refused if it holds a file export did not write)",
     )
     parser.add_argument(
         "--encoder-only",

@@ -16,6 +16,7 @@ import torch
 from bertpretrain import plan
 from bertpretrain.activation_memory import fused_attention
 from bertpretrain.attention import why_not_varlen
+from bertpretrain.commands.precheck import search_path
 from bertpretrain.config import Config, compose
 from bertpretrain.config_checks import parse_size as config_parse_size
 from bertpretrain.device import resolve_precision
@@ -29,7 +30,8 @@ def main(argv: list[str]) -> None:
         raise UserError(f"--fill {args.fill} must be in (0, 1], e.g. --fill 0.72")
     if (args.vocab_size is not None and args.vocab_size < 1) or args.ranks < 1:
         raise UserError("--vocab-size and --ranks must be positive integers")
-    cfg = compose(args.overrides)[0]
+    overrides = [*args.overrides, *([search_path(args.config_dir)] if args.config_dir else [])]
+    cfg = compose(overrides)[0]
     vocab_size = _vocab_size(cfg, args.vocab_size)
     device = plan.device_type(cfg.trainer.device)
     budget, source = _budget(cfg, device, args.device_memory)
@@ -178,6 +180,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "overrides", nargs="*", metavar="KEY=VALUE", help="Hydra overrides, as for train"
+    )
+    parser.add_argument(
+        "--config-dir", metavar="DIR", help="a folder of your own configs, as for train"
     )
     parser.add_argument(
         "--device-memory",

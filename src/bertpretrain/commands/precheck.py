@@ -22,23 +22,19 @@ from bertpretrain.config import compose, sweep_jobs
 from bertpretrain.errors import UserError
 
 
-def precheck(args: argparse.Namespace) -> DictConfig | None:
+def precheck(args: argparse.Namespace, probe_run_dir: bool = True) -> DictConfig | None:
     """Check the config of a run, or of every job of a sweep (`args`: Hydra's parsed command
     line). Returns the single run's composed config (the hydra node included); None where
-    Hydra composes another (--config-path), answers itself (--help, --cfg) or sweeps (-m)."""
+    Hydra composes another (--config-path), answers itself (--help, --cfg) or sweeps (-m).
+    `probe_run_dir=False` (torchrun's other ranks) leaves the run dir to rank 0: a probe
+    creates and removes folders, which would race with rank 0 creating them."""
     if args.help or args.hydra_help or args.info or args.shell_completion:
         return None  # Hydra answers these itself
     if args.config_path:
         if not os.path.isdir(os.path.abspath(args.config_path)):
             raise UserError(f"--config-path {args.config_path} is not a folder")
         return None  # another primary config: Hydra composes it
-    overrides = list(args.overrides)
-    if args.config_dir:
-        path = os.path.abspath(args.config_dir)
-        if not os.path.isdir(path):
-            raise UserError(f"--config-dir {args.config_dir} is not a folder")
-        overrides.append(f"hydra.searchpath=[file://{path}]")
-    name = args.config_name or "config"
+    overrides, name = composition(args)
     if args.multirun:
         _check_sweep(overrides, name)
         return None
@@ -47,8 +43,26 @@ def precheck(args: argparse.Namespace) -> DictConfig | None:
         return None
     if cfg.init:
         _check_init_overrides(overrides, cfg)
-    checkpoint.check_not_in_use(_run_dir(cfg))
+    if probe_run_dir:
+        checkpoint.check_not_in_use(_run_dir(cfg))
     return cfg
+
+
+def composition(args: argparse.Namespace) -> tuple[list[str], str]:
+    """The overrides (a --config-dir as Hydra's search path) and the primary config's name
+    that Hydra composes from `args`."""
+    overrides = list(args.overrides)
+    if args.config_dir:
+        overrides.append(search_path(args.config_dir))
+    return overrides, args.config_name or "config"
+
+
+def search_path(config_dir: str) -> str:
+    """The override that adds --config-dir's folder to the configs Hydra composes from."""
+    path = os.path.abspath(config_dir)
+    if not os.path.isdir(path):
+        raise UserError(f"--config-dir {config_dir} is not a folder")
+    return f"hydra.searchpath=[file://{path}]"
 
 
 def _check_init_overrides(overrides: list[str], cfg: DictConfig) -> None:

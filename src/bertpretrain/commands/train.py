@@ -17,10 +17,19 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from bertpretrain import distributed
+from bertpretrain.commands import run_dir as run_dirs
 from bertpretrain.commands.fail import fail, full_errors
+from bertpretrain.commands.overrides import added
 from bertpretrain.commands.precheck import precheck
+from bertpretrain.commands.resume import recorded_overrides
 from bertpretrain.commands.sweep_failures import failure_reports, report_failure
-from bertpretrain.config import conf_dir, register_configs, to_config, without_hydra
+from bertpretrain.config import (
+    conf_dir,
+    name_the_model,
+    register_configs,
+    to_config,
+    without_hydra,
+)
 from bertpretrain.errors import Interrupted, UserError
 
 log = logging.getLogger("bertpretrain")
@@ -49,19 +58,25 @@ def parse_hydra_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str]) -> None:
     register_configs()
     args = parse_hydra_args(argv)
+    torchrun = distributed.launched_by_torchrun()
     # The precheck composes the config, and Hydra composes it again below. Composing first
     # is what turns a bad override into one line and exit 2 before any run dir exists
     # (Hydra would print several lines, exit 1, and in a sweep only when that job starts).
     # Hydra cannot take the composed config from us: hydra.main's one argument
     # (cfg_passthrough) skips Hydra altogether (no run dir, logging, HydraConfig or
     # launcher), and `hydra.core.utils.run_job` needs a HydraContext built from Hydra's
-    # internal ConfigLoaderImpl. The first composition is kept for torchrun's run dir.
-    cfg = precheck(args)
-    if distributed.launched_by_torchrun():
-        argv = _one_run_dir_for_all_ranks(argv, cfg)
+    # internal ConfigLoaderImpl. The first composition fixes the run dir's name.
+    probe = not torchrun or distributed.env_rank() == 0
+    cfg = precheck(args, probe)
+    extra = recorded_overrides(args, cfg) if cfg is not None else []
+    if extra:  # a resume: the run's own settings where the command line names none
+        argv = added(argv, args.overrides, extra)
+        args = parse_hydra_args(argv)
+        cfg = precheck(args, probe)
+    argv, created = _one_run_dir(argv, args.overrides, cfg, torchrun)
     run = hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")(_job)
     sys.argv = [sys.argv[0], *argv]  # what hydra.main reads
-    with failure_reports(bool(args.multirun)) as failures:
+    with failure_reports(bool(args.multirun)) as failures, run_dirs.removed_if_left_empty(created):
         try:
             run()
         finally:
@@ -70,24 +85,25 @@ def main(argv: list[str]) -> None:
         fail(f"{len(failures)} sweep job(s) failed: " + "; ".join(failures))
 
 
-def _one_run_dir_for_all_ranks(argv: list[str], cfg: DictConfig | None) -> list[str]:
-    """Under torchrun: every rank writes into rank 0's run dir, and only rank 0 leaves
-    Hydra's logs and .hydra folder there."""
+def _one_run_dir(
+    argv: list[str], overrides: list[str], cfg: DictConfig | None, torchrun: bool
+) -> tuple[list[str], list[Path]]:
+    """argv with the one run's dir fixed (`run_dirs`), and the folders that are to be
+    removed if the run is refused; a sweep, --cfg or --help keeps Hydra's own naming."""
     if cfg is None:
-        raise UserError(
-            "under torchrun, `train` takes overrides only (no -m sweeps, --cfg or --help)"
-        )
-    ranks = distributed.init_from_env()
-    run_dir = distributed.broadcast_str(
-        str(Path(cfg.hydra.run.dir).absolute()) if ranks.main else None
-    )
-    argv = [a for a in argv if not a.startswith("hydra.run.dir=")] + [f"hydra.run.dir={run_dir}"]
-    if not ranks.main:
-        argv += [
-            "hydra/job_logging=disabled",
-            "hydra/hydra_logging=disabled",
-        ]
-    return argv
+        if torchrun:
+            raise UserError(
+                "under torchrun, `train` takes overrides only (no -m sweeps, --cfg or --help)"
+            )
+        return argv, []
+    run_dir = Path(cfg.hydra.run.dir).absolute()
+    if not torchrun:
+        return run_dirs.fixed(argv, overrides, run_dir), run_dirs.missing(run_dir)
+    run_dir, created = run_dirs.for_all_ranks(run_dir)
+    argv = run_dirs.fixed(argv, overrides, run_dir)
+    if not distributed.ranks().main:  # Hydra's logs and .hydra folder: rank 0's alone
+        argv += ["hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
+    return argv, created
 
 
 def _job(cfg: DictConfig) -> None:
@@ -97,6 +113,7 @@ def _job(cfg: DictConfig) -> None:
     hydra_config = HydraConfig.get()
     multirun = hydra_config.mode == RunMode.MULTIRUN
     run_dir = Path(hydra_config.runtime.output_dir)
+    name_the_model(cfg)
     try:
         config = to_config(without_hydra(cfg))
         train(config, run_dir, _record(run_dir, without_hydra(cfg), hydra_config))

@@ -8,6 +8,7 @@ turns those into examples.
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -123,9 +124,10 @@ def _text_files(cfg) -> Corpus:
     valid = [text_file(f) for f in cfg.valid_files]
     train_digest = file_digest(*train, memo=_digest_memo(cfg))
     valid_digest = file_digest(*valid, memo=_digest_memo(cfg)) if valid else "-"
+    passes = itertools.count()  # a vocabulary's pass, then the tokenising one: log the first
     return Corpus(
         ", ".join(map(str, train)),
-        lambda: read_text_files(cfg.files, train_digest, breaks=True),
+        lambda: read_text_files(cfg.files, train_digest, breaks=True, tell=next(passes) == 0),
         train_digest,
         (lambda: read_text_files(cfg.valid_files, valid_digest, breaks=True)) if valid else None,
         valid_digest,

@@ -27,14 +27,15 @@ log = logging.getLogger(__name__)
 
 
 def read_text_files(
-    paths: Sequence[str], digest: str | None = None, breaks: bool = False
+    paths: Sequence[str], digest: str | None = None, breaks: bool = False, tell: bool = True
 ) -> Iterator[Paragraph]:
     """The paragraphs of every file in `paths`, in file order, read a line at a time (a
     corpus need not fit in memory). A user's bad file or an empty result ends in a
     UserError, and so do bytes whose `file_digest` is not `digest` (a file changed since
     it was taken): the last two can only be known at the end of the stream. A single
     string is read as one path. With `breaks`, documents end at blank lines and at the end
-    of each file (`iter_paragraphs`)."""
+    of each file (`iter_paragraphs`). `tell=False` keeps the per-file counts out of the log
+    (a second pass over the same bytes)."""
     if isinstance(paths, str | os.PathLike):
         paths = [paths]
     if not paths:
@@ -48,7 +49,8 @@ def read_text_files(
         if breaks:
             yield BREAK
         read.update(b"\0")  # as file_digest marks a file boundary
-        log.info(
+        log.log(
+            logging.INFO if tell else logging.DEBUG,
             "read %d lines from %s: kept %d paragraphs of 2+ sentences",
             tally["seen"],
             path,
