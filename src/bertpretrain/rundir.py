@@ -58,6 +58,11 @@ def check_new_run(run_dir: Path, resume: bool | str) -> None:
         return
     if isinstance(resume, str) and run_dir.resolve() in Path(resume).resolve().parents:
         return  # a checkpoint of this very run
+    if resume is not False:  # asked to resume, but there is nothing of this run to continue
+        raise UserError(
+            f"run dir {run_dir} already holds a run ({found}) but no checkpoint to resume from "
+            f"(in {run_dir / checkpoint.SUBDIR}); choose another hydra.run.dir for a new run"
+        )
     raise UserError(
         f"run dir {run_dir} already holds a run ({found}); pass trainer.resume=true to "
         "continue that run, or choose another hydra.run.dir for a new one"
