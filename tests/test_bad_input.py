@@ -257,6 +257,7 @@ MAKERS: dict[str, Callable[[Path, dict], Path | str]] = {
     "dangling": _dangling,
     "empty_file": _empty_file,
     "long_name": lambda case, ctx: case / ("x" * 300),
+    "loop": lambda case, ctx: (case / "loop").symlink_to("loop") or "loop",
     "over_path_max": lambda case, ctx: case.joinpath(*["d" * 200] * 25),
 }
 
@@ -535,6 +536,11 @@ EDGES = [
         "encode-file-dev-zero",
         ("encode", "--file", "/dev/zero", "--checkpoint", "{ckpt}"),
         r"--file /dev/zero holds more than 64 MiB",
+    ),
+    Bad(  # found by tests/test_fuzz.py: Path.resolve raised RuntimeError
+        "resume-symlink-loop",
+        ("train", "trainer.resume={loop}", "hydra.run.dir=run"),
+        r"loop is a symlink loop",
     ),
     Bad("plan-ranks-beyond-the-batch", ("plan", "--ranks", "1" + "0" * 21), r"--ranks 1000"),
     Bad("plan-huge-vocabulary", ("plan", "--vocab-size", "9" * 20), r"--vocab-size 9+ is out"),

@@ -8,6 +8,7 @@ state, the step, every RNG state, the vocabulary and the resolved config.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -86,6 +87,8 @@ def resolve(path: str | Path) -> Path:
             raise UserError(f"{p} holds no checkpoint (looked in {p / SUBDIR}); train one first")
         return found[-1]
     if p.is_symlink() and not p.exists():
+        if _loops(p):
+            raise UserError(f"{p} is a symlink loop; point it at a checkpoint file or a run dir")
         raise UserError(
             f"{p} is a dangling symlink (to {os.readlink(p)}, which does not exist); point it "
             "at a checkpoint file or a run dir"
@@ -93,6 +96,14 @@ def resolve(path: str | Path) -> Path:
     if not p.exists():
         raise UserError(f"checkpoint {p} does not exist; give a checkpoint file or a run dir")
     return p
+
+
+def _loops(path: Path) -> bool:
+    try:
+        os.stat(path)
+    except OSError as e:
+        return e.errno == errno.ELOOP
+    return False
 
 
 def load(path: Path, map_location: str | torch.device = "cpu") -> dict:
