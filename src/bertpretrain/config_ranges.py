@@ -79,7 +79,7 @@ RANGES: dict[str, Range] = {
     "tokenizer.vocab_size": Range(6, 1 << 24, "the 5 reserved tokens and at least one word"),
     "optim.lr": _real(0.0, math.inf, "a learning rate", open_low=True, open_high=True),
     "optim.weight_decay": _real(0.0, math.inf, "a decay factor", open_high=True),
-    "optim.eps": _real(0.0, 1.0, "Adam's epsilon", open_low=True),
+    "optim.eps": _real(0.0, math.inf, "Adam's epsilon", open_low=True, open_high=True),
     "optim.warmup_steps": Range(0, STEPS, "steps"),
     "optim.grad_clip": _real(0.0, math.inf, "a norm; 0 disables clipping", open_high=True),
     "trainer.max_steps": Range(1, STEPS, "steps"),
