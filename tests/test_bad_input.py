@@ -215,6 +215,16 @@ def _users_model_folder(case: Path, ctx: dict) -> Path:
     return folder
 
 
+def _dangling(case: Path, ctx: dict) -> str:
+    (case / "dangling").symlink_to(case / "gone")
+    return "dangling"  # relative, as a Hub name would be
+
+
+def _empty_file(case: Path, ctx: dict) -> Path:
+    (case / "empty.pt").write_bytes(b"")
+    return case / "empty.pt"
+
+
 WORDS = " ".join(["word"] * 40)
 MAKERS: dict[str, Callable[[Path, dict], Path | str]] = {
     "ckpt": _linked_checkpoint,
@@ -244,6 +254,11 @@ MAKERS: dict[str, Callable[[Path, dict], Path | str]] = {
     "long_max_len": _edited_checkpoint(_max_len_above_positions),
     "pickled_module": _pickled_module,
     "users_model": _users_model_folder,
+    "dangling": _dangling,
+    "empty_file": _empty_file,
+    "long_name": lambda case, ctx: case / ("x" * 300),
+    "loop": lambda case, ctx: (case / "loop").symlink_to("loop") or "loop",
+    "over_path_max": lambda case, ctx: case.joinpath(*["d" * 200] * 25),
 }
 
 
@@ -322,11 +337,11 @@ BAD_INPUTS = [
         r"data\.dir.*Key 'dir' is not in struct",
     ),
     Bad("hf-without-dataset", ("train", "data=hf"), r"data=hf needs a dataset: data\.name="),
-    Bad("min-freq-zero", ("train", "data.min_freq=0"), r"data\.min_freq=0 must be a positive"),
+    Bad("min-freq-zero", ("train", "data.min_freq=0"), r"data\.min_freq=0 is out of range"),
     Bad(
         "wordpiece-vocabulary-too-small",
         ("train", "tokenizer=wordpiece", "tokenizer.vocab_size=3"),
-        r"tokenizer\.vocab_size=3 is too small",
+        r"tokenizer\.vocab_size=3 is out of range",
     ),
     pytest.param(
         Bad(
@@ -491,6 +506,91 @@ BAD_INPUTS = [
         r"not an export of ours",
     ),
 ]
+
+
+# Issue 26: inputs the OS, a library or the command line refuses, each one line
+EDGES = [
+    Bad(
+        "encode-checkpoint-over-path-max", (*ENCODE, "--checkpoint", "{over_path_max}"), r"too long"
+    ),
+    Bad("encode-checkpoint-name-too-long", (*ENCODE, "--checkpoint", "{long_name}"), r"too long"),
+    Bad("export-to-a-300-character-name", ("export", "{ckpt}", "{long_name}"), r"too long"),
+    Bad("encode-dev-null", (*ENCODE, "--checkpoint", "/dev/null"), r"/dev/null .*not a regular"),
+    Bad("encode-empty-checkpoint", (*ENCODE, "--checkpoint", "{empty_file}"), r"empty file"),
+    Bad(
+        "resume-dev-null",
+        ("train", "trainer.resume=/dev/null", "hydra.run.dir=run"),
+        r"/dev/null is not a checkpoint",
+    ),
+    Bad(
+        "init-dev-null",
+        ("train", *tiny_args(), "init=/dev/null", "hydra.run.dir=run"),
+        r"/dev/null is not a checkpoint",
+    ),
+    Bad(
+        "init-dangling-symlink",
+        ("train", *tiny_args(), "init={dangling}", "hydra.run.dir=run"),
+        r"dangling is a dangling symlink",
+    ),
+    Bad(
+        "encode-file-dev-zero",
+        ("encode", "--file", "/dev/zero", "--checkpoint", "{ckpt}"),
+        r"--file /dev/zero holds more than 64 MiB",
+    ),
+    Bad(  # found by tests/test_fuzz.py: Path.resolve raised RuntimeError
+        "resume-symlink-loop",
+        ("train", "trainer.resume={loop}", "hydra.run.dir=run"),
+        r"loop is a symlink loop",
+    ),
+    Bad("plan-ranks-beyond-the-batch", ("plan", "--ranks", "1" + "0" * 21), r"--ranks 1000"),
+    Bad("plan-huge-vocabulary", ("plan", "--vocab-size", "9" * 20), r"--vocab-size 9+ is out"),
+    Bad("plan-huge-batch", ("plan", "trainer.batch_size=99999999999999"), r"batch_size=9+ is out"),
+    Bad("threads-beyond-the-machine", ("train", "speed.threads=100000"), r"speed\.threads"),
+    Bad(
+        "seed-beyond-64-bits",
+        ("train", "trainer.seed=99999999999999999999999", "hydra.run.dir=run"),
+        r"trainer\.seed=9+ is out of range",
+    ),
+    Bad("infinite-learning-rate", ("train", "optim.lr=inf"), r"optim\.lr=inf is out of range"),
+    Bad("data-dir-to-nowhere", ("train", "data.dir=${{nope.key}}"), r"nope\.key"),
+    Bad("data-dir-from-an-unset-variable", ("train", "data.dir=${{oc.env:NOPE_26}}"), r"NOPE_26"),
+    Bad("cfg-nonsense", ("train", "--cfg", "nonsense"), r"--cfg.*invalid choice: 'nonsense'"),
+    Bad("unknown-hydra-flag", ("train", "--help-nope"), r"unrecognized arguments: --help-nope"),
+    Bad(
+        "multirun-flag-after-an-override",
+        ("train", "model=tiny", "-m", "optim.lr=1e-3,1e-2"),
+        r"put Hydra's flags \(-m\) before the overrides",
+    ),
+    Bad("empty-sweep", ("train", "-m", "trainer.seed=range(0)"), r"launches no jobs"),
+    Bad(
+        "two-sweep-jobs-that-fail-in-one-line",
+        ("train", "-m", "trainer.batch_size=ab,cd", "hydra.sweep.dir=sweep"),
+        r"2 of 2 sweep jobs would fail",
+    ),
+    Bad(
+        "empty-validation-file-entry",
+        (
+            "train",
+            "data=text",
+            "data.files=[{notes}]",
+            "data.valid_files=['']",
+            "hydra.run.dir=run",
+        ),
+        r"data\.valid_files has an empty entry",
+    ),
+    Bad(
+        "chdir-with-a-relative-data-dir",
+        ("train", "hydra.job.chdir=true", "data.dir=corpus", "hydra.run.dir=run"),
+        r"hydra\.job\.chdir=true .* data\.dir=corpus",
+    ),
+    Bad(
+        "resume-into-a-folder-with-a-summary-only",
+        ("train", *tiny_args(), "trainer.resume=true", "hydra.run.dir={user_folder}"),
+        r"no checkpoint to resume from",
+    ),
+    Bad("export-into-proc", ("export", "{ckpt}", "/proc/self/x"), r"x: No such file"),
+]
+BAD_INPUTS += EDGES
 
 
 class _Inputs(dict):

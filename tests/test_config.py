@@ -62,8 +62,8 @@ def test_a_users_model_file_with_a_moved_setting_names_its_new_home(tmp_path: Pa
     ("override", "message"),
     [
         ("speed.precision=fp16", "speed.precision='fp16' is unknown; use auto, fp32 or bf16"),
-        ("speed.threads=0", "speed.threads=0 must be a positive integer, or null"),
-        ("speed.num_workers=-1", "speed.num_workers=-1 must be >= 0"),
+        ("speed.threads=0", "speed.threads=0 is out of range: use a value in .1, "),
+        ("speed.num_workers=-1", "speed.num_workers=-1 is out of range: use a value in .0, 256."),
         ("model.hidden_act=relu", "hidden_act 'relu' is not one of gelu, gelu_tanh"),
     ],
 )

@@ -8,6 +8,7 @@ state, the step, every RNG state, the vocabulary and the resolved config.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -75,35 +76,59 @@ def prune(run_dir: Path, keep_last: int) -> None:
 
 
 def resolve(path: str | Path) -> Path:
-    """A checkpoint file, or a run dir (its newest checkpoint)."""
+    """A checkpoint file, a run dir (its newest checkpoint) or a run's checkpoints/ folder
+    (its newest)."""
     p = Path(path).expanduser()
     if p.is_dir():
-        found = list_checkpoints(p)
+        found = list_checkpoints(p) or sorted(
+            q for q in p.glob("step_*.pt") if _NAME.fullmatch(q.name)
+        )
         if not found:
             raise UserError(f"{p} holds no checkpoint (looked in {p / SUBDIR}); train one first")
         return found[-1]
+    if p.is_symlink() and not p.exists():
+        if _loops(p):
+            raise UserError(f"{p} is a symlink loop; point it at a checkpoint file or a run dir")
+        raise UserError(
+            f"{p} is a dangling symlink (to {os.readlink(p)}, which does not exist); point it "
+            "at a checkpoint file or a run dir"
+        )
     if not p.exists():
         raise UserError(f"checkpoint {p} does not exist; give a checkpoint file or a run dir")
     return p
 
 
+def _loops(path: Path) -> bool:
+    try:
+        os.stat(path)
+    except OSError as e:
+        return e.errno == errno.ELOOP
+    return False
+
+
 def load(path: Path, map_location: str | torch.device = "cpu") -> dict:
     """Read a checkpoint safely; anything that is not one of ours is a clear user error."""
-    if path.is_file() and not zipfile.is_zipfile(path):
+    if not path.is_file():  # /dev/null, /dev/zero, a fifo: torch would read them to no end
         raise UserError(
-            f"{path} is not a checkpoint (not a PyTorch zip file); give one written by "
+            f"{path} is not a checkpoint (not a regular file); give one written by "
             "`bertpretrain train`, or a run dir"
+        )
+    if not zipfile.is_zipfile(path):
+        empty = "an empty file" if path.stat().st_size == 0 else "not a PyTorch zip file"
+        raise UserError(
+            f"{path} is not a checkpoint ({empty}); give one written by `bertpretrain train`, "
+            "or a run dir"
         )
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         raise UserError(
             f"{path} is not a safe bertpretrain checkpoint (it asks to run code or holds "
-            f"foreign objects: {str(e).splitlines()[0][:160]}); refusing to load it"
+            f"foreign objects: {_first_line(e, 160)}); refusing to load it"
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
         raise UserError(
-            f"{path} is not a readable checkpoint (corrupt or truncated: {str(e).splitlines()[0][:120]}); "
+            f"{path} is not a readable checkpoint (corrupt or truncated: {_first_line(e, 120)}); "
             "use another checkpoint of the run"
         ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
@@ -111,6 +136,12 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict:
             f"{path} is not a bertpretrain checkpoint; give one written by `bertpretrain train`"
         )
     return state
+
+
+def _first_line(error: BaseException, limit: int) -> str:
+    """The start of an error's message; its type where it has none (EOFError)."""
+    lines = str(error).splitlines()
+    return lines[0][:limit] if lines else type(error).__name__
 
 
 # What a resume may change besides the speed group (speed.*, none of which changes the

@@ -12,8 +12,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from bertpretrain.commands.fail import fail, full_errors
-from bertpretrain.errors import UserError
+from bertpretrain.commands.fail import fail, report
 
 USAGE = """\
 usage: bertpretrain COMMAND [ARGS...]
@@ -31,8 +30,9 @@ commands:
   prepare  tokenise a corpus once into the cache (memory-mapped), ahead of `train`; takes
            train's overrides, e.g. `bertpretrain prepare data=text data.files=[a.txt]`
 
-Errors you can fix print one line and exit with code 2; set HYDRA_FULL_ERROR=1 to see
-the traceback as well.
+Errors you can fix print one line and exit with code 2; a bug prints one line naming the
+file that holds its traceback and exits with code 1; set HYDRA_FULL_ERROR=1 to see
+tracebacks on the terminal instead.
 """
 
 
@@ -74,16 +74,14 @@ def main(argv: list[str] | None = None) -> None:
         )
     try:
         command(argv[1:])
-    except UserError as e:
-        if full_errors():
-            raise
-        fail(str(e))
     except KeyboardInterrupt:
         print("bertpretrain: interrupted", file=sys.stderr)
         sys.exit(130)
     except BrokenPipeError:  # `bertpretrain encode ... | head` closed our stdout early
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(1)
+    except Exception as e:  # every command ends here: one line, never a traceback
+        report(e)
 
 
 if __name__ == "__main__":

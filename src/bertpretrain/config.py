@@ -198,10 +198,11 @@ def _check_known_keys(cfg: DictConfig) -> None:
         raise UserError(f"bad config: {key} is not a setting; {hint}")
 
 
-def sweep_jobs(overrides: list[str]) -> list[list[str]]:
+def sweep_jobs(overrides: list[str]) -> list[list[str]] | None:
     """The overrides of each job of a `-m` sweep, as Hydra's basic sweeper expands them
-    (the product of every comma list and range). A sweep it cannot expand here (a glob, or
-    another sweeper's syntax) gives no jobs: each is then checked when it starts."""
+    (the product of every comma list and range): empty when a range is. None for a sweep
+    it cannot expand here (a glob, or another sweeper's syntax): each job is then checked
+    when it starts."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
@@ -215,9 +216,9 @@ def sweep_jobs(overrides: list[str]) -> list[list[str]]:
             elif override.is_discrete_sweep() and override.value_type.name != "GLOB_CHOICE_SWEEP":
                 choices.append([f"{key}={v}" for v in override.sweep_string_iterator()])
             else:
-                return []
+                return None
     except HydraException as e:
-        raise UserError(f"bad override: {_one_line(e)}{_quoting_hint(overrides, e)}") from None
+        raise UserError(f"bad override: {one_line(e)}{_quoting_hint(overrides, e)}") from None
     return [list(job) for job in itertools.product(*choices)]
 
 
@@ -268,7 +269,7 @@ _NOISE = ("full_key:", "object_type=", "reference_type=", "Set the environment",
 _PLACEHOLDERS = ("$VALUE", "$KEY", "$FULL_KEY")  # OmegaConf's message templates, unfilled
 
 
-def _one_line(e: BaseException) -> str:
+def one_line(e: BaseException) -> str:
     """Hydra/OmegaConf errors span several lines; keep what names the problem."""
     parts = []
     while e is not None and len(parts) < 3:
@@ -307,7 +308,7 @@ def compose(overrides: list[str], config_name: str = "config") -> tuple[Config, 
             _refuse_moved(override.split("=", 1)[0].lstrip("+~"))
         _refuse_moved(_failing_key(e))
         raise UserError(
-            f"bad config: {_one_line(e)}{_quoting_hint(overrides, e)}; see "
+            f"bad config: {one_line(e)}{_quoting_hint(overrides, e)}; see "
             "`bertpretrain train --help` for the groups and keys"
         ) from None
 

@@ -1,5 +1,6 @@
-"""The rules a type cannot express: positive sizes, hidden size divisible by heads, known
-names. Each broken rule is one UserError line naming the setting and a value that works.
+"""The rules a type cannot express: every number within its range (config_ranges.RANGES),
+hidden size divisible by heads, known names. Each broken rule is one UserError line naming
+the setting and a value that works.
 
 It reads the schemas' fields only, so it needs nothing from `config` but their names.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
+from bertpretrain.config_ranges import RANGES, check_ranges
 from bertpretrain.errors import UserError
 
 if TYPE_CHECKING:
@@ -30,6 +32,7 @@ def _require(ok: bool, message: str) -> None:
 
 def check(cfg: Config) -> None:
     """Reject values that type-check but cannot work, before any data is read."""
+    check_ranges({key: _setting(cfg, key) for key in RANGES})
     _check_model(cfg.model, cfg.data)
     _check_data(cfg.data)
     _check_tokenizer(cfg.tokenizer)
@@ -38,19 +41,12 @@ def check(cfg: Config) -> None:
     _check_speed(cfg.speed)
 
 
-def _require_counts(settings: dict[str, int], minimum: int) -> None:
-    for key, value in settings.items():
-        if minimum > 0:
-            _require(value >= minimum, f"{key}={value} must be a positive integer")
-        else:
-            _require(
-                value >= 0, f"{key}={value} must be >= 0 (0 means: see conf/trainer/default.yaml)"
-            )
+def _setting(cfg: Config, key: str) -> object:
+    group, name = key.split(".")
+    return getattr(getattr(cfg, group), name)
 
 
 def _check_model(model: ModelConfig, data: DataConfig) -> None:
-    sizes = ("num_layers", "hidden_size", "num_heads", "ffn_size", "max_position")
-    _require_counts({f"model.{key}": getattr(model, key) for key in sizes}, 1)
     _require(
         model.vocab_size is None,
         f"model.vocab_size={model.vocab_size}: the vocabulary's size comes from the "
@@ -61,7 +57,6 @@ def _check_model(model: ModelConfig, data: DataConfig) -> None:
         f"model.hidden_size={model.hidden_size} is not divisible by "
         f"model.num_heads={model.num_heads}; pick a head count that divides the hidden size",
     )
-    _require(0.0 <= model.dropout < 1.0, f"model.dropout={model.dropout} must be in [0, 1)")
     _require(
         data.max_len <= model.max_position,
         f"data.max_len={data.max_len} exceeds the model's position table "
@@ -74,13 +69,6 @@ def _check_optim(optim: OptimConfig) -> None:
     _require(
         optim.name in ("adam", "adamw"), f"optim.name={optim.name!r} is unknown; use adam or adamw"
     )
-    _require(optim.lr > 0, f"optim.lr={optim.lr} must be positive, e.g. optim.lr=1e-3")
-    _require(optim.weight_decay >= 0, f"optim.weight_decay={optim.weight_decay} must be >= 0")
-    _require(optim.eps > 0, f"optim.eps={optim.eps} must be positive")
-    _require(
-        optim.grad_clip >= 0,
-        f"optim.grad_clip={optim.grad_clip} must be >= 0 (0 disables clipping)",
-    )
     _require(
         len(optim.betas) == 2 and all(0 <= b < 1 for b in optim.betas),
         f"optim.betas={list(optim.betas)} must be two numbers in [0, 1), e.g. [0.9,0.999]",
@@ -89,14 +77,9 @@ def _check_optim(optim: OptimConfig) -> None:
         optim.schedule in ("constant", "linear"),
         f"optim.schedule={optim.schedule!r} is unknown; use constant or linear",
     )
-    _require_counts({"optim.warmup_steps": optim.warmup_steps}, 0)
 
 
 def _check_trainer(trainer: TrainerConfig) -> None:
-    positive = ("max_steps", "batch_size", "log_every", "keep_last")
-    _require_counts({f"trainer.{key}": getattr(trainer, key) for key in positive}, 1)
-    counts = ("eval_every", "eval_batches", "save_every", "seed", "skip_nonfinite")
-    _require_counts({f"trainer.{key}": getattr(trainer, key) for key in counts}, 0)
     _check_accum(trainer)
     _require(
         trainer.device == "auto" or trainer.device.split(":")[0] in ("cpu", "cuda", "mps"),
@@ -112,14 +95,6 @@ def _check_speed(speed: SpeedConfig) -> None:
     _require(
         speed.precision in ("auto", "fp32", "bf16"),
         f"speed.precision={speed.precision!r} is unknown; use auto, fp32 or bf16",
-    )
-    _require(
-        speed.num_workers >= 0,
-        f"speed.num_workers={speed.num_workers} must be >= 0 (0: batches are made in the loop)",
-    )
-    _require(
-        speed.threads is None or speed.threads > 0,
-        f"speed.threads={speed.threads} must be a positive integer, or null for torch's default",
     )
 
 
@@ -158,11 +133,6 @@ def parse_size(text: object, what: str) -> int:
 
 
 def _check_data(data: DataConfig) -> None:
-    _require_counts({"data.min_freq": data.min_freq}, 1)
-    _require(
-        data.max_len >= 5,
-        f"data.max_len={data.max_len} is too short: an example needs at least 5 tokens",
-    )
     _require(
         data.masking in ("static", "dynamic"),
         f"data.masking={data.masking!r} is unknown; use static or dynamic",
@@ -171,10 +141,6 @@ def _check_data(data: DataConfig) -> None:
         data.pairing in ("d2l", "bert"),
         f"data.pairing={data.pairing!r} is unknown; use d2l (the reference) or bert "
         "(google-research/bert's create_pretraining_data.py)",
-    )
-    _require(
-        0.0 <= data.short_seq_prob <= 1.0,
-        f"data.short_seq_prob={data.short_seq_prob} must be in [0, 1] (BERT's is 0.1)",
     )
     if data.source == "text":
         _require(
@@ -194,10 +160,9 @@ def _check_tokenizer(tokenizer: TokenizerConfig) -> None:
         tokenizer.name in ("word", "wordpiece"),
         f"tokenizer.name={tokenizer.name!r} is unknown; use tokenizer=word or tokenizer=wordpiece",
     )
-    _require_counts({"tokenizer.min_freq": tokenizer.min_freq}, 1)
     if tokenizer.name == "wordpiece":
         _require(
-            tokenizer.vocab_size is not None and tokenizer.vocab_size > 5,
+            tokenizer.vocab_size is not None,
             f"tokenizer.vocab_size={tokenizer.vocab_size} is too small for WordPiece; "
             "use e.g. tokenizer.vocab_size=30522 (BERT's) or 8000 for a small corpus",
         )

@@ -250,9 +250,10 @@ def _publish(out: Path, write: Callable[[Path], None]) -> None:
             files.replace_folder(tmp, out)
     except (OSError, _write_errors()) as e:
         reason = files.failure(e, out.parent)
+        fix = "free space or give" if reason == files.DISK_FULL else "give"
         raise UserError(
-            f"could not write the export to {out}: {reason}; free space or give a writable "
-            "OUT_DIR (nothing there was changed)"
+            f"could not write the export to {out}: {reason}; {fix} a writable OUT_DIR "
+            "(nothing there was changed)"
         ) from None
 
 

@@ -36,13 +36,19 @@ def temp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{HOST}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
 
 
+DISK_FULL = "the disk is full"
+
+
 def failure(e: BaseException, folder: Path) -> str:
-    """Why a write failed, in a few words (some libraries lose the errno of a full disk)."""
-    full = getattr(e, "errno", None) == errno.ENOSPC or "No space left" in str(e)
-    with contextlib.suppress(OSError):
-        full = full or shutil.disk_usage(folder).free < 1 << 20
+    """Why a write failed, in a few words. Some libraries lose the errno of a full disk:
+    only then is the free space a clue (/proc has none, and is not full)."""
+    code = getattr(e, "errno", None)
+    full = code == errno.ENOSPC or "No space left" in str(e)
+    if code is None:
+        with contextlib.suppress(OSError):
+            full = full or shutil.disk_usage(folder).free < 1 << 20
     if full:
-        return "the disk is full"
+        return DISK_FULL
     lines = str(e).splitlines()
     return getattr(e, "strerror", None) or (lines[0] if lines else type(e).__name__)
 

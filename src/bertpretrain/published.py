@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -100,7 +101,7 @@ def resolve(source: str) -> Path:
     """A transformers folder: `source` itself, or a Hub name (`bert-base-uncased`) found in
     (or, when online, downloaded into) the local Hugging Face cache."""
     path = Path(source).expanduser()
-    if path.exists() or source.startswith(("/", ".", "~")):
+    if os.path.lexists(path) or source.startswith(("/", ".", "~")):  # a dangling link too
         return path
     try:
         from huggingface_hub import snapshot_download
@@ -281,7 +282,7 @@ def init_architecture(source: str) -> tuple[Path, BertConfig]:
     path = resolve(source)
     if is_model_folder(path):
         return path, read_config(path)
-    if not path.exists():
+    if not os.path.lexists(path):  # a dangling link: checkpoint.resolve says so
         raise UserError(
             f"init={source} does not exist; give a transformers BERT folder, a Hub name such "
             "as bert-base-uncased, or a run dir or checkpoint of ours"

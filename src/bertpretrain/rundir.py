@@ -20,6 +20,7 @@ import contextlib
 import json
 import logging
 import logging.handlers
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -56,8 +57,17 @@ def check_new_run(run_dir: Path, resume: bool | str) -> None:
         return
     if resume is True and found != SUMMARY:
         return
-    if isinstance(resume, str) and run_dir.resolve() in Path(resume).resolve().parents:
+    # realpath, not Path.resolve: a symlink loop given as trainer.resume raises there
+    if (
+        isinstance(resume, str)
+        and Path(os.path.realpath(run_dir)) in Path(os.path.realpath(resume)).parents
+    ):
         return  # a checkpoint of this very run
+    if resume is not False:  # asked to resume, but there is nothing of this run to continue
+        raise UserError(
+            f"run dir {run_dir} already holds a run ({found}) but no checkpoint to resume from "
+            f"(in {run_dir / checkpoint.SUBDIR}); choose another hydra.run.dir for a new run"
+        )
     raise UserError(
         f"run dir {run_dir} already holds a run ({found}); pass trainer.resume=true to "
         "continue that run, or choose another hydra.run.dir for a new one"

@@ -25,17 +25,12 @@ def find_runs(root: Path) -> list[Path]:
 
 
 def describe(run: Path) -> dict:
-    overrides_file = run / rundir.RECORD / "overrides.yaml"
-    overrides = []
-    if overrides_file.is_file():  # a YAML list of strings, one `- item` per line
-        overrides = [
-            line[2:].strip()
-            for line in overrides_file.read_text().splitlines()
-            if line.startswith("- ")
-        ]
+    """What the listing shows of `run`; a record or summary that cannot be read marks the
+    run damaged (with why) instead of ending the listing of the others."""
+    damaged = []
+    overrides = _overrides(run / rundir.RECORD / "overrides.yaml", damaged)
     checkpoints = checkpoint.list_checkpoints(run)
-    summary_file = run / rundir.SUMMARY
-    summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
+    summary = _summary(run / rundir.SUMMARY, damaged)
     return {
         "run": str(run),
         "date": time.strftime("%Y-%m-%d %H:%M", time.localtime(run.stat().st_mtime)),
@@ -47,4 +42,29 @@ def describe(run: Path) -> dict:
         "val_mlm_loss": summary.get("val_mlm_loss"),
         "val_nsp_loss": summary.get("val_nsp_loss"),
         "checkpoint": str(checkpoints[-1]) if checkpoints else None,
+        "damaged": "; ".join(damaged) or None,
     }
+
+
+def _overrides(path: Path, damaged: list[str]) -> list[str]:
+    """The run's overrides: a YAML list of strings, one `- item` per line."""
+    try:
+        text = path.read_text(encoding="utf-8") if path.is_file() else ""
+    except (OSError, UnicodeDecodeError) as e:
+        damaged.append(f"{path.name} unreadable ({type(e).__name__})")
+        return []
+    return [line[2:].strip() for line in text.splitlines() if line.startswith("- ")]
+
+
+def _summary(path: Path, damaged: list[str]) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:  # UnicodeDecodeError is a ValueError
+        damaged.append(f"{path.name} unreadable ({type(e).__name__})")
+        return {}
+    if not isinstance(summary, dict):
+        damaged.append(f"{path.name} is not a JSON object")
+        return {}
+    return summary

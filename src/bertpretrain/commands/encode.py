@@ -15,6 +15,7 @@ from bertpretrain.encode import Encoder, Encoding, save_vectors
 from bertpretrain.errors import ArgumentParser, UserError
 
 SHOWN = 6  # vector elements the text output shows per row
+MAX_FILE = 64 << 20  # bytes of --file read at most: far more than a run encodes in a while
 
 EPILOG = """\
 examples:
@@ -139,9 +140,21 @@ def _check_options(args: argparse.Namespace) -> None:
 
 
 def read_inputs(path: str) -> list[list[str]]:
-    """One input per line, a tab between the sentences of a pair; trailing blank lines ignored."""
+    """One input per line, a tab between the sentences of a pair; trailing blank lines
+    ignored. At most MAX_FILE bytes are read: /dev/zero or an endless pipe would otherwise
+    fill the memory until the kernel kills the process without a word."""
     try:
-        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+        if path == "-":
+            data = getattr(sys.stdin, "buffer", sys.stdin).read(MAX_FILE + 1)
+        else:
+            with open(path, "rb") as f:
+                data = f.read(MAX_FILE + 1)
+        if len(data) > MAX_FILE:
+            raise UserError(
+                f"--file {path} holds more than {MAX_FILE >> 20} MiB (or never ends, like "
+                "/dev/zero); split it into smaller files and encode each"
+            )
+        text = data if isinstance(data, str) else data.decode("utf-8")
     except FileNotFoundError:
         raise UserError(
             f"--file {path} does not exist; give a text file with one input per line"

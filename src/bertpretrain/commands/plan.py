@@ -19,6 +19,7 @@ from bertpretrain.attention import why_not_varlen
 from bertpretrain.commands.precheck import search_path
 from bertpretrain.config import Config, compose
 from bertpretrain.config_checks import parse_size as config_parse_size
+from bertpretrain.config_ranges import RANGES, Range, check_value
 from bertpretrain.device import resolve_precision
 from bertpretrain.errors import ArgumentParser, UserError
 from bertpretrain.plan import DEFAULT_VOCAB, MARGIN, Plan, format_count, format_size
@@ -28,10 +29,12 @@ def main(argv: list[str]) -> None:
     args = _parser().parse_args(argv)
     if not 0 < args.fill <= 1:
         raise UserError(f"--fill {args.fill} must be in (0, 1], e.g. --fill 0.72")
-    if (args.vocab_size is not None and args.vocab_size < 1) or args.ranks < 1:
-        raise UserError("--vocab-size and --ranks must be positive integers")
+    check_value("--vocab-size", args.vocab_size, RANGES["tokenizer.vocab_size"])
     overrides = [*args.overrides, *([search_path(args.config_dir)] if args.config_dir else [])]
     cfg = compose(overrides)[0]
+    batch = cfg.trainer.batch_size
+    ranks = Range(1, batch, f"each rank needs a sequence of trainer.batch_size={batch}")
+    check_value("--ranks", args.ranks, ranks)
     vocab_size = _vocab_size(cfg, args.vocab_size)
     device = plan.device_type(cfg.trainer.device)
     budget, source = _budget(cfg, device, args.device_memory)

@@ -10,14 +10,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import sys
 from pathlib import Path
 
 from omegaconf import DictConfig
 
 from bertpretrain import checkpoint
 from bertpretrain.architecture import ARCHITECTURE
-from bertpretrain.commands.fail import full_errors, print_error
 from bertpretrain.config import compose, sweep_jobs
 from bertpretrain.errors import UserError
 
@@ -39,6 +37,7 @@ def precheck(args: argparse.Namespace, probe_run_dir: bool = True) -> DictConfig
         _check_sweep(overrides, name)
         return None
     _, cfg = compose(overrides, name)
+    _check_chdir(cfg)
     if args.cfg:
         return None
     if cfg.init:
@@ -63,6 +62,33 @@ def search_path(config_dir: str) -> str:
     if not os.path.isdir(path):
         raise UserError(f"--config-dir {config_dir} is not a folder")
     return f"hydra.searchpath=[file://{path}]"
+
+
+def _relative_paths(cfg: DictConfig) -> list[str]:
+    """The settings that name a path relative to the folder the command runs from."""
+    data, resume = cfg.data, cfg.trainer.resume
+    named = {"data.dir": data.get("dir"), "data.root": data.get("root"), "init": cfg.init}
+    named["trainer.resume"] = resume if isinstance(resume, str) else None
+    found = [f"{key}={value}" for key, value in named.items() if value]
+    for key in ("files", "valid_files"):
+        found += [f"data.{key}=[{value}]" for value in data.get(key) or []]
+    return [
+        setting for setting in found if not os.path.isabs(setting.split("=", 1)[1].strip("[]~"))
+    ]
+
+
+def _check_chdir(cfg: DictConfig) -> None:
+    """hydra.job.chdir=true starts the job inside its run dir, where relative paths no
+    longer point where the user meant (and a new run dir holds nothing)."""
+    if not cfg.hydra.job.chdir:
+        return
+    relative = _relative_paths(cfg)
+    if relative:
+        raise UserError(
+            f"hydra.job.chdir=true runs the job inside its run dir, where the relative path "
+            f"{relative[0]} would not point where you meant; give absolute paths, or drop "
+            "hydra.job.chdir=true (bertpretrain writes everything under the run dir anyway)"
+        )
 
 
 def _check_init_overrides(overrides: list[str], cfg: DictConfig) -> None:
@@ -126,15 +152,21 @@ def _check_writable(run_dir: Path) -> None:
 
 def _check_sweep(overrides: list[str], config_name: str) -> None:
     """Compose every job of a sweep; one line per job that would fail, then exit 2."""
+    jobs = sweep_jobs(overrides)
+    if jobs == []:
+        raise UserError(
+            f"the sweep {' '.join(overrides)} launches no jobs (a range or list without "
+            "values, e.g. range(0)); give each swept key at least one value"
+        )
     problems = []
-    for number, job in enumerate(sweep_jobs(overrides)):
+    for number, job in enumerate(jobs or []):
         try:
-            compose(job, config_name)
+            _check_chdir(compose(job, config_name)[1])
         except UserError as e:
             problems.append(f"sweep job {number} ({' '.join(job)}): {e}")
-    if problems:
-        if full_errors():
-            raise UserError("; ".join(problems))
-        for problem in problems:
-            print_error(problem)
-        sys.exit(2)
+    if len(problems) == 1:
+        raise UserError(problems[0])
+    if problems:  # one line for all, as for any refusal
+        raise UserError(
+            f"{len(problems)} of {len(jobs)} sweep jobs would fail: " + "; ".join(problems)
+        )

@@ -40,7 +40,8 @@ def _print_table(rows: list[dict]) -> None:
         "run / overrides / checkpoint"
     )
     for row in rows:
-        state = "" if row["finished"] else " (unfinished)"
+        state = f" (damaged: {row['damaged']})" if row["damaged"] else ""
+        state = state or ("" if row["finished"] else " (unfinished)")
         losses = [_loss(row[key]) for key in ("train_mlm_loss", "train_nsp_loss")]
         val_losses = [_loss(row[key]) for key in ("val_mlm_loss", "val_nsp_loss")]
         print(

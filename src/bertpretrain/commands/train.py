@@ -6,10 +6,13 @@ the same command runs under torchrun.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -18,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from bertpretrain import distributed
 from bertpretrain.commands import run_dir as run_dirs
-from bertpretrain.commands.fail import fail, full_errors
+from bertpretrain.commands.fail import exit_on, fail, full_errors, user_message
 from bertpretrain.commands.overrides import added
 from bertpretrain.commands.precheck import precheck
 from bertpretrain.commands.resume import recorded_overrides
@@ -52,7 +55,22 @@ def parse_hydra_args(argv: list[str]) -> argparse.Namespace:
     """
     from hydra._internal.utils import get_args_parser
 
-    return get_args_parser().parse_args(argv)
+    parser = get_args_parser()
+    parser.error = lambda message: _refuse_command_line(argv, message)  # not a usage dump
+    return parser.parse_args(argv)
+
+
+def _refuse_command_line(argv: list[str], message: str) -> NoReturn:
+    """Hydra's flags (-m, --cfg, ...) come before the overrides, as for any Hydra app; a
+    flag after an override is read as stray words, so say where it goes."""
+    first_flag = next((i for i, a in enumerate(argv) if a.startswith("-")), len(argv))
+    if "unrecognized arguments" in message and any("=" in a for a in argv[:first_flag]):
+        flags = [a for a in argv[first_flag:] if a.startswith("-")]
+        raise UserError(
+            f"put Hydra's flags ({' '.join(flags)}) before the overrides, e.g. "
+            f"`bertpretrain train {' '.join(flags)} KEY=VALUE ...` ({message})"
+        )
+    raise UserError(f"{message}; see `bertpretrain train --help`")
 
 
 def main(argv: list[str]) -> None:
@@ -74,15 +92,40 @@ def main(argv: list[str]) -> None:
         args = parse_hydra_args(argv)
         cfg = precheck(args, probe)
     argv, created = _one_run_dir(argv, args.overrides, cfg, torchrun)
-    run = hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")(_job)
+    tracebacks = full_errors()
+
+    def job(cfg: DictConfig) -> None:
+        _job(cfg, tracebacks)
+
+    run = hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")(job)
     sys.argv = [sys.argv[0], *argv]  # what hydra.main reads
-    with failure_reports(bool(args.multirun)) as failures, run_dirs.removed_if_left_empty(created):
+    with (
+        failure_reports(bool(args.multirun)) as failures,
+        run_dirs.removed_if_left_empty(created),
+        _hydra_raises(),
+    ):
         try:
             run()
         finally:
             distributed.shutdown()
     if failures:
         fail(f"{len(failures)} sweep job(s) failed: " + "; ".join(failures))
+
+
+@contextlib.contextmanager
+def _hydra_raises() -> Iterator[None]:
+    """Hydra prints an error it catches as a traceback (or several lines) and exits 1;
+    with its HYDRA_FULL_ERROR switch it raises instead, so that the error reaches the one
+    boundary of every command (`fail.report`). The user's own choice is read before."""
+    before = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = before
 
 
 def _one_run_dir(
@@ -106,8 +149,9 @@ def _one_run_dir(
     return argv, created
 
 
-def _job(cfg: DictConfig) -> None:
-    """One run, as Hydra starts it: alone, or as one job of a sweep."""
+def _job(cfg: DictConfig, tracebacks: bool) -> None:
+    """One run, as Hydra starts it: alone (an error ends it through the boundary of every
+    command, `fail.report`), or as one job of a sweep, which survives it."""
     from bertpretrain.train import train  # torch & co. only once the config is known good
 
     hydra_config = HydraConfig.get()
@@ -120,26 +164,22 @@ def _job(cfg: DictConfig) -> None:
     except Interrupted as e:
         print(f"bertpretrain: {e}", file=sys.stderr)
         sys.exit(e.exit_code)  # a stopped sweep stops: the user asked for it
-    except UserError as e:
-        if full_errors():
-            raise
-        if not multirun:
-            fail(str(e))
-        _sweep_job_failed(hydra_config, e, user_error=True)
     except Exception as e:
-        if not multirun:
+        if tracebacks:
             raise
-        _sweep_job_failed(hydra_config, e, user_error=False)
+        if not multirun:  # here: raised on, Hydra would print a line of its own first
+            exit_on(e)
+        _sweep_job_failed(hydra_config, e, user_message(e))
 
 
-def _sweep_job_failed(hydra_config: DictConfig, error: Exception, user_error: bool) -> None:
+def _sweep_job_failed(hydra_config: DictConfig, error: Exception, user_error: str | None) -> None:
     """A sweep survives a failing job: log the failure, report it for the sweep's last
     line, and go on with the next job."""
     job = hydra_config.job.num
     overrides = " ".join(hydra_config.overrides.task) or "(defaults)"
-    if user_error:
-        log.error("job %s (%s) failed: %s", job, overrides, error)
-        reason = str(error)
+    if user_error is not None:
+        log.error("job %s (%s) failed: %s", job, overrides, user_error)
+        reason = user_error
     else:  # a bug: its traceback goes into the job's log
         log.exception("job %s (%s) failed", job, overrides)
         reason = f"{type(error).__name__}: {error}"

@@ -121,7 +121,7 @@ def _text_files(cfg) -> Corpus:
     from bertpretrain.data.text import read_text_files, text_file
 
     train = [text_file(f) for f in cfg.files]
-    valid = [text_file(f) for f in cfg.valid_files]
+    valid = [text_file(f, "data.valid_files") for f in cfg.valid_files]
     train_digest = file_digest(*train, memo=_digest_memo(cfg))
     valid_digest = file_digest(*valid, memo=_digest_memo(cfg)) if valid else "-"
     passes = itertools.count()  # a vocabulary's pass, then the tokenising one: log the first

@@ -67,22 +67,25 @@ def read_text_files(
         changed_while_read(", ".join(map(str, paths)), digest, read.hexdigest())
 
 
-def text_file(name: str) -> Path:
-    """`name` as a path, checked to be a regular file; why not is a UserError."""
+def text_file(name: str, key: str = "data.files") -> Path:
+    """`name`, an entry of the setting `key`, as a path checked to be a regular file; why
+    not is a UserError naming `key`."""
+    if not str(name).strip():
+        raise UserError(f"{key} has an empty entry; remove it, or give the file's path")
     path = Path(name).expanduser()
     problem = not_a_regular_file(path)
     if problem == "is a folder":
         raise UserError(
-            f"data.files: {path} is a folder, not a text file; list the files in it, "
-            "e.g. data.files=[dir/a.txt,dir/b.txt]"
+            f"{key}: {path} is a folder, not a text file; list the files in it, "
+            f"e.g. {key}=[dir/a.txt,dir/b.txt]"
         )
     if problem == "does not exist":
         raise UserError(
-            f"data.files: {path} does not exist; fix the path in data.files=[...] "
+            f"{key}: {path} does not exist; fix the path in {key}=[...] "
             "(relative paths start at the directory you run from)"
         )
     if problem and not problem.startswith("cannot be read"):  # reading says why, below
-        raise UserError(f"data.files: {path} {problem}; give regular text files")
+        raise UserError(f"{key}: {path} {problem}; give regular text files")
     return path
 
 
