@@ -21,9 +21,9 @@ import torch
 from benchmarks import harness
 from benchmarks import step as in_process
 
-from bertpretrain.attention import attention_path, varlen_kernel
-from bertpretrain.export import hf_config
-from bertpretrain.model import BertConfig, flops_per_sequence
+from bertpretrain.hf.export import hf_config
+from bertpretrain.model.attention import attention_path, varlen_kernel
+from bertpretrain.model.bert import BertConfig, flops_per_sequence
 
 VOCAB = 30522  # BERT's WordPiece vocabulary
 MASK_RATE = 0.15  # BERT's share of masked positions

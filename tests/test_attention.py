@@ -16,8 +16,9 @@ import pytest
 import torch
 from test_model import SMALL, random_batch, small_model
 
-from bertpretrain import attention, model
-from bertpretrain.attention import (
+from bertpretrain.model import attention
+from bertpretrain.model import bert as bert_module
+from bertpretrain.model.attention import (
     VarlenKernel,
     attention_path,
     cumulative_lengths,
@@ -26,7 +27,7 @@ from bertpretrain.attention import (
     varlen_kernel,
     why_not_varlen,
 )
-from bertpretrain.model import BertConfig, padded_attention
+from bertpretrain.model.bert import BertConfig, padded_attention
 
 CUDA = torch.device("cuda")
 CPU = torch.device("cpu")
@@ -175,7 +176,7 @@ def test_per_sequence_attention_equals_the_padded_path():
 def take_the_varlen_path(monkeypatch) -> None:
     """Point the model's switch at `reference_varlen`: Layer.attention then runs the very
     code of the CUDA path, with the reference where the kernel would be."""
-    monkeypatch.setattr(model, "varlen_kernel", lambda device, dtype, head_dim: REFERENCE)
+    monkeypatch.setattr(bert_module, "varlen_kernel", lambda device, dtype, head_dim: REFERENCE)
 
 
 def losses_and_gradients(batch: dict) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:

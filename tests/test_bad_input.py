@@ -24,8 +24,8 @@ import pytest
 import torch
 from conftest import SHARED_WIKITEXT, TINY_ARGS, run_cli
 
-from bertpretrain import checkpoint
 from bertpretrain.errors import UserError
+from bertpretrain.training import checkpoint
 
 # ---------------------------------------------------------------------------------------
 # checkpoints that run code when unpickled

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 from conftest import run_cli
 
-from bertpretrain import checkpoint, data
+from bertpretrain import data
 from bertpretrain.config import compose
 from bertpretrain.encode import Encoder
+from bertpretrain.training import checkpoint
 
 STEPS = ["model=tiny", "trainer.batch_size=32", "trainer.max_steps=2", "trainer.eval_batches=1"]
 

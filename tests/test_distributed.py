@@ -14,7 +14,8 @@ import pytest
 from conftest import ONE_THREAD, SHARED_WIKITEXT, trained_run
 from test_train_cli import scalars
 
-from bertpretrain import checkpoint, distributed
+from bertpretrain import distributed
+from bertpretrain.training import checkpoint
 
 # dropout off: with it, each rank draws its own masks and the runs differ by design.
 # Adam with an eps far above the gradients updates in proportion to the gradient, so a

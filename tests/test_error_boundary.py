@@ -7,7 +7,7 @@ import re
 import shutil
 from pathlib import Path
 
-from bertpretrain import checkpoint
+from bertpretrain.training import checkpoint
 
 
 def test_a_bug_is_one_line_naming_the_file_that_holds_its_traceback(

@@ -19,12 +19,12 @@ import pytest
 import torch
 from conftest import build_wikitext, one_line_error
 
-from bertpretrain import checkpoint
 from bertpretrain.data.vocab import PAD_ID, UNK_ID, token_index
 from bertpretrain.encode import Encoder
 from bertpretrain.errors import UserError
-from bertpretrain.export import FILES, MARKER, export
-from bertpretrain.model import BertConfig, BertForPretraining
+from bertpretrain.hf.export import FILES, MARKER, export
+from bertpretrain.model.bert import BertConfig, BertForPretraining
+from bertpretrain.training import checkpoint
 
 MAX_LEN = 64
 ATOL = 1e-5

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bertpretrain.model import BertConfig, BertForPretraining, dropout
+from bertpretrain.model.bert import BertConfig, BertForPretraining, dropout
 
 
 def plain_losses(model: BertForPretraining, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:

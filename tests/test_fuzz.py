@@ -26,9 +26,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_bad_input import snapshot
 
-from bertpretrain import checkpoint
 from bertpretrain.config import DATA_SCHEMAS, Config
 from bertpretrain.config_ranges import RANGES
+from bertpretrain.training import checkpoint
 
 OVERRIDE_EXAMPLES = 60
 PATH_EXAMPLES = 40

@@ -13,8 +13,9 @@ import torch
 from test_attention import REFERENCE, packed_qkv
 from test_model import random_batch, small_model
 
-from bertpretrain import attention, model
-from bertpretrain.attention import attention_path, varlen_attention, varlen_kernel
+from bertpretrain.model import attention
+from bertpretrain.model import bert as bert_module
+from bertpretrain.model.attention import attention_path, varlen_attention, varlen_kernel
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -60,7 +61,7 @@ def test_this_gpu_takes_the_varlen_kernel_in_bf16_and_fp16():
     for dtype in (torch.bfloat16, torch.float16):
         assert varlen_kernel(CUDA, dtype, 64) is not None, attention.why_not_varlen(CUDA, dtype, 64)
     assert varlen_kernel(CUDA, torch.float32, 64) is None
-    print(attention_path(model.BertConfig(100, dropout=0.1), CUDA, torch.bfloat16))
+    print(attention_path(bert_module.BertConfig(100, dropout=0.1), CUDA, torch.bfloat16))
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -90,7 +91,7 @@ def test_the_model_in_bf16_runs_attention_through_the_varlen_kernel(monkeypatch)
         calls.append(args[3].name)
         return varlen_attention(*args)
 
-    monkeypatch.setattr(model, "varlen_attention", counted)
+    monkeypatch.setattr(bert_module, "varlen_attention", counted)
     bert = small_model(**SIZE).to(CUDA).train()
     batch = on_cuda(random_batch(bert.config, batch=4, length=32, preds=4))
     with bf16():
@@ -107,9 +108,9 @@ def losses_and_gradients(batch: dict, seed: int = 0, **config) -> tuple[list[flo
 
 
 def test_varlen_training_in_bf16_matches_the_padded_path(monkeypatch):
-    batch = on_cuda(random_batch(model.BertConfig(**SIZE), batch=8, length=64, preds=8))
+    batch = on_cuda(random_batch(bert_module.BertConfig(**SIZE), batch=8, length=64, preds=8))
     packed_losses, packed_grads = losses_and_gradients(batch)
-    monkeypatch.setattr(model, "varlen_kernel", lambda device, dtype, head_dim: None)
+    monkeypatch.setattr(bert_module, "varlen_kernel", lambda device, dtype, head_dim: None)
     padded_losses, padded_grads = losses_and_gradients(batch)
     assert packed_losses == pytest.approx(padded_losses, rel=1e-2)
     assert_gradients_close(packed_grads, padded_grads, rel=5e-2)
@@ -157,7 +158,7 @@ def test_dropout_on_cuda_is_stochastic_and_follows_the_seed():
 
 
 def test_gradient_checkpointing_on_cuda_gives_the_same_gradients():
-    batch = on_cuda(random_batch(model.BertConfig(**SIZE), batch=8, length=64, preds=8))
+    batch = on_cuda(random_batch(bert_module.BertConfig(**SIZE), batch=8, length=64, preds=8))
     results = []
     for checkpointing in (False, True):
         bert = small_model(**SIZE, dropout=0.1).to(CUDA).train()

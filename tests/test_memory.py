@@ -16,12 +16,12 @@ import torch
 from conftest import SHARED_WIKITEXT, TINY_ARGS, build_wikitext, run_cli
 from test_distributed import losses
 
-from bertpretrain import plan
 from bertpretrain.config import compose
 from bertpretrain.data.batches import BatchStream
 from bertpretrain.errors import UserError
-from bertpretrain.model import BertConfig, BertForPretraining
-from bertpretrain.optimize import PretrainingLosses, split_batch, training_step
+from bertpretrain.memory import plan
+from bertpretrain.model.bert import BertConfig, BertForPretraining
+from bertpretrain.training.optimize import PretrainingLosses, split_batch, training_step
 
 TINY_512 = ["model=tiny", "data.max_len=512", "trainer.batch_size=64"]
 VOCAB, FILL = 4271, 0.1  # WikiText-2's word vocabulary; about its fill at max_len 512

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bertpretrain.config import compose
-from bertpretrain.model import BertConfig, BertForPretraining, count_parameters
+from bertpretrain.model.bert import BertConfig, BertForPretraining, count_parameters
 
 BERT_VOCAB = 30522  # the WordPiece vocabulary of the original BERT
 SMALL = dict(vocab_size=97, num_layers=2, hidden_size=32, num_heads=4, ffn_size=64)

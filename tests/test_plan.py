@@ -13,13 +13,14 @@ import pytest
 import torch
 from conftest import REPO, build_wikitext
 
-from bertpretrain import plan, published
 from bertpretrain.commands import plan as plan_command
 from bertpretrain.config import compose
 from bertpretrain.data.batches import BatchStream
 from bertpretrain.device import resolve_precision
 from bertpretrain.errors import UserError
-from bertpretrain.model import BertConfig, BertForPretraining, count_parameters
+from bertpretrain.hf import published
+from bertpretrain.memory import plan
+from bertpretrain.model.bert import BertConfig, BertForPretraining, count_parameters
 
 LARGE_512 = ["model=large", "data.max_len=512", "trainer.batch_size=32"]
 
@@ -137,7 +138,7 @@ def test_oom_advice_is_one_line_naming_what_fits(monkeypatch):
 MEASURE = r"""
 import json, os, sys
 import torch
-from bertpretrain.model import BertConfig, BertForPretraining
+from bertpretrain.model.bert import BertConfig, BertForPretraining
 
 spec = json.loads(sys.argv[1])
 torch.set_num_threads(1)

@@ -17,10 +17,11 @@ import pytest
 import torch
 from conftest import SHARED_WIKITEXT, one_line_error, run_cli
 
-from bertpretrain import published, published_vocab
 from bertpretrain.data.corpus import read_split
 from bertpretrain.data.tokenizer import train_tokenizer
 from bertpretrain.encode import Encoder
+from bertpretrain.hf import published
+from bertpretrain.hf import vocab as published_vocab
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("safetensors")
@@ -130,7 +131,8 @@ def test_import_then_export_gives_the_identical_folder_back(folder, tmp_path, cl
     """Through a checkpoint, as a run started from the folder would export it."""
     from safetensors.torch import load_file
 
-    from bertpretrain import checkpoint, export
+    from bertpretrain.hf import export
+    from bertpretrain.training import checkpoint
 
     model, tokenizer, max_len = published.load(folder)
     path = tmp_path / "step_00000000.pt"

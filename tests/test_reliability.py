@@ -26,8 +26,9 @@ import torch
 from conftest import ONE_THREAD, SHARED_WIKITEXT, run_cli
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from bertpretrain import checkpoint, files
+from bertpretrain import files
 from bertpretrain.errors import UserError
+from bertpretrain.training import checkpoint
 
 STEPS = 8
 RUN = {
@@ -551,7 +552,7 @@ def _tiny_config(run_overrides: dict[str, str] | None = None):
 def test_a_crash_in_the_final_validation_keeps_the_trained_weights(
     tmp_path, monkeypatch, env, one_torch_thread
 ):
-    from bertpretrain import train as train_module
+    from bertpretrain.training import loop as train_module
 
     monkeypatch.setenv("BERTPRETRAIN_DATA", env["BERTPRETRAIN_DATA"])
     calls = []
@@ -571,8 +572,8 @@ def test_a_crash_in_the_final_validation_keeps_the_trained_weights(
 def test_sigterm_during_the_final_validation_saves_and_exits_143(
     tmp_path, monkeypatch, env, one_torch_thread
 ):
-    from bertpretrain import train as train_module
     from bertpretrain.errors import Interrupted
+    from bertpretrain.training import loop as train_module
 
     monkeypatch.setenv("BERTPRETRAIN_DATA", env["BERTPRETRAIN_DATA"])
     real = train_module.evaluate
@@ -640,7 +641,7 @@ def test_encode_output_onto_a_full_disk_keeps_the_previous_file(tiny_disk, tiny_
 
 def test_export_onto_a_full_disk_is_one_line_and_leaves_nothing(tiny_disk, tiny_run):
     pytest.importorskip("safetensors")
-    from bertpretrain.export import export
+    from bertpretrain.hf.export import export
 
     with pytest.raises(UserError, match="disk is full"):
         export(tiny_run, tiny_disk / "hf")

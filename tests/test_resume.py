@@ -12,8 +12,8 @@ import pytest
 from conftest import ONE_THREAD, SHARED_WIKITEXT, trained_run
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from bertpretrain import checkpoint
-from bertpretrain.progress import open_writer
+from bertpretrain.training import checkpoint
+from bertpretrain.training.progress import open_writer
 
 
 def test_a_resumes_event_file_sorts_after_the_killed_runs_and_the_curve_stays_whole(tmp_path):

@@ -8,13 +8,13 @@ from bertpretrain import device
 from bertpretrain.config import compose
 from bertpretrain.data.batches import BatchStream
 from bertpretrain.distributed import Ranks
-from bertpretrain.model import BertConfig, BertForPretraining
-from bertpretrain.optimize import PretrainingLosses
-from bertpretrain.run_setup import make_module
+from bertpretrain.model.bert import BertConfig, BertForPretraining
+from bertpretrain.training.optimize import PretrainingLosses
+from bertpretrain.training.setup import make_module
 
 
 def test_speed_threads_sets_torchs_threads_and_null_keeps_its_default():
-    from bertpretrain.run_setup import apply_threads
+    from bertpretrain.training.setup import apply_threads
 
     before = torch.get_num_threads()
     try:
@@ -76,7 +76,7 @@ def test_precision_auto_plans_bf16_for_a_gpu_this_machine_lacks(monkeypatch):
 
 
 def test_the_run_logs_which_precision_auto_chose(monkeypatch, caplog):
-    from bertpretrain.run_setup import _autocast
+    from bertpretrain.training.setup import _autocast
 
     monkeypatch.setattr(device, "cpu_flags", lambda: frozenset({"avx2"}))
     with caplog.at_level("INFO"):
@@ -89,7 +89,7 @@ def test_the_run_logs_which_precision_auto_chose(monkeypatch, caplog):
 
 
 def test_the_optimizer_uses_the_fused_kernel_on_cuda_and_foreach_elsewhere():
-    from bertpretrain.optimize import make_optimizer, update_kernel
+    from bertpretrain.training.optimize import make_optimizer, update_kernel
 
     assert update_kernel("cuda") == {"fused": True}
     assert update_kernel("cpu") == {"foreach": True}

@@ -12,10 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_model import SMALL, random_batch, small_model
 
-from bertpretrain import model
-from bertpretrain.attention import pack, rounded_rows
 from bertpretrain.data.batches import BatchStream
-from bertpretrain.model import BertConfig
+from bertpretrain.model import bert as bert_module
+from bertpretrain.model.attention import pack, rounded_rows
+from bertpretrain.model.bert import BertConfig
 
 
 @settings(max_examples=300, deadline=None, derandomize=True, database=None)
@@ -76,9 +76,9 @@ def losses_and_gradients(batch: dict, seed: int = 3):
 def test_rounding_changes_no_loss_gradient_or_dropout_draw(monkeypatch, length):
     batch = random_batch(BertConfig(**SMALL), batch=37, length=length, preds=9)
     losses, grads, after = losses_and_gradients(batch)
-    monkeypatch.setattr(model, "rounded_rows", lambda count, most: count)
+    monkeypatch.setattr(bert_module, "rounded_rows", lambda count, most: count)
     monkeypatch.setattr(
-        model, "pack", lambda valid_lens, length, round_rows: pack(valid_lens, length)
+        bert_module, "pack", lambda valid_lens, length, round_rows: pack(valid_lens, length)
     )
     exact_losses, exact_grads, exact_after = losses_and_gradients(batch)
     # the same random stream afterwards: the padding rows drew no dropout mask

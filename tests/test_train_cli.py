@@ -14,7 +14,7 @@ import torch
 from conftest import REPO, TINY_ARGS, run_cli
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from bertpretrain import checkpoint
+from bertpretrain.training import checkpoint
 
 TRAIN_SCALARS = {"train/mlm_loss", "train/nsp_loss", "train/loss", "train/lr", "train/seq_per_s"}
 VAL_SCALARS = {"val/mlm_loss", "val/mlm_acc", "val/nsp_loss", "val/nsp_acc", "val/token_spread"}
@@ -36,7 +36,7 @@ def test_training_writes_tensorboard_curves_for_mlm_nsp_and_validation(tiny_run)
 
 
 def test_token_spread_is_the_std_over_real_tokens_and_ignores_padding():
-    from bertpretrain.evaluate import token_spread
+    from bertpretrain.training.evaluate import token_spread
 
     g = torch.Generator().manual_seed(0)
     varied = torch.randn(2, 6, 64, generator=g)  # (B, L, H)
@@ -89,7 +89,7 @@ def test_encode_does_not_warn_about_a_healthy_run(tiny_run, tmp_path, bertpretra
 
 
 def test_training_leaves_a_checkpoint_that_loads_into_the_model(tiny_run):
-    from bertpretrain.model import BertConfig, BertForPretraining
+    from bertpretrain.model.bert import BertConfig, BertForPretraining
 
     path = checkpoint.list_checkpoints(tiny_run)[-1]
     state = checkpoint.load(path)

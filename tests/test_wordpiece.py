@@ -12,7 +12,6 @@ import pytest
 import torch
 from conftest import TINY_ARGS, every, run_cli
 
-from bertpretrain import checkpoint
 from bertpretrain.config import TokenizerConfig
 from bertpretrain.data.corpus import read_split, wikitext
 from bertpretrain.data.examples import load_dataset, max_predictions
@@ -20,6 +19,7 @@ from bertpretrain.data.masking import candidates
 from bertpretrain.data.tokenizer import PREFIX, Tokenizer, from_state, train_tokenizer
 from bertpretrain.data.vocab import RESERVED, UNK_ID
 from bertpretrain.encode import Encoder
+from bertpretrain.training import checkpoint
 
 pytest.importorskip("tokenizers", reason="install the wordpiece extra: pip install -e '.[dev]'")
 
@@ -258,7 +258,7 @@ def test_crane_gets_another_vector_in_another_context(run):
 @pytest.mark.slow
 def test_export_tokenizes_raw_text_as_we_do_and_transformers_gives_our_vectors(run, tmp_path):
     hf = pytest.importorskip("transformers", reason="install the dev extra")
-    from bertpretrain.export import export
+    from bertpretrain.hf.export import export
 
     out = export(run, tmp_path / "hf")
     vocab_txt = (out / "vocab.txt").read_text(encoding="utf-8").split("\n")

@@ -11,8 +11,8 @@ import time
 import torch
 
 from benchmarks.harness import SIZES, real_batches, sync
-from bertpretrain.model import BertConfig, BertForPretraining
-from bertpretrain.optimize import PretrainingLosses, training_step
+from bertpretrain.model.bert import BertConfig, BertForPretraining
+from bertpretrain.training.optimize import PretrainingLosses, training_step
 
 
 def bench_compile(steps: int, precisions: list[str], device) -> list[dict]:

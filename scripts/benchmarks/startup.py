@@ -9,8 +9,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from bertpretrain import checkpoint
-from bertpretrain.model import BertConfig, BertForPretraining
+from bertpretrain.model.bert import BertConfig, BertForPretraining
+from bertpretrain.training import checkpoint
 
 
 def bench_encode_start(reps: int) -> list[dict]:

@@ -14,8 +14,8 @@ from collections.abc import Callable
 import torch
 
 from benchmarks.harness import SIZES, real_batches, sync
-from bertpretrain.model import BertConfig, BertForPretraining, flops_per_sequence
-from bertpretrain.optimize import PretrainingLosses, training_step
+from bertpretrain.model.bert import BertConfig, BertForPretraining, flops_per_sequence
+from bertpretrain.training.optimize import PretrainingLosses, training_step
 
 
 def ours(size: str, vocab: int, precision: str, device) -> Callable[[dict], None]:

@@ -17,9 +17,9 @@ from typing import Any
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from bertpretrain.architecture import BertConfig, architecture_of
 from bertpretrain.config_checks import check
 from bertpretrain.errors import UserError
+from bertpretrain.model.architecture import BertConfig, architecture_of
 
 
 @dataclass

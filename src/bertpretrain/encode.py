@@ -38,9 +38,9 @@ from bertpretrain.data.tokenizer import Tokenizer
 from bertpretrain.data.vocab import CLS, CLS_ID, PAD_ID, SEP, SEP_ID
 from bertpretrain.device import pick_device
 from bertpretrain.errors import UserError
-from bertpretrain.evaluate import COLLAPSED
 from bertpretrain.load import MIN_LEN, load_model
-from bertpretrain.model import BertModel
+from bertpretrain.model.bert import BertModel
+from bertpretrain.training.evaluate import COLLAPSED
 
 
 @dataclass

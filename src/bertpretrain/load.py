@@ -12,10 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bertpretrain import checkpoint, published, rundir
 from bertpretrain.data.tokenizer import Tokenizer, from_state
 from bertpretrain.errors import UserError
-from bertpretrain.model import BertConfig, BertForPretraining
+from bertpretrain.hf import published
+from bertpretrain.model.bert import BertConfig, BertForPretraining
+from bertpretrain.training import checkpoint, rundir
 
 TRAIN_HINT = "train one with `bertpretrain train model=tiny`"
 MIN_LEN = 5  # `<cls> a <sep> b <sep>` with one word per sentence, as training requires

@@ -11,7 +11,7 @@ import json
 import time
 from pathlib import Path
 
-from bertpretrain import checkpoint, rundir
+from bertpretrain.training import checkpoint, rundir
 
 
 def find_runs(root: Path) -> list[Path]:

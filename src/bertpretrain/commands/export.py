@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from bertpretrain.errors import ArgumentParser
-from bertpretrain.export import FILES, export
+from bertpretrain.hf.export import FILES, export
 
 EPILOG = """\
 examples:

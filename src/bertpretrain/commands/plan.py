@@ -13,16 +13,16 @@ import argparse
 
 import torch
 
-from bertpretrain import plan
-from bertpretrain.activation_memory import fused_attention
-from bertpretrain.attention import why_not_varlen
 from bertpretrain.commands.precheck import search_path
 from bertpretrain.config import Config, compose
 from bertpretrain.config_checks import parse_size as config_parse_size
 from bertpretrain.config_ranges import RANGES, Range, check_value
 from bertpretrain.device import resolve_precision
 from bertpretrain.errors import ArgumentParser, UserError
-from bertpretrain.plan import DEFAULT_VOCAB, MARGIN, Plan, format_count, format_size
+from bertpretrain.memory import plan
+from bertpretrain.memory.activations import fused_attention
+from bertpretrain.memory.plan import DEFAULT_VOCAB, MARGIN, Plan, format_count, format_size
+from bertpretrain.model.attention import why_not_varlen
 
 
 def main(argv: list[str]) -> None:
@@ -53,7 +53,7 @@ def main(argv: list[str]) -> None:
 def _vocab_size(cfg: Config, given: int | None) -> int:
     """--vocab-size, else init='s vocabulary, tokenizer.vocab_size or BERT's."""
     if cfg.init:  # that model's architecture replaces model.*, and its vocabulary is known
-        from bertpretrain import published
+        from bertpretrain.hf import published
 
         adopted = published.adopt_architecture(cfg)[1].vocab_size
         return given or adopted

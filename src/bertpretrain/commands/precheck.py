@@ -14,10 +14,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from bertpretrain import checkpoint
-from bertpretrain.architecture import ARCHITECTURE
 from bertpretrain.config import compose, sweep_jobs
 from bertpretrain.errors import UserError
+from bertpretrain.model.architecture import ARCHITECTURE
+from bertpretrain.training import checkpoint
 
 
 def precheck(args: argparse.Namespace, probe_run_dir: bool = True) -> DictConfig | None:
@@ -94,7 +94,7 @@ def _check_chdir(cfg: DictConfig) -> None:
 def _check_init_overrides(overrides: list[str], cfg: DictConfig) -> None:
     """With init=, the architecture is that model's: a `model=` or `model.X=` override that
     asks for another is refused (one that agrees, or a speed setting, passes)."""
-    from bertpretrain import published
+    from bertpretrain.hf import published
 
     keys = [override.split("=", 1)[0].lstrip("+~") for override in overrides]
     if not any(key == "model" or key.removeprefix("model.") in ARCHITECTURE for key in keys):

@@ -9,7 +9,7 @@ import sys
 from bertpretrain.config import compose
 from bertpretrain.data import prepare
 from bertpretrain.errors import ArgumentParser
-from bertpretrain.memory import peak_memory
+from bertpretrain.memory.budget import peak_memory
 
 
 def main(argv: list[str]) -> None:
@@ -28,7 +28,7 @@ def main(argv: list[str]) -> None:
     )
     tokenizer = None
     if cfg.init:  # the corpus is prepared with that model's vocabulary
-        from bertpretrain import published
+        from bertpretrain.hf import published
 
         tokenizer = published.init_tokenizer(published.init_architecture(cfg.init)[0])
     store = prepare(cfg.data, cfg.tokenizer, tokenizer)

@@ -16,10 +16,10 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from bertpretrain import checkpoint, rundir
 from bertpretrain.commands.overrides import override
 from bertpretrain.config import without_hydra
 from bertpretrain.errors import UserError
+from bertpretrain.training import checkpoint, rundir
 
 
 def recorded_overrides(args: argparse.Namespace, cfg: DictConfig) -> list[str]:

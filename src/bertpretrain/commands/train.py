@@ -152,7 +152,7 @@ def _one_run_dir(
 def _job(cfg: DictConfig, tracebacks: bool) -> None:
     """One run, as Hydra starts it: alone (an error ends it through the boundary of every
     command, `fail.report`), or as one job of a sweep, which survives it."""
-    from bertpretrain.train import train  # torch & co. only once the config is known good
+    from bertpretrain.training.loop import train  # torch & co. only once the config is known good
 
     hydra_config = HydraConfig.get()
     multirun = hydra_config.mode == RunMode.MULTIRUN
@@ -189,7 +189,8 @@ def _sweep_job_failed(hydra_config: DictConfig, error: Exception, user_error: st
 def _record(run_dir: Path, cfg: DictConfig, hydra_config: DictConfig) -> Callable[[], None]:
     """What Hydra writes into .hydra/ at a job's start, for `train` to write once the run
     is accepted: written earlier, a refused run would replace another run's record."""
-    from bertpretrain import files, rundir
+    from bertpretrain import files
+    from bertpretrain.training import rundir
 
     texts = {
         "config.yaml": OmegaConf.to_yaml(cfg),

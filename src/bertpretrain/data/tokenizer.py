@@ -73,7 +73,7 @@ class Tokenizer:
     """A vocabulary and the rule that maps text onto it.
 
     `published` describes a vocabulary read from a published BERT's `vocab.txt`
-    (published.py): "names", its special tokens in our reserved order (unk, pad, mask,
+    (hf/published.py): "names", its special tokens in our reserved order (unk, pad, mask,
     cls, sep), which take ids 0..4 here as ours do; "ids", their lines in vocab.txt (the
     other tokens keep their order after them); "strip_accents" and "chinese_chars", its
     normaliser's settings. So every id rule of ours holds, and export writes vocab.txt back

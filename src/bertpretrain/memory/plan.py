@@ -4,8 +4,8 @@ accumulation from it (`choose_accum`), and `bertpretrain plan` prints it
 
 Weights, gradients and Adam's two states are read off the model itself: the plan builds
 BertForPretraining on the meta device (shapes and dtypes, no memory) and counts its
-parameters' bytes, so a change to model.py changes the plan by construction. Activations
-cannot be read off the modules; bertpretrain.activation_memory counts the tensors autograd
+parameters' bytes, so a change to model/bert.py changes the plan by construction. Activations
+cannot be read off the modules; memory/activations.py counts the tensors autograd
 saves for backward, term by term. Two terms are rough on purpose and say so: backward's
 own buffers and the runtime overhead. Gradients are counted as alive for the whole step,
 as they are from the second micro-step of gradient accumulation on, so with
@@ -35,18 +35,18 @@ from dataclasses import dataclass
 
 import torch
 
-from bertpretrain.activation_memory import activation_bytes
 from bertpretrain.config import Config
 from bertpretrain.device import bf16_is_native, resolve_precision
 from bertpretrain.errors import UserError
-from bertpretrain.memory import (
+from bertpretrain.memory.activations import activation_bytes
+from bertpretrain.memory.budget import (
     device_memory,
     device_type,
     format_size,
     memory_budget,
     resident_memory,
 )
-from bertpretrain.model import BertConfig, BertForPretraining
+from bertpretrain.model.bert import BertConfig, BertForPretraining
 
 DEFAULT_VOCAB = 30522  # BERT's WordPiece vocabulary
 LARGEST_SEARCHED = 1 << 20  # micro-batches beyond this are reported as "at least"

@@ -12,8 +12,8 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
-from bertpretrain.architecture import ACTIVATIONS, BertConfig
-from bertpretrain.attention import (
+from bertpretrain.model.architecture import ACTIVATIONS, BertConfig
+from bertpretrain.model.attention import (
     Packing,
     pack,
     rounded_rows,

@@ -15,16 +15,19 @@ from pathlib import Path
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
-from bertpretrain import checkpoint, data, distributed, plan, published
-from bertpretrain.attention import attention_path
+from bertpretrain import data, distributed
 from bertpretrain.config import Config, SpeedConfig
 from bertpretrain.data.examples import Dataset
 from bertpretrain.data.tokenizer import from_state as tokenizer_from_state
 from bertpretrain.device import bf16_is_native, pick_device, resolve_precision
 from bertpretrain.errors import UserError
-from bertpretrain.model import BertConfig, BertForPretraining, count_parameters, describe
-from bertpretrain.optimize import PretrainingLosses, make_optimizer, make_scheduler
-from bertpretrain.progress import open_writer
+from bertpretrain.hf import published
+from bertpretrain.memory import plan
+from bertpretrain.model.attention import attention_path
+from bertpretrain.model.bert import BertConfig, BertForPretraining, count_parameters, describe
+from bertpretrain.training import checkpoint
+from bertpretrain.training.optimize import PretrainingLosses, make_optimizer, make_scheduler
+from bertpretrain.training.progress import open_writer
 
 log = logging.getLogger("bertpretrain.train")
 

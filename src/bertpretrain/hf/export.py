@@ -9,7 +9,7 @@ The folder loads with `transformers.BertForPreTraining.from_pretrained(OUT_DIR)`
     tokenizer_config.json    BertTokenizer, lower-casing, the settings below
     special_tokens_map.json  [UNK] [PAD] [MASK] [CLS] [SEP]
 
-The weights are a rename (model.py uses transformers' names) except the fused `qkv`
+The weights are a rename (model/bert.py uses transformers' names) except the fused `qkv`
 projection, split into query, key and value (its 3H outputs are q, k, v in that order).
 The tied MLM decoder is written out as `cls.predictions.decoder.weight` (the word
 embeddings) and `cls.predictions.decoder.bias` (= `cls.predictions.bias`).
@@ -57,15 +57,15 @@ from bertpretrain import files
 from bertpretrain.data.tokenizer import Tokenizer
 from bertpretrain.data.vocab import PAD_ID, RESERVED
 from bertpretrain.errors import UserError
-from bertpretrain.load import find_model, load_model
-from bertpretrain.model import BertConfig
-from bertpretrain.published import VOCAB_ROWS, hf_names
-from bertpretrain.published_vocab import (
+from bertpretrain.hf.published import VOCAB_ROWS, hf_names
+from bertpretrain.hf.vocab import (
     SPECIAL_DEFAULTS,
     SPECIAL_KEYS,
     published_order,
     published_vocab,
 )
+from bertpretrain.load import find_model, load_model
+from bertpretrain.model.bert import BertConfig
 
 MARKER = ".bertpretrain-export"  # what --force looks for before it replaces a folder
 FILES = [

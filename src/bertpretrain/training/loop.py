@@ -2,7 +2,7 @@
 
 `train(cfg, run_dir)` is plain Python: Hydra (cli.py) only chooses the config and the run
 dir, so tests and notebooks call it directly. What the loop touches is one `Run`, built
-by `run_setup.set_up`; each of the loop's steps is a function of it below.
+by `setup.set_up`; each of the loop's steps is a function of it below.
 """
 
 from __future__ import annotations
@@ -14,17 +14,19 @@ from pathlib import Path
 
 import torch
 
-from bertpretrain import checkpoint, distributed, plan, rundir, signals
+from bertpretrain import distributed
 from bertpretrain.config import Config, to_dict
 from bertpretrain.data.batches import BatchStream, batch_loader
 from bertpretrain.device import pick_device
 from bertpretrain.errors import UserError
-from bertpretrain.evaluate import COLLAPSED, evaluate
-from bertpretrain.memory import peak_memory
-from bertpretrain.model import flops_per_sequence
-from bertpretrain.optimize import split_batch, training_step
-from bertpretrain.progress import Progress, write_hparams
-from bertpretrain.run_setup import Run, set_up
+from bertpretrain.memory import plan
+from bertpretrain.memory.budget import peak_memory
+from bertpretrain.model.bert import flops_per_sequence
+from bertpretrain.training import checkpoint, rundir, signals
+from bertpretrain.training.evaluate import COLLAPSED, evaluate
+from bertpretrain.training.optimize import split_batch, training_step
+from bertpretrain.training.progress import Progress, write_hparams
+from bertpretrain.training.setup import Run, set_up
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,9 @@ import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from bertpretrain import checkpoint, files
+from bertpretrain import files
 from bertpretrain.errors import UserError
+from bertpretrain.training import checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +128,7 @@ def update_latest(run_dir: Path) -> None:
 
 def done_line(summary: dict) -> str:
     """The log's last line: what the run reached and where its results are."""
-    from bertpretrain.memory import format_size
+    from bertpretrain.memory.budget import format_size
 
     val = (
         f", val mlm {summary['val_mlm_loss']:.3f} (acc {summary['val_mlm_acc']:.3f}) "

@@ -7,7 +7,7 @@ A folder as `save_pretrained` writes it (`config.json`, `model.safetensors` or
 - the architecture comes from `config.json` (layers, hidden size, heads, FFN, positions,
   type vocabulary, LayerNorm eps, activation); anything that is not BERT is refused;
 - the tokenizer is the folder's WordPiece `vocab.txt` with its normaliser settings, its
-  special tokens moved to our ids 0..4 (published_vocab.py). The word embeddings and the
+  special tokens moved to our ids 0..4 (hf/vocab.py). The word embeddings and the
   MLM bias are permuted the same way here and back on export, so the model computes
   exactly what it computes in `transformers`, and export writes the very vocab.txt back;
 - the weights are read from safetensors, or from a `.bin` with `weights_only=True` (never
@@ -30,11 +30,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from bertpretrain.architecture import architecture_of
 from bertpretrain.data.tokenizer import Tokenizer
 from bertpretrain.errors import UserError
-from bertpretrain.model import BertConfig, BertForPretraining
-from bertpretrain.published_vocab import published_order, read_tokenizer, tokenizer_settings
+from bertpretrain.hf.vocab import published_order, read_tokenizer, tokenizer_settings
+from bertpretrain.model.architecture import architecture_of
+from bertpretrain.model.bert import BertConfig, BertForPretraining
 
 if TYPE_CHECKING:
     from bertpretrain.config import Config
@@ -276,8 +276,8 @@ def _our_weights(
 def init_architecture(source: str) -> tuple[Path, BertConfig]:
     """What `init=` names (a transformers folder, a Hub name, or one of our run dirs or
     checkpoints) and its architecture, read without building the model."""
-    from bertpretrain import checkpoint
     from bertpretrain.load import load_model
+    from bertpretrain.training import checkpoint
 
     path = resolve(source)
     if is_model_folder(path):

@@ -10,7 +10,7 @@ import torch
 
 from bertpretrain import distributed
 from bertpretrain.config import OptimConfig
-from bertpretrain.model import BertForPretraining
+from bertpretrain.model.bert import BertForPretraining
 
 
 def make_optimizer(model: torch.nn.Module, optim: OptimConfig) -> torch.optim.Optimizer:

@@ -14,7 +14,7 @@ import torch
 
 from bertpretrain.data.batches import eval_batches
 from bertpretrain.data.examples import Examples
-from bertpretrain.model import BertForPretraining
+from bertpretrain.model.bert import BertForPretraining
 
 
 @torch.no_grad()

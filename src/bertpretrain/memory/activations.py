@@ -1,11 +1,11 @@
 """The memory one training micro-batch's activations take: the tensors autograd saves for
-backward in model.py's packed training path (BertForPretraining.losses), counted by hand.
+backward in model/bert.py's packed training path (BertForPretraining.losses), counted by hand.
 
 Weights can be read off the modules (bertpretrain.plan does); what backward keeps cannot,
-so each `_..._bytes` function below mirrors one part of model.py, one term a saved tensor,
+so each `_..._bytes` function below mirrors one part of model/bert.py, one term a saved tensor,
 its comment naming the tensor and the op that saves it. Sizes are by dtype: fp32 4 bytes,
 bf16 2, int64 8, a bool dropout mask 1. Backward's own buffers (`_backward_peaks`) are
-rough on purpose and say so. A change to what model.py saves must change these terms:
+rough on purpose and say so. A change to what model/bert.py saves must change these terms:
 tests/test_plan.py measures real training steps against them.
 """
 
@@ -16,12 +16,12 @@ from dataclasses import dataclass
 
 import torch
 
-from bertpretrain.attention import why_not_varlen
 from bertpretrain.config import Config
 from bertpretrain.data.masking import MASK_RATE
 from bertpretrain.device import resolve_precision
-from bertpretrain.memory import format_size
-from bertpretrain.model import BertConfig
+from bertpretrain.memory.budget import format_size
+from bertpretrain.model.attention import why_not_varlen
+from bertpretrain.model.bert import BertConfig
 
 
 @dataclass(frozen=True)

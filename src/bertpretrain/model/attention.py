@@ -11,7 +11,7 @@ for the training log:
   attention dropout), else `torch.nn.attention.varlen.varlen_attn` (it has no dropout:
   on that kernel attention dropout is off, and the log line says so).
 - **padded** (everywhere else): the tokens are scattered back to (B, heads, L, d) for
-  scaled_dot_product_attention with a key mask (model.py's `padded_attention`).
+  scaled_dot_product_attention with a key mask (bert.py's `padded_attention`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 if TYPE_CHECKING:
-    from bertpretrain.model import BertConfig
+    from bertpretrain.model.bert import BertConfig
 
 HALF = (torch.float16, torch.bfloat16)  # the dtypes Flash Attention computes in
 LARGEST_HEAD_DIM = 256  # Flash Attention's limit; it also wants a multiple of 8
