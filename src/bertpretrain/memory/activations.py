@@ -20,7 +20,7 @@ from bertpretrain.config import Config
 from bertpretrain.data.masking import MASK_RATE
 from bertpretrain.device import resolve_precision
 from bertpretrain.memory.budget import format_size
-from bertpretrain.model.attention import why_not_varlen
+from bertpretrain.model.attention import rounded_rows, why_not_varlen
 from bertpretrain.model.bert import BertConfig
 
 
@@ -53,7 +53,10 @@ class _Shapes:
 
 def _shapes_for(cfg: Config, arch: BertConfig, batch: int, fill: float, device: str) -> _Shapes:
     """A micro-batch of `batch` sequences with a real-token `fill` on `device`."""
-    tokens = math.ceil(fill * batch * cfg.data.max_len)
+    padded = batch * cfg.data.max_len
+    # a training step packs its real tokens and MLM rows rounded up (model/attention.py)
+    tokens = rounded_rows(math.ceil(fill * padded), padded)
+    masked = max(batch, round(MASK_RATE * fill * padded))  # at least one a sequence
     matmul = 2 if resolve_precision(cfg.speed.precision, device) == "bf16" else 4
     dtype = torch.bfloat16 if matmul == 2 else torch.float32
     head_dim = arch.hidden_size // arch.num_heads
@@ -66,7 +69,7 @@ def _shapes_for(cfg: Config, arch: BertConfig, batch: int, fill: float, device: 
         heads=arch.num_heads,
         vocab=arch.vocab_size,
         tokens=tokens,
-        masked=max(batch, round(MASK_RATE * tokens)),  # at least one a sequence
+        masked=rounded_rows(masked, padded),
         matmul=matmul,
         head_norm=4 if device == "cuda" else matmul,
         mask=1 if arch.dropout > 0 else 0,
