@@ -51,7 +51,7 @@ LAYERS_TEXT = (
 def layer_figures(run: Path) -> list[str]:
     """Per block: mean norm and token spread of the residual and of each branch."""
     from bertpretrain.encode import Encoder
-    from bertpretrain.model.bert import pack
+    from bertpretrain.model.attention import pack
 
     enc = Encoder.load(run)
     model = enc.model

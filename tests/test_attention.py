@@ -18,16 +18,17 @@ from test_model import SMALL, random_batch, small_model
 
 from bertpretrain.model import attention
 from bertpretrain.model import bert as bert_module
+from bertpretrain.model.architecture import BertConfig
 from bertpretrain.model.attention import (
     VarlenKernel,
     attention_path,
     cumulative_lengths,
     pack,
+    padded_attention,
     varlen_attention,
     varlen_kernel,
     why_not_varlen,
 )
-from bertpretrain.model.bert import BertConfig, padded_attention
 
 CUDA = torch.device("cuda")
 CPU = torch.device("cpu")

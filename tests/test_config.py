@@ -10,7 +10,7 @@ import yaml
 from bertpretrain.config import ModelConfig, compose, conf_dir, to_dict
 from bertpretrain.errors import UserError
 from bertpretrain.model.architecture import ARCHITECTURE, BertConfig
-from bertpretrain.training.checkpoint import check_resume
+from bertpretrain.training.resume import check_resume
 
 
 def test_the_model_group_is_the_models_own_schema_plus_a_name():

@@ -13,7 +13,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bertpretrain.model.bert import BertConfig, BertForPretraining, dropout
+from bertpretrain.model.attention import dropout
+from bertpretrain.model.bert import BertConfig, BertForPretraining
 
 
 def plain_losses(model: BertForPretraining, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:

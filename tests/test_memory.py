@@ -15,11 +15,13 @@ import pytest
 import torch
 from conftest import SHARED_WIKITEXT, TINY_ARGS, build_wikitext, run_cli
 from test_distributed import losses
+from test_plan import work
 
 from bertpretrain.config import compose
 from bertpretrain.data.batches import BatchStream
 from bertpretrain.errors import UserError
-from bertpretrain.memory import plan
+from bertpretrain.memory import fit, plan
+from bertpretrain.memory.budget import memory_budget
 from bertpretrain.model.bert import BertConfig, BertForPretraining
 from bertpretrain.training.optimize import PretrainingLosses, split_batch, training_step
 
@@ -57,30 +59,30 @@ def test_bad_accumulation_and_budget_are_refused_in_one_line(override, message):
 
 
 def test_budget_sizes_are_read_as_users_write_them():
-    assert plan.memory_budget(config("trainer.memory_budget=8GB"), "cpu")[0] == 8 * 10**9
-    assert plan.memory_budget(config("trainer.memory_budget=1.5GiB"), "cpu")[0] == 1.5 * 2**30
-    assert plan.memory_budget(config("trainer.memory_budget=2000000"), "cpu")[0] == 2 * 10**6
+    assert memory_budget(config("trainer.memory_budget=8GB").trainer, "cpu")[0] == 8 * 10**9
+    assert memory_budget(config("trainer.memory_budget=1.5GiB").trainer, "cpu")[0] == 1.5 * 2**30
+    assert memory_budget(config("trainer.memory_budget=2000000").trainer, "cpu")[0] == 2 * 10**6
 
 
 def test_auto_takes_the_fewest_micro_steps_that_fit():
     cfg = config(*TINY_512)
-    accum, roomy = plan.choose_accum(cfg, VOCAB, FILL, "cpu", 64 * 2**30, "test")
+    accum, roomy = fit.choose_accum(work(cfg), VOCAB, FILL, "cpu", 64 * 2**30, "test")
     assert (accum, roomy.micro_batch) == (1, 64)
     activations = roomy.total - roomy.fixed
     budget = int((roomy.fixed + activations / 3) / plan.MARGIN)  # a third of the batch fits
-    accum, chosen = plan.choose_accum(cfg, VOCAB, FILL, "cpu", budget, "test")
+    accum, chosen = fit.choose_accum(work(cfg), VOCAB, FILL, "cpu", budget, "test")
     assert accum in divisors(64) and accum > 1
     assert chosen.micro_batch * accum == 64 and chosen.fits
     fewer = max(a for a in divisors(64) if a < accum)
-    assert not plan.make_plan(cfg, VOCAB, FILL, "cpu", budget, accum=fewer).fits
+    assert not plan.make_plan(work(cfg), VOCAB, FILL, "cpu", budget, accum=fewer).fits
 
 
 def test_an_accumulation_that_does_not_fit_is_refused_naming_one_that_does():
     cfg = config(*TINY_512, "trainer.grad_accum=1")
-    whole = plan.make_plan(cfg, VOCAB, FILL, "cpu", 64 * 2**30)
+    whole = plan.make_plan(work(cfg), VOCAB, FILL, "cpu", 64 * 2**30)
     budget = int((whole.fixed + (whole.total - whole.fixed) / 3) / plan.MARGIN)
     with pytest.raises(UserError) as refused:
-        plan.choose_accum(cfg, VOCAB, FILL, "cpu", budget, "trainer.memory_budget=X")
+        fit.choose_accum(work(cfg), VOCAB, FILL, "cpu", budget, "trainer.memory_budget=X")
     found = re.fullmatch(
         r"trainer.grad_accum=1 \(micro-batch 64\) needs [\d.]+ [GM]iB but trainer.memory_budget=X "
         r"allows [\d.]+ [GM]iB \(90% of [\d.]+ [GM]iB\); trainer.grad_accum=(\d+) \(micro-batch (\d+)\) "
@@ -89,26 +91,26 @@ def test_an_accumulation_that_does_not_fit_is_refused_naming_one_that_does():
     )
     assert found, refused.value
     named = int(found[1])
-    assert plan.make_plan(cfg, VOCAB, FILL, "cpu", budget, accum=named).fits
+    assert plan.make_plan(work(cfg), VOCAB, FILL, "cpu", budget, accum=named).fits
     assert int(found[2]) * named == 64
 
 
 def test_what_cannot_fit_at_all_says_what_would():
     cfg = config("model=tiny", "data.max_len=512")
-    one = plan.make_plan(cfg, VOCAB, FILL, "cpu", 1 << 50, accum=512)  # a micro-batch of 1
+    one = plan.make_plan(work(cfg), VOCAB, FILL, "cpu", 1 << 50, accum=512)  # a micro-batch of 1
     checkpointed = plan.make_plan(
-        config("model=tiny", "data.max_len=512", "speed.gradient_checkpointing=true"),
+        work(config("model=tiny", "data.max_len=512", "speed.gradient_checkpointing=true")),
         VOCAB, FILL, "cpu", 1 << 50, accum=512,
     )  # fmt: skip
     assert checkpointed.total < one.total
     between = int((one.total + checkpointed.total) / 2 / plan.MARGIN)
     with pytest.raises(UserError, match=r"^even a micro-batch of 1 needs .*; try ") as refused:
-        plan.choose_accum(cfg, VOCAB, FILL, "cpu", between, "the available RAM")
+        fit.choose_accum(work(cfg), VOCAB, FILL, "cpu", between, "the available RAM")
     assert "try speed.gradient_checkpointing=true, or a shorter data.max_len (now 512)" in str(
         refused.value
     )
     with pytest.raises(UserError, match=r"are needed before the first batch .* smaller model"):
-        plan.choose_accum(cfg, VOCAB, FILL, "cpu", one.fixed, "the available RAM")
+        fit.choose_accum(work(cfg), VOCAB, FILL, "cpu", one.fixed, "the available RAM")
 
 
 def test_a_stop_between_micro_batches_drops_the_step_untouched():
@@ -203,7 +205,7 @@ def tiny_512_runs(tmp_path_factory, cli_env, wikitext_dir):
     vocab = int(re.search(r"vocabulary of (\d+)", log)[1])
     fill = float(re.search(r"real-token fill ([\d.]+)", log)[1])
     activations = plan.make_plan(
-        config(*TINY_512, "model.dropout=0"), vocab, fill, "cpu", 1 << 50, accum=1
+        work(config(*TINY_512, "model.dropout=0")), vocab, fill, "cpu", 1 << 50, accum=1
     ).activation_total
     planned = json.loads((whole / "summary.json").read_text())["planned_memory"]
     budget = int((planned - 0.6 * activations) / plan.MARGIN)
@@ -283,4 +285,4 @@ def test_plan_shows_the_accumulation_train_would_take(tmp_path, cli_env):
 def test_the_cuda_budget_is_asked_of_the_device_training_runs_on():
     """trainer.device=auto picks CUDA: the budget is that device's, not torch.device("auto")."""
     with pytest.raises(UserError, match="is not available here"):
-        plan.memory_budget(config("trainer.device=auto"), torch.device("cuda"))
+        memory_budget(config("trainer.device=auto").trainer, torch.device("cuda"))

@@ -13,13 +13,13 @@ import pytest
 import torch
 from conftest import REPO, build_wikitext
 
+from bertpretrain import init_from
 from bertpretrain.commands import plan as plan_command
 from bertpretrain.config import compose
 from bertpretrain.data.batches import BatchStream
 from bertpretrain.device import resolve_precision
 from bertpretrain.errors import UserError
-from bertpretrain.hf import published
-from bertpretrain.memory import plan
+from bertpretrain.memory import fit, plan
 from bertpretrain.model.bert import BertConfig, BertForPretraining, count_parameters
 
 LARGE_512 = ["model=large", "data.max_len=512", "trainer.batch_size=32"]
@@ -27,6 +27,11 @@ LARGE_512 = ["model=large", "data.max_len=512", "trainer.batch_size=32"]
 
 def config(*overrides: str):
     return compose(list(overrides))[0]
+
+
+def work(cfg) -> plan.Workload:
+    """The slices of `cfg` a memory plan reads, as `train` and `plan` cut them."""
+    return plan.Workload(cfg.model, cfg.trainer, cfg.speed, cfg.optim, cfg.data.max_len)
 
 
 def test_plan_prints_parameters_breakdown_verdict_and_largest_micro_batches(tmp_path, bertpretrain):
@@ -62,7 +67,7 @@ def test_plan_of_an_init_model_takes_its_architecture_with_or_without_a_vocab_si
     monkeypatch, capsys
 ):
     arch = BertConfig(500, num_layers=3, hidden_size=32, num_heads=2, ffn_size=64)
-    monkeypatch.setattr(published, "init_architecture", lambda source: (source, arch))
+    monkeypatch.setattr(init_from, "init_architecture", lambda source: (source, arch))
     for extra, vocab in (([], 500), (["--vocab-size", "700"], 700)):
         plan_command.main(["init=somewhere", "trainer.device=cpu", "--device-memory=8GB", *extra])
         out = capsys.readouterr().out
@@ -81,7 +86,7 @@ def test_device_memory_sizes_decimal_binary_and_bytes():
 
 
 def planned_parameters(cfg, vocab_size: int) -> int:
-    return plan.make_plan(cfg, vocab_size, device="cpu", memory=1 << 40).params
+    return plan.make_plan(work(cfg), vocab_size, device="cpu", memory=1 << 40).params
 
 
 @pytest.mark.parametrize("model", ["tiny", "base", "large"])
@@ -105,18 +110,18 @@ def test_planned_parameters_follow_a_field_the_plan_has_no_formula_for():
 def test_fits_agrees_with_the_largest_micro_batch_and_checkpointing_helps():
     cfg = config(*LARGE_512, "speed.precision=bf16")
     for memory in (24 * 2**30, 80 * 10**9):
-        p = plan.make_plan(cfg, device="cuda", memory=memory)
+        p = plan.make_plan(work(cfg), device="cuda", memory=memory)
         assert p.fits == (p.micro_batch <= p.largest)
         assert p.largest_checkpointed > p.largest
-    padded = plan.make_plan(cfg, device="cpu", memory=2**40)
-    packed = plan.make_plan(cfg, fill=0.5, device="cpu", memory=2**40)
+    padded = plan.make_plan(work(cfg), device="cpu", memory=2**40)
+    packed = plan.make_plan(work(cfg), fill=0.5, device="cpu", memory=2**40)
     assert packed.activation_total < padded.activation_total
 
 
 def test_oom_advice_is_one_line_naming_what_fits(monkeypatch):
     cfg = config(*LARGE_512)
-    monkeypatch.setattr(plan, "device_memory", lambda name: 24 * 2**30)
-    advice = plan.oom_advice(cfg, torch.device("cpu"))
+    monkeypatch.setattr(fit, "device_memory", lambda name: 24 * 2**30)
+    advice = fit.oom_advice(work(cfg), torch.device("cpu"), cfg.tokenizer.vocab_size)
     assert re.fullmatch(
         r"out of memory at micro-batch 32: the plan says the largest that fits is \d+ "
         r"\(\d+ with speed.gradient_checkpointing=true\); lower trainer.batch_size or raise "
@@ -247,7 +252,7 @@ def test_activation_estimate_within_10_percent_of_measured_peak(case, measuremen
     measured = json.loads(stdout)
     assert measured["new_peak"], "the step did not set a new high-water mark: nothing measured"
 
-    planned = plan.make_plan(cfg, vocab, fill, "cpu", memory=1 << 50)
+    planned = plan.make_plan(work(cfg), vocab, fill, "cpu", memory=1 << 50)
     estimate = max(planned.activation_total, planned.step_scratch)
     ratio = estimate / measured["growth"]
     assert 0.9 <= ratio <= 1.1, (

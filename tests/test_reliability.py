@@ -28,7 +28,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from bertpretrain import files
 from bertpretrain.errors import UserError
-from bertpretrain.training import checkpoint
+from bertpretrain.training import checkpoint, rundir
 
 STEPS = 8
 RUN = {
@@ -489,9 +489,9 @@ def test_a_lock_held_before_its_pid_is_written_still_keeps_a_second_run_out(tmp_
         assert (run / ".lock").read_text() == ""  # untouched
     assert "is in use by another process" in result.error_line()
     assert not (run / checkpoint.SUBDIR).exists()
-    with checkpoint.run_lock(run):  # released: a later run takes it and writes its pid
+    with rundir.run_lock(run):  # released: a later run takes it and writes its pid
         assert (run / ".lock").read_text().strip() == str(os.getpid())
-        assert checkpoint.lock_owner(run) is None  # held by this very process: not "someone"
+        assert rundir.lock_owner(run) is None  # held by this very process: not "someone"
     assert not (run / ".lock").exists()
 
 

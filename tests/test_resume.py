@@ -14,6 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from bertpretrain.training import checkpoint
 from bertpretrain.training.progress import open_writer
+from bertpretrain.training.resume import flat
 
 
 def test_a_resumes_event_file_sorts_after_the_killed_runs_and_the_curve_stays_whole(tmp_path):
@@ -68,7 +69,7 @@ def test_a_resume_as_the_readme_shows_reuses_the_runs_recorded_settings(
     assert "(step 2)" in resumed.out
     before = checkpoint.load(checkpoint.path_for(recorded_run, 2))["config"]
     after = checkpoint.load(checkpoint.path_for(run, 3))["config"]
-    changed = {k for k, v in checkpoint.flat(after).items() if checkpoint.flat(before)[k] != v}
+    changed = {k for k, v in flat(after).items() if flat(before)[k] != v}
     assert changed == {"trainer.max_steps", "trainer.resume"}
 
 

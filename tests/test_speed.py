@@ -32,7 +32,9 @@ def test_speed_compile_gives_the_eager_losses_and_gradients(wikitext_dir):
     batch = BatchStream(data.train, 16, seed=0).batch(0)
     torch.manual_seed(0)
     model = BertForPretraining(BertConfig(len(data.vocab), 1, 32, 2, 64, dropout=0.0))
-    compiled = make_module(compose(["speed.compile=true"])[0], model, torch.device("cpu"), Ranks())
+    compiled = make_module(
+        compose(["speed.compile=true"])[0].speed, model, torch.device("cpu"), Ranks()
+    )
     assert isinstance(compiled, torch._dynamo.eval_frame.OptimizedModule)
     sum(compiled(batch)).backward()
     fast = {name: p.grad.clone() for name, p in model.named_parameters()}
@@ -81,7 +83,7 @@ def test_the_run_logs_which_precision_auto_chose(monkeypatch, caplog):
     monkeypatch.setattr(device, "cpu_flags", lambda: frozenset({"avx2"}))
     with caplog.at_level("INFO"):
         cfg = compose(["speed.precision=auto"])[0]
-        autocast = _autocast(cfg, torch.device("cpu"), cfg.model.architecture(100))
+        autocast = _autocast(cfg.speed, torch.device("cpu"), cfg.model.architecture(100))
     assert "precision: fp32 (speed.precision=auto; bf16 is not native on cpu)" in caplog.text
     assert "attention: on the batch padded to (B, heads, L, d)" in caplog.text
     with autocast():

@@ -10,6 +10,7 @@ BERT's 30522) and the real-token fill (--fill, default 1.0: the worst case).
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 
 import torch
 
@@ -21,7 +22,9 @@ from bertpretrain.device import resolve_precision
 from bertpretrain.errors import ArgumentParser, UserError
 from bertpretrain.memory import plan
 from bertpretrain.memory.activations import fused_attention
-from bertpretrain.memory.plan import DEFAULT_VOCAB, MARGIN, Plan, format_count, format_size
+from bertpretrain.memory.budget import device_type, format_size, memory_budget
+from bertpretrain.memory.fit import choose_accum, format_count
+from bertpretrain.memory.plan import DEFAULT_VOCAB, MARGIN, Plan, Workload
 from bertpretrain.model.attention import why_not_varlen
 
 
@@ -35,29 +38,32 @@ def main(argv: list[str]) -> None:
     batch = cfg.trainer.batch_size
     ranks = Range(1, batch, f"each rank needs a sequence of trainer.batch_size={batch}")
     check_value("--ranks", args.ranks, ranks)
-    vocab_size = _vocab_size(cfg, args.vocab_size)
-    device = plan.device_type(cfg.trainer.device)
+    cfg, vocab_size = _with_init(cfg, args.vocab_size)
+    work = Workload(cfg.model, cfg.trainer, cfg.speed, cfg.optim, cfg.data.max_len)
+    device = device_type(cfg.trainer.device)
     budget, source = _budget(cfg, device, args.device_memory)
     refusal = None
     try:
-        accum, chosen = plan.choose_accum(
-            cfg, vocab_size, args.fill, device, budget, source, args.ranks
+        accum, chosen = choose_accum(
+            work, vocab_size, args.fill, device, budget, source, args.ranks
         )
     except UserError as refused:  # what train would refuse with, printed after the table
-        accum = plan.configured_accum(cfg)
-        chosen = plan.make_plan(cfg, vocab_size, args.fill, device, budget, args.ranks, accum)
+        accum = plan.configured_accum(cfg.trainer)
+        chosen = plan.make_plan(work, vocab_size, args.fill, device, budget, args.ranks, accum)
         refusal = str(refused)
     print(format_plan(cfg, chosen, accum, vocab_size, args.fill, args.ranks, source, refusal))
 
 
-def _vocab_size(cfg: Config, given: int | None) -> int:
-    """--vocab-size, else init='s vocabulary, tokenizer.vocab_size or BERT's."""
+def _with_init(cfg: Config, given: int | None) -> tuple[Config, int]:
+    """The config with init='s architecture as model.*, and the vocabulary to plan for:
+    --vocab-size, else init='s, tokenizer.vocab_size's or BERT's."""
     if cfg.init:  # that model's architecture replaces model.*, and its vocabulary is known
-        from bertpretrain.hf import published
+        from bertpretrain.init_from import adopt
 
-        adopted = published.adopt_architecture(cfg)[1].vocab_size
-        return given or adopted
-    return given or cfg.tokenizer.vocab_size or DEFAULT_VOCAB
+        adopted = adopt(cfg.init, cfg.model, cfg.data.max_len)
+        cfg = replace(cfg, model=adopted.model)
+        return cfg, given or adopted.architecture.vocab_size
+    return cfg, given or cfg.tokenizer.vocab_size or DEFAULT_VOCAB
 
 
 def _budget(cfg: Config, device: str, device_memory: str | None) -> tuple[int, str]:
@@ -65,7 +71,7 @@ def _budget(cfg: Config, device: str, device_memory: str | None) -> tuple[int, s
     if device_memory is not None:
         return parse_size(device_memory), f"--device-memory {device_memory}"
     name = cfg.trainer.device
-    return plan.memory_budget(cfg, torch.device(device if name == "auto" else name))
+    return memory_budget(cfg.trainer, torch.device(device if name == "auto" else name))
 
 
 def parse_size(text: str) -> int:

@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from bertpretrain.config import compose, sweep_jobs
 from bertpretrain.errors import UserError
 from bertpretrain.model.architecture import ARCHITECTURE
-from bertpretrain.training import checkpoint
+from bertpretrain.training import rundir
 
 
 def precheck(args: argparse.Namespace, probe_run_dir: bool = True) -> DictConfig | None:
@@ -43,7 +43,7 @@ def precheck(args: argparse.Namespace, probe_run_dir: bool = True) -> DictConfig
     if cfg.init:
         _check_init_overrides(overrides, cfg)
     if probe_run_dir:
-        checkpoint.check_not_in_use(_run_dir(cfg))
+        rundir.check_not_in_use(_run_dir(cfg))
     return cfg
 
 
@@ -94,12 +94,12 @@ def _check_chdir(cfg: DictConfig) -> None:
 def _check_init_overrides(overrides: list[str], cfg: DictConfig) -> None:
     """With init=, the architecture is that model's: a `model=` or `model.X=` override that
     asks for another is refused (one that agrees, or a speed setting, passes)."""
-    from bertpretrain.hf import published
+    from bertpretrain.init_from import init_architecture
 
     keys = [override.split("=", 1)[0].lstrip("+~") for override in overrides]
     if not any(key == "model" or key.removeprefix("model.") in ARCHITECTURE for key in keys):
         return
-    _, arch = published.init_architecture(cfg.init)
+    _, arch = init_architecture(cfg.init)
     differ = [
         f"model.{key}={getattr(cfg.model, key)}"
         for key in ARCHITECTURE

@@ -28,9 +28,9 @@ def main(argv: list[str]) -> None:
     )
     tokenizer = None
     if cfg.init:  # the corpus is prepared with that model's vocabulary
-        from bertpretrain.hf import published
+        from bertpretrain.init_from import init_architecture, init_tokenizer
 
-        tokenizer = published.init_tokenizer(published.init_architecture(cfg.init)[0])
+        tokenizer = init_tokenizer(init_architecture(cfg.init)[0])
     store = prepare(cfg.data, cfg.tokenizer, tokenizer)
     valid = f", {len(store.valid.tokens)} validation tokens" if store.valid is not None else ""
     print(

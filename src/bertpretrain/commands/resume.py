@@ -2,7 +2,7 @@
 
 A resume continues a run, so every setting the command line does not name is the run's own
 (its .hydra/config.yaml, else its checkpoint's config), not conf/'s default: the user need
-not retype the run's overrides. `checkpoint.check_resume` then refuses only a new override
+not retype the run's overrides. `resume.check_resume` then refuses only a new override
 that changes the results. The recorded settings reach Hydra as overrides (only those that
 differ from what the command line composes), so Hydra's own record of the resumed run
 lists them too.
@@ -20,6 +20,7 @@ from bertpretrain.commands.overrides import override
 from bertpretrain.config import without_hydra
 from bertpretrain.errors import UserError
 from bertpretrain.training import checkpoint, rundir
+from bertpretrain.training.resume import flat
 
 
 def recorded_overrides(args: argparse.Namespace, cfg: DictConfig) -> list[str]:
@@ -33,17 +34,17 @@ def recorded_overrides(args: argparse.Namespace, cfg: DictConfig) -> list[str]:
     if recorded is None:
         return []
     named = {_key(o) for o in args.overrides}
-    now = checkpoint.flat(OmegaConf.to_container(without_hydra(cfg), resolve=False))
+    now = flat(OmegaConf.to_container(without_hydra(cfg), resolve=False))
     extra = []
     source = recorded.get("data", {}).get("source")
     if "data" not in named and source and source != cfg.data.source:
         # each corpus has its own keys: the run's data group, and every one of its settings
         extra.append(f"data={_choices(run_dir).get('data', source)}")
         now = {k: v for k, v in now.items() if not k.startswith("data.")}
-        now |= {k: object() for k in checkpoint.flat(recorded) if k.startswith("data.")}
+        now |= {k: object() for k in flat(recorded) if k.startswith("data.")}
     return extra + [
         override(key, value)
-        for key, value in checkpoint.flat(recorded).items()
+        for key, value in flat(recorded).items()
         if key in now and now[key] != value and not _named(key, named)
     ]
 

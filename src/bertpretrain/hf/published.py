@@ -25,7 +25,6 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -33,11 +32,7 @@ import torch
 from bertpretrain.data.tokenizer import Tokenizer
 from bertpretrain.errors import UserError
 from bertpretrain.hf.vocab import published_order, read_tokenizer, tokenizer_settings
-from bertpretrain.model.architecture import architecture_of
 from bertpretrain.model.bert import BertConfig, BertForPretraining
-
-if TYPE_CHECKING:
-    from bertpretrain.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -271,50 +266,3 @@ def _our_weights(
             "they" if len(fresh_parts) > 1 else "it",
         )
     return state
-
-
-def init_architecture(source: str) -> tuple[Path, BertConfig]:
-    """What `init=` names (a transformers folder, a Hub name, or one of our run dirs or
-    checkpoints) and its architecture, read without building the model."""
-    from bertpretrain.load import load_model
-    from bertpretrain.training import checkpoint
-
-    path = resolve(source)
-    if is_model_folder(path):
-        return path, read_config(path)
-    if not os.path.lexists(path):  # a dangling link: checkpoint.resolve says so
-        raise UserError(
-            f"init={source} does not exist; give a transformers BERT folder, a Hub name such "
-            "as bert-base-uncased, or a run dir or checkpoint of ours"
-        )
-    found = checkpoint.resolve(path)
-    return found, load_model(found).model.config
-
-
-def init_tokenizer(path: Path) -> Tokenizer:
-    """The tokenizer that `init_architecture` found at `path`, without the weights when it
-    is a transformers folder."""
-    return read_tokenizer(path) if is_model_folder(path) else init_weights(path)[1]
-
-
-def init_weights(path: Path) -> tuple[BertForPretraining, Tokenizer]:
-    """The model and tokenizer that `init_architecture` found at `path`."""
-    from bertpretrain.load import load_model
-
-    loaded = load_model(path)
-    return loaded.model, loaded.tokenizer
-
-
-def adopt_architecture(cfg: Config) -> tuple[Path, BertConfig]:
-    """Where `init=` points and its architecture, which is written into cfg.model: the
-    run's record and checkpoints then say what was trained, and a resume compares it."""
-    path, arch = init_architecture(cfg.init)
-    cfg.model.name = "init"
-    for name, value in architecture_of(arch).items():
-        setattr(cfg.model, name, value)
-    if cfg.data.max_len > arch.max_position:
-        raise UserError(
-            f"data.max_len={cfg.data.max_len} is longer than init={cfg.init}'s "
-            f"{arch.max_position} positions; use data.max_len={arch.max_position} or less"
-        )
-    return path, arch

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 import torch
 
-from bertpretrain.config import Config
 from bertpretrain.data.masking import MASK_RATE
 from bertpretrain.device import resolve_precision
 from bertpretrain.memory.budget import format_size
@@ -51,19 +50,21 @@ class _Shapes:
         return self.batch * self.heads * self.length * self.length  # (B, heads, L, L)
 
 
-def _shapes_for(cfg: Config, arch: BertConfig, batch: int, fill: float, device: str) -> _Shapes:
-    """A micro-batch of `batch` sequences with a real-token `fill` on `device`."""
-    padded = batch * cfg.data.max_len
+def _shapes_for(
+    arch: BertConfig, max_len: int, precision: str, batch: int, fill: float, device: str
+) -> _Shapes:
+    """A micro-batch of `batch` sequences of `max_len` with a real-token `fill` on `device`."""
+    padded = batch * max_len
     # a training step packs its real tokens and MLM rows rounded up (model/attention.py)
     tokens = rounded_rows(math.ceil(fill * padded), padded)
     masked = max(batch, round(MASK_RATE * fill * padded))  # at least one a sequence
-    matmul = 2 if resolve_precision(cfg.speed.precision, device) == "bf16" else 4
+    matmul = 2 if resolve_precision(precision, device) == "bf16" else 4
     dtype = torch.bfloat16 if matmul == 2 else torch.float32
     head_dim = arch.hidden_size // arch.num_heads
     varlen = why_not_varlen(torch.device(device), dtype, head_dim) is None
     return _Shapes(
         batch=batch,
-        length=cfg.data.max_len,
+        length=max_len,
         hidden=arch.hidden_size,
         ffn=arch.ffn_size,
         heads=arch.num_heads,
@@ -161,16 +162,23 @@ def _backward_peaks(shapes: _Shapes) -> tuple[int, int]:
 
 
 def activation_bytes(
-    cfg: Config, arch: BertConfig, batch: int, fill: float, device: str, checkpointing: bool
+    arch: BertConfig,
+    max_len: int,
+    precision: str,
+    batch: int,
+    fill: float,
+    device: str,
+    checkpointing: bool,
 ) -> dict[str, int]:
     """What one training micro-batch of BertForPretraining.losses saves for backward, in
-    named parts, on top of weights, gradients and optimizer state.
+    named parts, on top of weights, gradients and optimizer state. `precision` is
+    speed.precision's, `max_len` data.max_len's.
 
     Under bf16 autocast matmul outputs are bf16 and each Linear saves a bf16 copy of its
     input, while the residual stream (the LayerNorm inputs) stays fp32; LayerNorm and
     softmax keep their input's dtype on the CPU and run in fp32 on CUDA.
     """
-    shapes = _shapes_for(cfg, arch, batch, fill, device)
+    shapes = _shapes_for(arch, max_len, precision, batch, fill, device)
     layers, layer, heads = arch.num_layers, _layer_bytes(shapes), _head_bytes(shapes)
     heads_peak, layer_peak = _backward_peaks(shapes)
     parts = {"embeddings": _embedding_bytes(shapes)}

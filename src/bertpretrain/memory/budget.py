@@ -11,7 +11,7 @@ import sys
 
 import torch
 
-from bertpretrain.config import Config
+from bertpretrain.config import TrainerConfig
 from bertpretrain.config_checks import parse_size as config_parse_size
 from bertpretrain.errors import UserError
 
@@ -33,12 +33,12 @@ def device_memory(name: str) -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def memory_budget(cfg: Config, device: torch.device) -> tuple[int, str]:
+def memory_budget(trainer: TrainerConfig, device: torch.device) -> tuple[int, str]:
     """The bytes a run on `device` may plan for, and where that figure comes from:
     trainer.memory_budget, or what the device has available now."""
-    if cfg.trainer.memory_budget is not None:
-        return config_parse_size(cfg.trainer.memory_budget, "trainer.memory_budget="), (
-            f"trainer.memory_budget={cfg.trainer.memory_budget}"
+    if trainer.memory_budget is not None:
+        return config_parse_size(trainer.memory_budget, "trainer.memory_budget="), (
+            f"trainer.memory_budget={trainer.memory_budget}"
         )
     if device.type == "cuda":
         return available_memory(device), "the GPU's free memory"

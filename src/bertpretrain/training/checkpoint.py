@@ -2,32 +2,23 @@
 
 A checkpoint is a dict of plain data and tensors (so `torch.load(weights_only=True)` reads
 it and a crafted file cannot run code): the model's state dict, optimizer and scheduler
-state, the step, every RNG state, the vocabulary and the resolved config.
+state, the step, every RNG state, the vocabulary and the resolved config. What a resume
+may change is training/resume.py's; who may write a run dir, training/rundir.py's.
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import fcntl
-import logging
 import os
 import pickle
 import re
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
 from bertpretrain import files
 from bertpretrain.errors import UserError
-
-if TYPE_CHECKING:
-    from bertpretrain.config import Config
-
-log = logging.getLogger(__name__)
 
 FORMAT = "bertpretrain-checkpoint/1"
 SUBDIR = "checkpoints"
@@ -144,48 +135,6 @@ def _first_line(error: BaseException, limit: int) -> str:
     return lines[0][:limit] if lines else type(error).__name__
 
 
-# What a resume may change besides the speed group (speed.*, none of which changes the
-# recipe): logging, evaluation and saving, and where the corpus lies (its bytes are checked
-# by their digest). The model's name is a label: its architecture is compared field by
-# field. Every other setting changes the trained weights, so a resume that changes it
-# would be a different run under this name.
-FREE_ON_RESUME = frozenset(
-    {
-        "model.name",
-        *(f"data.{k}" for k in ("root", "dir", "urls", "sha1", "cache", "name", "config")),
-        *(f"data.{k}" for k in ("revision", "files", "train_split", "valid_split", "valid_files")),
-        *(f"trainer.{k}" for k in ("max_steps", "grad_accum", "device", "resume")),
-        *(f"trainer.{k}" for k in ("log_every", "eval_every", "eval_batches", "save_every")),
-        *(f"trainer.{k}" for k in ("keep_last", "skip_nonfinite", "memory_budget")),
-    }
-)
-FREE_GROUPS = ("speed.",)
-
-
-def check_resume(path: Path, state: dict, config: dict) -> None:
-    """Refuse a resume that would not continue the checkpoint's run: a changed setting
-    that changes the results (each listed with its old and new value), or a max_steps the
-    checkpoint has already reached."""
-    saved, wanted = flat(state["config"]), flat(config)
-    changed = [
-        f"{key} {_shown(saved[key])} -> {_shown(value)}"
-        for key, value in wanted.items()
-        if key in saved and saved[key] != value and not _free(key)
-    ]
-    if changed:
-        raise UserError(
-            f"cannot resume {path}: {', '.join(changed)} would change the results of its "
-            "run (a resume may change speed.*, trainer.max_steps and how it logs, evaluates "
-            "and saves); drop that override, or start a new run in another hydra.run.dir"
-        )
-    max_steps, step = config["trainer"]["max_steps"], state["step"]
-    if max_steps <= step:
-        raise UserError(
-            f"trainer.max_steps={max_steps} is not above the step of {path} (step {step}); "
-            "raise trainer.max_steps to train further"
-        )
-
-
 def rng_state() -> dict:
     state = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -197,148 +146,3 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def resume_state(cfg: Config, run_dir: Path) -> dict | None:
-    """The checkpoint to continue, checked to continue the same run; None to start anew."""
-    resume = cfg.trainer.resume
-    if resume is False:
-        return None
-    if resume is True:
-        found = list_checkpoints(run_dir)
-        if not found:
-            log.info(
-                "trainer.resume=true but %s has no checkpoint yet: starting from step 0", run_dir
-            )
-            return None
-        path = found[-1]
-    else:
-        path = resolve(resume)
-    # here, not at the top: `encode` reads checkpoints and should not pay for omegaconf
-    from bertpretrain.config import to_dict
-
-    state = load(path)
-    try:
-        check_resume(path, state, to_dict(cfg))
-    except (KeyError, TypeError, AttributeError) as e:
-        raise UserError(
-            f"{path} has no usable config or step ({type(e).__name__}: {e}); resume from a "
-            "checkpoint written by `bertpretrain train`"
-        ) from None
-    log.info("resuming from %s (step %d)", path, state["step"])
-    return state
-
-
-def _free(key: str) -> bool:
-    return key in FREE_ON_RESUME or key.startswith(FREE_GROUPS)
-
-
-def flat(config: dict, prefix: str = "") -> dict:
-    """A nested config as {"group.key": value}."""
-    out = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            out |= flat(value, f"{prefix}{key}.")
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
-def _shown(value: object) -> str:
-    return (
-        "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
-    )
-
-
-LOCK = ".lock"
-
-
-def _pid_in(path: Path) -> int | None:
-    try:
-        return int(path.read_text().strip() or 0) or None
-    except (OSError, ValueError):
-        return None
-
-
-def lock_owner(run_dir: Path) -> int | str | None:
-    """Who else holds run_dir's lock: its pid (or "another process" while it has not
-    written it yet), None when nobody or this process does. The kernel drops a dead
-    process's lock, so a lock file left by kill -9 holds nobody."""
-    lock = run_dir / LOCK
-    try:
-        fd = os.open(lock, os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        pid = _pid_in(lock)
-        return None if pid == os.getpid() else pid or "another process"
-    except OSError:  # a filesystem without flock: nothing to learn from the file
-        return None
-    finally:
-        os.close(fd)  # releases the shared lock taken to look
-    return None
-
-
-def _in_use(run_dir: Path, owner: int | str) -> UserError:
-    who = f"process {owner}" if isinstance(owner, int) else owner
-    return UserError(
-        f"run dir {run_dir} is in use by {who}; wait for it to finish or "
-        "choose another hydra.run.dir"
-    )
-
-
-def check_not_in_use(run_dir: Path) -> None:
-    """Refuse before Hydra writes its .hydra/ files into a live run's dir."""
-    owner = lock_owner(run_dir)
-    if owner:
-        raise _in_use(run_dir, owner)
-
-
-@contextlib.contextmanager
-def run_lock(run_dir: Path) -> Iterator[None]:
-    """Hold an exclusive flock on `run_dir/.lock` (our pid inside) while training, so two
-    processes never write one run.
-
-    The kernel releases the lock when its process dies, kill -9 included, so a resume is
-    never blocked by a dead run and two resumes racing for a dead run's lock cannot both
-    win (a pid file with a staleness check could not promise that). A filesystem without
-    flock (some Lustre mounts) gets a warning and no lock.
-    """
-    lock = run_dir / LOCK
-    run_dir.mkdir(parents=True, exist_ok=True)
-    fd = _acquire(lock, run_dir)
-    if fd is None:
-        yield
-        return
-    if _pid_in(lock):
-        log.warning("taking over the lock of a run that died in %s", run_dir)
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())
-    try:
-        yield
-    finally:
-        lock.unlink(missing_ok=True)  # while still holding it: see the inode check in _acquire
-        os.close(fd)
-
-
-def _acquire(lock: Path, run_dir: Path) -> int | None:
-    """An fd holding the exclusive flock on `lock`; None where the filesystem has no flock."""
-    while True:
-        fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise _in_use(run_dir, _pid_in(lock) or "another process") from None
-        except OSError as e:
-            os.close(fd)
-            log.warning("cannot lock %s (%s): nothing stops a second run writing here", lock, e)
-            return None
-        try:  # the holder we waited on may have removed the file before we got its lock
-            if os.stat(lock).st_ino == os.fstat(fd).st_ino:
-                return fd
-        except FileNotFoundError:
-            pass
-        os.close(fd)

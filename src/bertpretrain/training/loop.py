@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -19,8 +20,10 @@ from bertpretrain.config import Config, to_dict
 from bertpretrain.data.batches import BatchStream, batch_loader
 from bertpretrain.device import pick_device
 from bertpretrain.errors import UserError
-from bertpretrain.memory import plan
+from bertpretrain.init_from import adopt
 from bertpretrain.memory.budget import peak_memory
+from bertpretrain.memory.fit import oom_advice
+from bertpretrain.memory.plan import Workload, micro_batch_size
 from bertpretrain.model.bert import flops_per_sequence
 from bertpretrain.training import checkpoint, rundir, signals
 from bertpretrain.training.evaluate import COLLAPSED, evaluate
@@ -40,7 +43,7 @@ def train(cfg: Config, run_dir: Path, record: Callable[[], None] | None = None) 
     `record` (the CLI's writer of Hydra's config record) runs.
     """
     main = distributed.ranks().main
-    lock = checkpoint.run_lock(run_dir) if main else contextlib.nullcontext()
+    lock = rundir.run_lock(run_dir) if main else contextlib.nullcontext()
     with lock, signals.stop_requests() as stop:
         distributed.check_on_rank_zero(lambda: rundir.check_new_run(run_dir, cfg.trainer.resume))
         with rundir.log_file(run_dir, main) as log_to_file:
@@ -51,13 +54,19 @@ def train(cfg: Config, run_dir: Path, record: Callable[[], None] | None = None) 
                     record()
 
             try:
-                run = set_up(cfg, run_dir, stop, accepted)
+                # init= read once, into a new config: all that follows sees this one
+                init = adopt(cfg.init, cfg.model, cfg.data.max_len) if cfg.init else None
+                if init is not None:
+                    cfg = replace(cfg, model=init.model)
+                run = set_up(cfg, run_dir, stop, accepted, init and init.path)
                 progress = loop(run)
                 if not run.ranks.main:
                     return {"steps": cfg.trainer.max_steps, **progress.last}
                 return finish(run, progress)
             except torch.OutOfMemoryError:
-                raise UserError(plan.oom_advice(cfg, pick_device(cfg.trainer.device))) from None
+                work = Workload(cfg.model, cfg.trainer, cfg.speed, cfg.optim, cfg.data.max_len)
+                device = pick_device(cfg.trainer.device)
+                raise UserError(oom_advice(work, device, cfg.tokenizer.vocab_size)) from None
 
 
 def loop(run: Run) -> Progress:
@@ -182,7 +191,7 @@ def validate(run: Run, step: int) -> dict:
     if run.dataset.valid is None:
         return {}
     trainer = run.cfg.trainer
-    micro = trainer.batch_size // (run.ranks.world * run.accum)  # what the memory plan allowed
+    micro = micro_batch_size(trainer.batch_size, run.ranks.world, run.accum)  # as planned
     metrics = evaluate(
         run.model,
         run.dataset.valid,

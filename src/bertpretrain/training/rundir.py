@@ -1,7 +1,7 @@
 """A run dir: the layout a run writes, and the rules that keep one run per dir.
 
     RUN_DIR/
-      .lock                   held while a process trains here (checkpoint.run_lock)
+      .lock                   held while a process trains here (run_lock)
       .hydra/                 config.yaml, hydra.yaml, overrides.yaml (written by the CLI)
       train.log               the log
       tensorboard/            the curves
@@ -17,6 +17,7 @@ but its reason in the log.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import logging.handlers
@@ -35,6 +36,7 @@ LATEST = "latest"  # outputs/latest: a link to the newest run under ./outputs
 LOG = "train.log"
 RECORD = ".hydra"
 LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # Hydra's own
+LOCK = ".lock"
 
 
 def evidence(run_dir: Path) -> str | None:
@@ -73,6 +75,97 @@ def check_new_run(run_dir: Path, resume: bool | str) -> None:
         f"run dir {run_dir} already holds a run ({found}); pass trainer.resume=true to "
         "continue that run, or choose another hydra.run.dir for a new one"
     )
+
+
+def _pid_in(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip() or 0) or None
+    except (OSError, ValueError):
+        return None
+
+
+def lock_owner(run_dir: Path) -> int | str | None:
+    """Who else holds run_dir's lock: its pid (or "another process" while it has not
+    written it yet), None when nobody or this process does. The kernel drops a dead
+    process's lock, so a lock file left by kill -9 holds nobody."""
+    lock = run_dir / LOCK
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pid = _pid_in(lock)
+        return None if pid == os.getpid() else pid or "another process"
+    except OSError:  # a filesystem without flock: nothing to learn from the file
+        return None
+    finally:
+        os.close(fd)  # releases the shared lock taken to look
+    return None
+
+
+def _in_use(run_dir: Path, owner: int | str) -> UserError:
+    who = f"process {owner}" if isinstance(owner, int) else owner
+    return UserError(
+        f"run dir {run_dir} is in use by {who}; wait for it to finish or "
+        "choose another hydra.run.dir"
+    )
+
+
+def check_not_in_use(run_dir: Path) -> None:
+    """Refuse before Hydra writes its .hydra/ files into a live run's dir."""
+    owner = lock_owner(run_dir)
+    if owner:
+        raise _in_use(run_dir, owner)
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive flock on `run_dir/.lock` (our pid inside) while training, so two
+    processes never write one run.
+
+    The kernel releases the lock when its process dies, kill -9 included, so a resume is
+    never blocked by a dead run and two resumes racing for a dead run's lock cannot both
+    win (a pid file with a staleness check could not promise that). A filesystem without
+    flock (some Lustre mounts) gets a warning and no lock.
+    """
+    lock = run_dir / LOCK
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = _acquire(lock, run_dir)
+    if fd is None:
+        yield
+        return
+    if _pid_in(lock):
+        log.warning("taking over the lock of a run that died in %s", run_dir)
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)  # while still holding it: see the inode check in _acquire
+        os.close(fd)
+
+
+def _acquire(lock: Path, run_dir: Path) -> int | None:
+    """An fd holding the exclusive flock on `lock`; None where the filesystem has no flock."""
+    while True:
+        fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise _in_use(run_dir, _pid_in(lock) or "another process") from None
+        except OSError as e:
+            os.close(fd)
+            log.warning("cannot lock %s (%s): nothing stops a second run writing here", lock, e)
+            return None
+        try:  # the holder we waited on may have removed the file before we got its lock
+            if os.stat(lock).st_ino == os.fstat(fd).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
 
 
 @contextlib.contextmanager

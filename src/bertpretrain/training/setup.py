@@ -16,24 +16,35 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 
 from bertpretrain import data, distributed
-from bertpretrain.config import Config, SpeedConfig
+from bertpretrain.config import (
+    Config,
+    DataConfig,
+    ModelConfig,
+    SpeedConfig,
+    TrainerConfig,
+    to_dict,
+)
 from bertpretrain.data.examples import Dataset
 from bertpretrain.data.tokenizer import from_state as tokenizer_from_state
 from bertpretrain.device import bf16_is_native, pick_device, resolve_precision
 from bertpretrain.errors import UserError
-from bertpretrain.hf import published
-from bertpretrain.memory import plan
+from bertpretrain.init_from import init_weights
+from bertpretrain.memory.fit import for_run
+from bertpretrain.memory.plan import Workload, check_split, configured_accum
 from bertpretrain.model.attention import attention_path
 from bertpretrain.model.bert import BertConfig, BertForPretraining, count_parameters, describe
 from bertpretrain.training import checkpoint
 from bertpretrain.training.optimize import PretrainingLosses, make_optimizer, make_scheduler
 from bertpretrain.training.progress import open_writer
+from bertpretrain.training.resume import resume_state
 
 log = logging.getLogger("bertpretrain.train")
 
 
-@dataclass
+@dataclass(kw_only=True)  # sixteen fields: a positional call would be read by counting
 class Run:
+    """Everything the loop touches, built once by `set_up`."""
+
     cfg: Config
     run_dir: Path
     stop: list[int]  # signals received: the loop saves and stops after its step
@@ -54,15 +65,21 @@ class Run:
     skipped: int = 0  # steps skipped for a non-finite loss
 
 
-def set_up(cfg: Config, run_dir: Path, stop: list[int], accepted: Callable[[], None]) -> Run:
+def set_up(
+    cfg: Config,
+    run_dir: Path,
+    stop: list[int],
+    accepted: Callable[[], None],
+    init_path: Path | None = None,
+) -> Run:
     """Everything before the first step. `accepted()` runs once the run dir, the resume
-    and the corpus are checked: from then on the run's log and record go to run_dir."""
+    and the corpus are checked: from then on the run's log and record go to run_dir.
+    `init_path`: the model `init=` names, its architecture already in cfg.model."""
     ranks = distributed.ranks()
     torch.manual_seed(cfg.trainer.seed)
-    device = _device(cfg, ranks)
+    device = _device(cfg.trainer, ranks)
     apply_threads(cfg.speed)
-    init_path = published.adopt_architecture(cfg)[0] if cfg.init else None
-    resume = checkpoint.resume_state(cfg, run_dir)
+    resume = resume_state(cfg.trainer.resume, to_dict(cfg), run_dir)
     init_model, init_tokenizer = None, None
     if init_path is not None and resume is None:
         init_model, init_tokenizer = _from_published(init_path)
@@ -71,9 +88,10 @@ def set_up(cfg: Config, run_dir: Path, stop: list[int], accepted: Callable[[], N
     _check_corpus(resume, dataset)
     if ranks.main:
         accepted()
-    _log_data(cfg, dataset)
-    accum, planned = plan.for_run(cfg, dataset, device, ranks.world)
-    model = _model(cfg, resume, init_model, len(dataset.vocab)).to(device)
+    _log_data(cfg.data, cfg.tokenizer.name, dataset)
+    work = Workload(cfg.model, cfg.trainer, cfg.speed, cfg.optim, cfg.data.max_len)
+    accum, planned = for_run(work, dataset, device, ranks.world)
+    model = _model(cfg.model, cfg.speed, resume, init_model, len(dataset.vocab)).to(device)
     del init_model
     optimizer = make_optimizer(model, cfg.optim)
     scheduler = make_scheduler(optimizer, cfg.optim, cfg.trainer.max_steps)
@@ -85,22 +103,22 @@ def set_up(cfg: Config, run_dir: Path, stop: list[int], accepted: Callable[[], N
     # (everything, when a killed run left no checkpoint and we start again from 0).
     writer = open_writer(run_dir / "tensorboard", purge_step=start + 1) if ranks.main else None
     return Run(
-        cfg,
-        run_dir,
-        stop,
-        ranks,
-        device,
-        dataset,
-        model,
-        make_module(cfg, model, device, ranks),
-        optimizer,
-        scheduler,
-        _autocast(cfg, device, model.config),
-        accum,
-        planned,
-        start,
-        writer,
-        checkpoint.list_checkpoints(run_dir)[-1:],
+        cfg=cfg,
+        run_dir=run_dir,
+        stop=stop,
+        ranks=ranks,
+        device=device,
+        dataset=dataset,
+        model=model,
+        module=make_module(cfg.speed, model, device, ranks),
+        optimizer=optimizer,
+        scheduler=scheduler,
+        autocast=_autocast(cfg.speed, device, model.config),
+        accum=accum,
+        planned=planned,
+        start=start,
+        writer=writer,
+        saved=checkpoint.list_checkpoints(run_dir)[-1:],
     )
 
 
@@ -111,9 +129,9 @@ def apply_threads(speed: SpeedConfig) -> None:
         log.info("speed.threads=%d: torch uses %d CPU threads", speed.threads, speed.threads)
 
 
-def _device(cfg: Config, ranks: distributed.Ranks) -> torch.device:
+def _device(trainer: TrainerConfig, ranks: distributed.Ranks) -> torch.device:
     """The device, each rank its own GPU; the batch must split evenly over the ranks."""
-    device = pick_device(cfg.trainer.device)
+    device = pick_device(trainer.device)
     if device.type == "cuda":
         # fp32 matmuls (the fp32 parts under autocast, and precision=fp32) on tensor cores
         # in TF32: BERT's pretraining is insensitive to its 10-bit mantissa.
@@ -121,19 +139,12 @@ def _device(cfg: Config, ranks: distributed.Ranks) -> torch.device:
         torch.backends.cudnn.allow_tf32 = True
     if device.type == "cuda" and ranks.world > 1:
         device = torch.device("cuda", ranks.local_rank)
-    batch, accum = cfg.trainer.batch_size, cfg.trainer.grad_accum
-    fixed_accum = accum if isinstance(accum, int) else 1
-    if batch % (ranks.world * fixed_accum):
-        raise UserError(
-            f"trainer.batch_size={batch} does not split into {ranks.world} ranks x "
-            f"{fixed_accum} micro-steps (trainer.grad_accum); use a multiple of "
-            f"{ranks.world * fixed_accum}"
-        )
+    check_split(trainer.batch_size, ranks.world, configured_accum(trainer))
     return device
 
 
 def _from_published(path: Path):
-    model, tokenizer = published.init_weights(path)
+    model, tokenizer = init_weights(path)
     log.info(
         "starting from %s: its weights and its vocabulary of %d tokens (tokenizer.* is not "
         "used); a fresh optimizer and schedule",
@@ -153,19 +164,20 @@ def _check_corpus(resume: dict | None, dataset: Dataset) -> None:
         )
 
 
-def _log_data(cfg: Config, dataset: Dataset) -> None:
-    if cfg.data.whole_word_mask and cfg.tokenizer.name == "word":
+def _log_data(data_cfg: DataConfig, tokenizer: str, dataset: Dataset) -> None:
+    """What the run trains on; `tokenizer` is tokenizer.name."""
+    if data_cfg.whole_word_mask and tokenizer == "word":
         log.warning(
             "data.whole_word_mask=true changes nothing with tokenizer=word: every token is a word"
         )
-    max_len = cfg.data.max_len
+    max_len = data_cfg.max_len
     tokens = float(dataset.train.valid_lens.mean())  # real tokens per example
     valid = dataset.valid
     log.info(
         "data: %d training examples (%s pairing), %d validation examples, vocabulary of %d; "
         "real tokens per example %.1f of %d (fill %.2f)%s",
         len(dataset.train),
-        cfg.data.pairing,
+        data_cfg.pairing,
         len(valid) if valid is not None else 0,
         len(dataset.vocab),
         tokens,
@@ -176,16 +188,20 @@ def _log_data(cfg: Config, dataset: Dataset) -> None:
 
 
 def _model(
-    cfg: Config, resume: dict | None, init_model: BertForPretraining | None, vocab_size: int
+    model_cfg: ModelConfig,
+    speed: SpeedConfig,
+    resume: dict | None,
+    init_model: BertForPretraining | None,
+    vocab_size: int,
 ) -> BertForPretraining:
     """A resumed checkpoint's own architecture (activation and eps included), the
-    published model of `init=`, or a fresh model of cfg.model's architecture."""
+    published model of `init=`, or a fresh model of model_cfg's architecture."""
     if resume is not None:
         model = BertForPretraining(BertConfig(**resume["model_config"]))
     else:
-        model = init_model or BertForPretraining(cfg.model.architecture(vocab_size))
-    model.bert.gradient_checkpointing = cfg.speed.gradient_checkpointing
-    log.info("model %s: %s", cfg.model.name, describe(model.config, count_parameters(model)))
+        model = init_model or BertForPretraining(model_cfg.architecture(vocab_size))
+    model.bert.gradient_checkpointing = speed.gradient_checkpointing
+    log.info("model %s: %s", model_cfg.name, describe(model.config, count_parameters(model)))
     return model
 
 
@@ -200,11 +216,11 @@ def _restore(resume: dict | None, model, optimizer, scheduler) -> int:
     return resume["step"]
 
 
-def make_module(cfg: Config, model: BertForPretraining, device, ranks) -> torch.nn.Module:
+def make_module(speed: SpeedConfig, model: BertForPretraining, device, ranks) -> torch.nn.Module:
     """The losses as a module, compiled if asked; under torchrun wrapped by DDP, which syncs
     gradients only for what goes through the wrapped module's forward."""
     module = PretrainingLosses(model)
-    if cfg.speed.compile:
+    if speed.compile:
         log.info("speed.compile=true: compiling the model (the first steps take longer)")
         module = torch.compile(module)
     if ranks.world > 1:
@@ -215,12 +231,12 @@ def make_module(cfg: Config, model: BertForPretraining, device, ranks) -> torch.
 
 
 def _autocast(
-    cfg: Config, device: torch.device, architecture: BertConfig
+    speed: SpeedConfig, device: torch.device, architecture: BertConfig
 ) -> Callable[[], contextlib.AbstractContextManager]:
     """Autocast as speed.precision resolves on `device`; the log says which precision and
     which attention kernel that gives."""
-    precision = resolve_precision(cfg.speed.precision, device.type)
-    if cfg.speed.precision == "auto":
+    precision = resolve_precision(speed.precision, device.type)
+    if speed.precision == "auto":
         native = "native" if precision == "bf16" else "not native"
         log.info(
             "precision: %s (speed.precision=auto; bf16 is %s on %s)", precision, native, device

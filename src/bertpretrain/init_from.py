@@ -1,0 +1,69 @@
+"""`init=`: the model a run starts from, a published BERT (a transformers folder or a Hub
+name) or a run of ours (a run dir or checkpoint), read as its architecture, its tokenizer
+and its weights, each when it is needed.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import NamedTuple
+
+from bertpretrain.config import ModelConfig
+from bertpretrain.data.tokenizer import Tokenizer
+from bertpretrain.errors import UserError
+from bertpretrain.hf import published
+from bertpretrain.hf.vocab import read_tokenizer
+from bertpretrain.load import load_model
+from bertpretrain.model.architecture import architecture_of
+from bertpretrain.model.bert import BertConfig, BertForPretraining
+from bertpretrain.training import checkpoint
+
+
+def init_architecture(source: str) -> tuple[Path, BertConfig]:
+    """What `init=` names (a transformers folder, a Hub name, or one of our run dirs or
+    checkpoints) and its architecture, read without building the model."""
+    path = published.resolve(source)
+    if published.is_model_folder(path):
+        return path, published.read_config(path)
+    if not os.path.lexists(path):  # a dangling link: checkpoint.resolve says so
+        raise UserError(
+            f"init={source} does not exist; give a transformers BERT folder, a Hub name such "
+            "as bert-base-uncased, or a run dir or checkpoint of ours"
+        )
+    found = checkpoint.resolve(path)
+    return found, load_model(found).model.config
+
+
+def init_tokenizer(path: Path) -> Tokenizer:
+    """The tokenizer that `init_architecture` found at `path`, without the weights when it
+    is a transformers folder."""
+    return read_tokenizer(path) if published.is_model_folder(path) else init_weights(path)[1]
+
+
+def init_weights(path: Path) -> tuple[BertForPretraining, Tokenizer]:
+    """The model and tokenizer that `init_architecture` found at `path`."""
+    loaded = load_model(path)
+    return loaded.model, loaded.tokenizer
+
+
+class Adopted(NamedTuple):
+    """What `init=` names, read once before a run or a plan is set up."""
+
+    path: Path  # the transformers folder or our checkpoint file
+    architecture: BertConfig  # its architecture, vocabulary included
+    model: ModelConfig  # the configured model.* with that architecture, named "init"
+
+
+def adopt(source: str, model: ModelConfig, max_len: int) -> Adopted:
+    """`init=source` read, its architecture in a new `model.*` to replace `model`, the
+    configured one (never changed): the run's record and checkpoints then say what was
+    trained, and a resume compares it. `max_len` is data.max_len, checked to fit."""
+    path, arch = init_architecture(source)
+    if max_len > arch.max_position:
+        raise UserError(
+            f"data.max_len={max_len} is longer than init={source}'s "
+            f"{arch.max_position} positions; use data.max_len={arch.max_position} or less"
+        )
+    return Adopted(path, arch, replace(model, name="init", **architecture_of(arch)))
