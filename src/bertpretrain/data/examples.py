@@ -11,7 +11,6 @@ example, max(1, round(0.15 * len(tokens))) non-special positions are masked: 80%
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from bertpretrain.data import cache
 from bertpretrain.data.corpus import Corpus
 from bertpretrain.data.masking import MASK_RATE, hashed_draws, mask_tokens
 from bertpretrain.data.pairing import Pairs, ragged, split_pairs
@@ -35,7 +35,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 4  # bump when the building rules change, so stale caches are not reused
 Batch = dict[str, torch.Tensor]
 
 
@@ -131,15 +130,11 @@ class Dataset:
         return self.tokenizer.vocab
 
 
-def _key(*parts: object) -> str:
-    return hashlib.sha256("|".join(map(str, (f"v{CACHE_VERSION}", *parts))).encode()).hexdigest()[
-        :24
-    ]
-
-
 def tokenizer_key(corpus: Corpus, cfg: TokenizerConfig) -> str:
     """Everything that changes a trained vocabulary: the training split and the settings."""
-    return _key(corpus.train_digest, cfg.name, cfg.lowercase, cfg.min_freq, cfg.vocab_size)
+    return cache.key(
+        cache.TOKENIZER, corpus.train_digest, cfg.name, cfg.lowercase, cfg.min_freq, cfg.vocab_size
+    )
 
 
 def make_tokenizer(corpus: Corpus, cfg: TokenizerConfig) -> Tokenizer:

@@ -19,7 +19,6 @@ asked for.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,9 +27,8 @@ from typing import NamedTuple
 import numpy as np
 
 from bertpretrain import files
+from bertpretrain.data import cache
 from bertpretrain.data.store import Split
-
-PAIRS_VERSION = 1  # bump when d2l_pairs or bert_pairs change what they make
 
 
 @dataclass
@@ -171,8 +169,7 @@ def cached_pairs(folder: Path, settings: tuple, make: Callable[[], Pairs]) -> Pa
     """A split's pairs, saved beside its store the first time and memory-mapped after:
     making them walks every sentence (a second for 100M tokens, and BERT's rule is a
     Python loop), where a sweep over seeds or lengths, or a restart, needs them again."""
-    key = hashlib.sha256(repr((PAIRS_VERSION, *settings)).encode()).hexdigest()[:16]
-    path = folder / f"pairs-{key}.npy"
+    path = folder / f"pairs-{cache.key(cache.PAIRS, *settings)}.npy"
     try:
         rows = np.load(path, mmap_mode="r")
         if rows.ndim == 2 and rows.shape[1] == 5 and rows.dtype == np.int64:
