@@ -182,11 +182,11 @@ def test_pairs_are_saved_beside_the_store_and_reused(tmp_path, monkeypatch, wiki
     """A restart or a sweep job finds its pairs instead of walking every sentence again;
     another seed or length makes its own."""
     from bertpretrain.config import TokenizerConfig
-    from bertpretrain.data import examples, pairing
+    from bertpretrain.data import pairing, pipeline
 
     corpus = wikitext(wikitext_dir / "wiki.valid.tokens", None)
     word = TokenizerConfig("word", True, 5, None)
-    load = examples.load_dataset
+    load = pipeline.load_dataset
     first = load(corpus, word, 128, 0, tmp_path, pairing="bert").train.pairs
     made = []
     real = pairing.bert_pairs
