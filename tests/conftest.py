@@ -46,7 +46,7 @@ def build_wikitext(
 ):
     """Examples of WikiText-style files with the word-level vocabulary (or `tokenizer`)."""
     from bertpretrain.data.corpus import wikitext
-    from bertpretrain.data.examples import load_dataset
+    from bertpretrain.data.pipeline import load_dataset
 
     cfg = tokenizer or TokenizerConfig(
         name="word", lowercase=True, min_freq=min_freq, vocab_size=None

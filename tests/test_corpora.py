@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from conftest import run_cli
 
-from bertpretrain import data
 from bertpretrain.config import compose
+from bertpretrain.data import pipeline
 from bertpretrain.encode import Encoder
 from bertpretrain.training import checkpoint
 
@@ -61,13 +61,13 @@ def test_changing_a_text_file_rebuilds_instead_of_reusing_the_cache(files, tmp_p
     copy.write_text(train.read_text(encoding="utf-8"), encoding="utf-8")
     cfg, _ = compose(["data=text", f"data.files=[{copy}]", f"data.root={tmp_path / 'data'}"])
     caplog.set_level(logging.INFO)
-    first = data.load(cfg.data, cfg.tokenizer, 0)
-    assert data.load(cfg.data, cfg.tokenizer, 0).vocab == first.vocab
+    first = pipeline.load(cfg.data, cfg.tokenizer, 0)
+    assert pipeline.load(cfg.data, cfg.tokenizer, 0).vocab == first.vocab
     assert "prepared corpus from cache" in caplog.text
     caplog.clear()
     with copy.open("a", encoding="utf-8") as f:
         f.write("A new paragraph starts here. It has two sentences.\n")
-    changed = data.load(cfg.data, cfg.tokenizer, 0)
+    changed = pipeline.load(cfg.data, cfg.tokenizer, 0)
     assert "prepared corpus from cache" not in caplog.text
     assert len(changed.train) != len(first.train) or changed.corpus_digest != first.corpus_digest
     assert len(list((tmp_path / "data" / "cache").glob("store-*"))) == 2

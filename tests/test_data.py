@@ -18,12 +18,13 @@ import torch
 from conftest import All, build_wikitext, every
 
 from bertpretrain.config import TokenizerConfig
-from bertpretrain.data import examples as examples_module
+from bertpretrain.data import pipeline as pipeline_module
 from bertpretrain.data import store as store_module
 from bertpretrain.data.batches import BatchStream, batch_loader, eval_batches
 from bertpretrain.data.corpus import read_split, split_paragraphs, wikitext
-from bertpretrain.data.examples import Dataset, Examples, max_predictions, tokenizer_key
+from bertpretrain.data.examples import Examples, max_predictions
 from bertpretrain.data.pairing import d2l_pairs
+from bertpretrain.data.pipeline import Dataset, tokenizer_key
 from bertpretrain.data.store import encode_split, store_key
 from bertpretrain.data.tokenizer import Tokenizer, train_tokenizer
 from bertpretrain.data.vocab import (
@@ -423,7 +424,7 @@ def test_a_second_build_reads_the_vocabulary_and_the_store_from_the_cache(
     def no_build(*args, **kwargs):
         raise AssertionError("the second call must read the cache, not build")
 
-    monkeypatch.setattr(examples_module, "train_tokenizer", no_build)
+    monkeypatch.setattr(pipeline_module, "train_tokenizer", no_build)
     monkeypatch.setattr(store_module, "write_split", no_build)
     second = build_wikitext(valid_path, test_split_path, MAX_LEN, MIN_FREQ, SEED, tmp_path)
     assert second.vocab == first.vocab == dataset.vocab

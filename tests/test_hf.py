@@ -281,9 +281,8 @@ def test_a_hf_corpus_is_read_a_batch_of_rows_at_a_time(folder, offline, monkeypa
     paragraph comes after one batch of rows is read, not the whole split."""
     import datasets
 
-    from bertpretrain import data
     from bertpretrain.config import compose
-    from bertpretrain.data import hf
+    from bertpretrain.data import hf, pipeline
 
     write(folder / "train.txt", "".join(f"Line {i} starts. Line {i} ends.\n" for i in range(500)))
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", offline)
@@ -292,7 +291,7 @@ def test_a_hf_corpus_is_read_a_batch_of_rows_at_a_time(folder, offline, monkeypa
     rows = hf._column_rows
     monkeypatch.setattr(hf, "_column_rows", lambda *a: (read.append(r) or r for r in rows(*a)))
     cfg, _ = compose(["data=hf", f"data.name={folder}", f"data.root={tmp_path / 'ours'}"])
-    paragraphs = data.make_corpus(cfg.data).read_train()
+    paragraphs = pipeline.make_corpus(cfg.data).read_train()
     assert next(paragraphs) == ["Line 0 starts.", "Line 0 ends."]
     assert len(read) <= 20
     assert len(list(paragraphs)) == 499 and len(read) == 500
@@ -303,8 +302,8 @@ def test_a_cached_hf_corpus_is_not_read_again(folder, offline, monkeypatch, tmp_
     every row into sentences again, and reads nothing when the examples are cached."""
     import datasets
 
-    from bertpretrain import data
     from bertpretrain.config import compose
+    from bertpretrain.data import pipeline
 
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", offline)
     cfg, _ = compose(
@@ -312,12 +311,12 @@ def test_a_cached_hf_corpus_is_not_read_again(folder, offline, monkeypatch, tmp_
         + ["tokenizer.min_freq=1"]
     )
     caplog.set_level(logging.INFO)
-    first = data.load(cfg.data, cfg.tokenizer, 0)
+    first = pipeline.load(cfg.data, cfg.tokenizer, 0)
     assert "kept" in caplog.text
     caplog.clear()
-    again = data.load(cfg.data, cfg.tokenizer, 0)
+    again = pipeline.load(cfg.data, cfg.tokenizer, 0)
     assert "prepared corpus from cache" in caplog.text and "kept" not in caplog.text
     assert again.corpus_digest == first.corpus_digest and again.vocab == first.vocab
     (folder / "train.txt").write_text("A changed corpus. It has new words.\n" * 3)
-    changed = data.load(cfg.data, cfg.tokenizer, 0)
+    changed = pipeline.load(cfg.data, cfg.tokenizer, 0)
     assert changed.corpus_digest != first.corpus_digest

@@ -3,6 +3,7 @@ on paragraphs whose sentence lengths make the rule visible; and both rules end t
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -143,6 +144,24 @@ def test_wikitext_articles_are_the_documents_and_fill_512(tmp_path, wikitext_dir
     assert np.mean(pairs.a_len + pairs.b_len) > 400
 
 
+# bert_pairs' every pair on WikiText-2's validation split (its 60 articles), for these
+# (max_len, seed, short_seq_prob): the sha256 of the five arrays, as int64, in order, taken
+# from the nested-loop version of the rule. A rewrite must keep every pair and every draw.
+BERT_PAIRS_ON_WIKITEXT = [(64, 0, 0.1), (128, 1, 0.1), (512, 2, 0.5), (32, 3, 0.0)]
+BERT_PAIRS_DIGEST = "24066ede809865b9a1495ec610516c24a2d549bd1c3b961a29f8b039a624af15"
+
+
+def test_bert_pairs_on_wikitext_are_the_pinned_ones_bit_for_bit(wikitext_dir):
+    articles = wikitext(wikitext_dir / "wiki.valid.tokens", None).read_train()
+    split = encode_split(articles, TOKENIZER)
+    digest = hashlib.sha256()
+    for max_len, seed, short in BERT_PAIRS_ON_WIKITEXT:
+        pairs = bert_pairs(split, max_len, np.random.default_rng(seed), short)
+        for field in (pairs.a_start, pairs.a_len, pairs.b_start, pairs.b_len, pairs.nsp):
+            digest.update(np.ascontiguousarray(field, np.int64).tobytes())
+    assert digest.hexdigest() == BERT_PAIRS_DIGEST
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("pairing", ["d2l", "bert"])
 def test_both_pairing_rules_train_and_record_their_tokens_per_example(
@@ -163,11 +182,11 @@ def test_pairs_are_saved_beside_the_store_and_reused(tmp_path, monkeypatch, wiki
     """A restart or a sweep job finds its pairs instead of walking every sentence again;
     another seed or length makes its own."""
     from bertpretrain.config import TokenizerConfig
-    from bertpretrain.data import examples, pairing
+    from bertpretrain.data import pairing, pipeline
 
     corpus = wikitext(wikitext_dir / "wiki.valid.tokens", None)
     word = TokenizerConfig("word", True, 5, None)
-    load = examples.load_dataset
+    load = pipeline.load_dataset
     first = load(corpus, word, 128, 0, tmp_path, pairing="bert").train.pairs
     made = []
     real = pairing.bert_pairs

@@ -595,7 +595,7 @@ def test_sigterm_during_the_final_validation_saves_and_exits_143(
 def test_a_corpus_replaced_while_it_is_read_never_enters_the_cache(tmp_path, valid_text):
     from bertpretrain.config import TokenizerConfig
     from bertpretrain.data.corpus import wikitext
-    from bertpretrain.data.examples import load_dataset
+    from bertpretrain.data.pipeline import load_dataset
 
     path = tmp_path / "wiki.train.tokens"
     path.write_text(valid_text)
@@ -610,7 +610,7 @@ def test_a_corpus_replaced_while_it_is_read_never_enters_the_cache(tmp_path, val
 def test_temp_files_of_killed_cache_writes_are_removed(tmp_path, valid_text):
     from bertpretrain.config import TokenizerConfig
     from bertpretrain.data.corpus import wikitext
-    from bertpretrain.data.examples import load_dataset
+    from bertpretrain.data.pipeline import load_dataset
 
     path = tmp_path / "wiki.train.tokens"
     path.write_text(valid_text)

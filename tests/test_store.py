@@ -20,7 +20,7 @@ from conftest import SHARED_WIKITEXT, run_cli
 from bertpretrain.config import TokenizerConfig
 from bertpretrain.data import parallel, split_writer, store
 from bertpretrain.data.corpus import read_split, wikitext
-from bertpretrain.data.examples import make_tokenizer, tokenizer_and_store
+from bertpretrain.data.pipeline import make_tokenizer, tokenizer_and_store
 from bertpretrain.data.tokenizer import Tokenizer
 from bertpretrain.errors import UserError
 

@@ -14,8 +14,9 @@ from conftest import TINY_ARGS, every, run_cli
 
 from bertpretrain.config import TokenizerConfig
 from bertpretrain.data.corpus import read_split, wikitext
-from bertpretrain.data.examples import load_dataset, max_predictions
+from bertpretrain.data.examples import max_predictions
 from bertpretrain.data.masking import candidates
+from bertpretrain.data.pipeline import load_dataset
 from bertpretrain.data.tokenizer import PREFIX, Tokenizer, from_state, train_tokenizer
 from bertpretrain.data.vocab import RESERVED, UNK_ID
 from bertpretrain.encode import Encoder

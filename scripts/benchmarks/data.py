@@ -24,7 +24,7 @@ from benchmarks.harness import (
 )
 from bertpretrain.data.batches import BatchStream
 from bertpretrain.data.corpus import wikitext
-from bertpretrain.data.examples import load_dataset
+from bertpretrain.data.pipeline import load_dataset
 
 
 def bench_batches(reps: int) -> list[dict]:

@@ -16,7 +16,7 @@ import torch
 from bertpretrain.config import TokenizerConfig
 from bertpretrain.data.batches import BatchStream
 from bertpretrain.data.corpus import wikitext
-from bertpretrain.data.examples import Dataset, load_dataset
+from bertpretrain.data.pipeline import Dataset, load_dataset
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared" / "data" / "wikitext-2"

@@ -7,7 +7,7 @@ import logging
 import sys
 
 from bertpretrain.config import compose
-from bertpretrain.data import prepare
+from bertpretrain.data.pipeline import prepare
 from bertpretrain.errors import ArgumentParser
 from bertpretrain.memory.budget import peak_memory
 

@@ -19,17 +19,16 @@ asked for.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from bertpretrain import files
+from bertpretrain.data import cache
 from bertpretrain.data.store import Split
-
-PAIRS_VERSION = 1  # bump when d2l_pairs or bert_pairs change what they make
 
 
 @dataclass
@@ -82,48 +81,77 @@ def bert_pairs(
     store's documents (Wikipedia articles, blank-line separated texts): a document's
     paragraphs are one stream of sentences, so sequences fill up to max_len. Sequential by
     nature: about a microsecond a sentence."""
+    docs = _Documents(
+        np.asarray(split.sentences), np.asarray(split.paragraphs)[np.asarray(split.documents)]
+    )
     most = max_len - 3
-    lens = np.asarray(split.sentence_lens)
-    starts = np.asarray(split.sentences)
-    par = np.asarray(split.paragraphs)[np.asarray(split.documents)]  # documents' sentences
-    n_docs = len(par) - 1
-    out: list[tuple[int, int, int, int, int]] = []
-    for doc in range(n_docs):
-        first, last = int(par[doc]), int(par[doc + 1])
+    rows: list[tuple[int, int, int, int, int]] = []
+    for doc in range(len(docs.firsts) - 1):
         target = most if rng.random() >= short_seq_prob else int(rng.integers(2, most + 1))
-        chunk, length, i = first, 0, first
-        while i < last:
-            length += int(lens[i])
-            if i == last - 1 or length >= target:
-                n = i - chunk + 1
-                a_end = chunk + (int(rng.integers(1, n)) if n >= 2 else 1)
-                a = [int(starts[chunk]), int(starts[a_end])]
-                if n == 1 or rng.random() < 0.5:
-                    nsp = 1
-                    other = doc
-                    for _ in range(10):  # as Google's: another document, if one comes up
-                        other = int(rng.integers(n_docs))
-                        if other != doc:
-                            break
-                    j = int(par[other]) + int(rng.integers(par[other + 1] - par[other]))
-                    wanted = target - (a[1] - a[0])
-                    b = [int(starts[j]), int(starts[j])]
-                    while j < par[other + 1]:
-                        b[1] = int(starts[j + 1])
-                        if b[1] - b[0] >= wanted:
-                            break
-                        j += 1
-                    i -= i + 1 - a_end  # the chunk's unused sentences start the next one
-                else:
-                    nsp = 0
-                    b = [a[1], int(starts[i + 1])]
-                _truncate_pair(a, b, most, rng)
-                if a[1] > a[0] and b[1] > b[0]:
-                    out.append((a[0], a[1] - a[0], b[0], b[1] - b[0], nsp))
-                chunk, length = i + 1, 0
-            i += 1
-    rows = np.array(out, dtype=np.int64).reshape(-1, 5)
-    return Pairs(*(rows[:, k] for k in range(4)), rows[:, 4].astype(np.int8))
+        rows += _document_pairs(docs, doc, target, most, rng)
+    table = np.array(rows, dtype=np.int64).reshape(-1, 5)
+    return Pairs(*(table[:, k] for k in range(4)), table[:, 4].astype(np.int8))
+
+
+class _Documents(NamedTuple):
+    """A split's sentences by document, as BERT's rule walks them."""
+
+    starts: np.ndarray  # (S + 1,) token offsets: sentence i is tokens starts[i]:starts[i+1]
+    firsts: np.ndarray  # (D + 1,) sentence offsets: document k is sentences firsts[k]:firsts[k+1]
+
+
+def _document_pairs(
+    docs: _Documents, doc: int, target: int, most: int, rng: np.random.Generator
+) -> list[tuple[int, int, int, int, int]]:
+    """One document's pairs (a_start, a_len, b_start, b_len, nsp): chunks of whole
+    sentences filled up to `target` tokens, each split into a and b and trimmed to `most`."""
+    rows = []
+    chunk, last = int(docs.firsts[doc]), int(docs.firsts[doc + 1])
+    while chunk < last:
+        end = _filled(docs.starts, chunk, last, target)
+        a, b, nsp, chunk = _split_chunk(docs, doc, chunk, end, target, rng)
+        _truncate_pair(a, b, most, rng)
+        if a[1] > a[0] and b[1] > b[0]:  # trimming can empty a segment
+            rows.append((a[0], a[1] - a[0], b[0], b[1] - b[0], nsp))
+    return rows
+
+
+def _filled(starts: np.ndarray, first: int, last: int, wanted: int) -> int:
+    """The sentence at which sentences first, first + 1, ... hold `wanted` tokens, or the
+    last one before `last` (their document's end) if they never do."""
+    end = first
+    while end < last - 1 and starts[end + 1] - starts[first] < wanted:
+        end += 1
+    return end
+
+
+def _split_chunk(
+    docs: _Documents, doc: int, chunk: int, end: int, target: int, rng: np.random.Generator
+) -> tuple[list[int], list[int], int, int]:
+    """Sentences chunk..end split at a random sentence into a and b ([start, end) token
+    ranges). b is the rest (nsp 0), or half the time, and always for a single sentence,
+    sentences of another document (nsp 1): then the unused rest starts the next chunk.
+    Returns a, b, the label and the next chunk's first sentence."""
+    n = end - chunk + 1
+    a_end = chunk + (int(rng.integers(1, n)) if n >= 2 else 1)
+    a = [int(docs.starts[chunk]), int(docs.starts[a_end])]
+    if n >= 2 and rng.random() >= 0.5:
+        return a, [a[1], int(docs.starts[end + 1])], 0, end + 1
+    return a, _random_b(docs, doc, target - (a[1] - a[0]), rng), 1, a_end
+
+
+def _random_b(docs: _Documents, doc: int, wanted: int, rng: np.random.Generator) -> list[int]:
+    """Sentences of another document (as Google's: the first of 10 draws that is not
+    `doc`), from a random one on, until they hold `wanted` tokens or the document ends."""
+    other = doc
+    for _ in range(10):
+        other = int(rng.integers(len(docs.firsts) - 1))
+        if other != doc:
+            break
+    first, last = int(docs.firsts[other]), int(docs.firsts[other + 1])
+    start = first + int(rng.integers(last - first))
+    end = _filled(docs.starts, start, last, wanted)
+    return [int(docs.starts[start]), int(docs.starts[end + 1])]
 
 
 def _truncate_pair(a: list[int], b: list[int], most: int, rng: np.random.Generator) -> None:
@@ -141,8 +169,7 @@ def cached_pairs(folder: Path, settings: tuple, make: Callable[[], Pairs]) -> Pa
     """A split's pairs, saved beside its store the first time and memory-mapped after:
     making them walks every sentence (a second for 100M tokens, and BERT's rule is a
     Python loop), where a sweep over seeds or lengths, or a restart, needs them again."""
-    key = hashlib.sha256(repr((PAIRS_VERSION, *settings)).encode()).hexdigest()[:16]
-    path = folder / f"pairs-{key}.npy"
+    path = folder / f"pairs-{cache.key(cache.PAIRS, *settings)}.npy"
     try:
         rows = np.load(path, mmap_mode="r")
         if rows.ndim == 2 and rows.shape[1] == 5 and rows.dtype == np.int64:

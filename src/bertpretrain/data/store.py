@@ -38,14 +38,13 @@ import numpy as np
 from tqdm import tqdm
 
 from bertpretrain import files
+from bertpretrain.data import cache
 from bertpretrain.data.corpus import Corpus, Paragraph
 from bertpretrain.data.split_writer import ARRAYS, write_learning_words, write_split
 from bertpretrain.data.tokenizer import Tokenizer
 from bertpretrain.errors import UserError
 
 log = logging.getLogger(__name__)
-
-VERSION = 2  # bump when the layout or the reading rules change
 
 
 @dataclass
@@ -125,15 +124,14 @@ def store_key(corpus: Corpus, tokenizer: Tokenizer) -> str:
     """Everything that changes a store: both splits' digests and the exact tokenizer."""
     vocab = hashlib.sha256("\n".join(tokenizer.vocab).encode()).hexdigest()
     settings = json.dumps(tokenizer.settings(), sort_keys=True)
-    parts = f"v{VERSION}|{corpus.train_digest}|{corpus.valid_digest}|{vocab}|{settings}"
-    return hashlib.sha256(parts.encode()).hexdigest()[:24]
+    return cache.key(cache.STORE, corpus.train_digest, corpus.valid_digest, vocab, settings)
 
 
 def open_store(path: Path, tokenizer: Tokenizer, verify: bool = True) -> Store:
     """The store at `path`; a ValueError (or OSError) when it is incomplete or damaged."""
     meta = json.loads((path / "meta.json").read_text())
-    if meta.get("version") != VERSION:
-        raise ValueError(f"it has layout version {meta.get('version')}, not {VERSION}")
+    if meta.get("version") != cache.STORE:
+        raise ValueError(f"it has layout version {meta.get('version')}, not {cache.STORE}")
     train = _open_split(path, "train", meta["train"], verify)
     valid = _open_split(path, "valid", meta["valid"], verify) if meta.get("valid") else None
     return Store(tokenizer, train, valid, path)
@@ -215,7 +213,7 @@ def _build(corpus: Corpus, cache_dir: Path | None, write_train: Callable) -> Sto
 
 def _write_store(folder: Path, corpus: Corpus, write_train: Callable) -> tuple[dict, Tokenizer]:
     """Both splits' arrays and `meta.json` in `folder`; the metadata and the tokenizer."""
-    meta: dict = {"version": VERSION}
+    meta: dict = {"version": cache.STORE}
     with _progress(f"preparing {corpus.name}") as progress:
         meta["train"], tokenizer = write_train(folder, progress)
         if corpus.read_valid is not None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
-from bertpretrain import data, distributed
+from bertpretrain import distributed
 from bertpretrain.config import (
     Config,
     DataConfig,
@@ -24,7 +24,7 @@ from bertpretrain.config import (
     TrainerConfig,
     to_dict,
 )
-from bertpretrain.data.examples import Dataset
+from bertpretrain.data.pipeline import Dataset, load_on_every_rank
 from bertpretrain.data.tokenizer import from_state as tokenizer_from_state
 from bertpretrain.device import bf16_is_native, pick_device, resolve_precision
 from bertpretrain.errors import UserError
@@ -84,7 +84,7 @@ def set_up(
     if init_path is not None and resume is None:
         init_model, init_tokenizer = _from_published(init_path)
     given = tokenizer_from_state(resume) if resume is not None else init_tokenizer
-    dataset = data.load_on_every_rank(cfg.data, cfg.tokenizer, cfg.trainer.seed, given)
+    dataset = load_on_every_rank(cfg.data, cfg.tokenizer, cfg.trainer.seed, given)
     _check_corpus(resume, dataset)
     if ranks.main:
         accepted()
