@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bertpretrain.config import ModelConfig, compose, conf_dir, to_dict
+from bertpretrain.config import ModelConfig, to_dict
+from bertpretrain.config_compose import compose, conf_dir
 from bertpretrain.errors import UserError
 from bertpretrain.model.architecture import ARCHITECTURE, BertConfig
 from bertpretrain.training.checkpoint import check_resume

@@ -11,7 +11,7 @@ import pytest
 from conftest import run_cli
 
 from bertpretrain import data
-from bertpretrain.config import compose
+from bertpretrain.config_compose import compose
 from bertpretrain.encode import Encoder
 from bertpretrain.training import checkpoint
 

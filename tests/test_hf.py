@@ -282,7 +282,7 @@ def test_a_hf_corpus_is_read_a_batch_of_rows_at_a_time(folder, offline, monkeypa
     import datasets
 
     from bertpretrain import data
-    from bertpretrain.config import compose
+    from bertpretrain.config_compose import compose
     from bertpretrain.data import hf
 
     write(folder / "train.txt", "".join(f"Line {i} starts. Line {i} ends.\n" for i in range(500)))
@@ -304,7 +304,7 @@ def test_a_cached_hf_corpus_is_not_read_again(folder, offline, monkeypatch, tmp_
     import datasets
 
     from bertpretrain import data
-    from bertpretrain.config import compose
+    from bertpretrain.config_compose import compose
 
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", offline)
     cfg, _ = compose(
