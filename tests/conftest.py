@@ -165,7 +165,7 @@ def bertpretrain(
 
     monkeypatch.setenv("BERTPRETRAIN_DATA", cli_env["BERTPRETRAIN_DATA"])
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
-    monkeypatch.setattr(sys, "argv", ["bertpretrain"])  # train_main hands Hydra its own
+    monkeypatch.setattr(sys, "argv", ["bertpretrain"])  # commands.train.main sets Hydra's
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
 

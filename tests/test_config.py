@@ -1,21 +1,35 @@
 """The config's shape: one architecture schema, a speed group apart from the recipe, and
 what a resume may change."""
 
-from dataclasses import fields
 from pathlib import Path
 
 import pytest
 import yaml
 
-from bertpretrain.config import ModelConfig, compose, conf_dir, to_dict
+from bertpretrain.config import to_dict
+from bertpretrain.config_compose import compose, conf_dir
 from bertpretrain.errors import UserError
 from bertpretrain.model.architecture import ARCHITECTURE, BertConfig
 from bertpretrain.training.resume import check_resume
 
 
-def test_the_model_group_is_the_models_own_schema_plus_a_name():
-    model_fields = {f.name for f in fields(ModelConfig)}
-    assert model_fields == {f.name for f in fields(BertConfig)} | {"name"}
+def test_every_architecture_setting_of_the_model_group_reaches_the_built_model():
+    """The model group is the model's own schema plus a name: each architecture key set on
+    the command line is what the model is built with, none dropped, renamed or defaulted."""
+    changed = {
+        "num_layers": 3,
+        "hidden_size": 96,
+        "num_heads": 3,
+        "ffn_size": 200,
+        "dropout": 0.2,
+        "max_position": 256,
+        "type_vocab_size": 3,
+        "layer_norm_eps": 1e-6,
+        "hidden_act": "gelu_tanh",
+    }
+    assert set(changed) == set(ARCHITECTURE)  # a new architecture setting gets a value here
+    cfg, _ = compose([f"model.{key}={value}" for key, value in changed.items()])
+    assert cfg.model.architecture(1000) == BertConfig(vocab_size=1000, **changed)
 
 
 @pytest.mark.parametrize("size", ["tiny", "base", "large"])

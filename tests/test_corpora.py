@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import run_cli
 
-from bertpretrain.config import compose
+from bertpretrain.config_compose import compose
 from bertpretrain.data import pipeline
 from bertpretrain.encode import Encoder
 from bertpretrain.training import checkpoint

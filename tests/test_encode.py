@@ -17,6 +17,7 @@ from conftest import run_cli
 
 from bertpretrain import cli
 from bertpretrain.commands.encode import read_inputs
+from bertpretrain.data.vocab import token_index
 from bertpretrain.encode import Encoder
 from bertpretrain.errors import UserError
 from bertpretrain.load import default_checkpoint
@@ -61,9 +62,17 @@ def test_api_pair_gets_segment_ids_0_then_1(encoder):
     assert out.vectors.shape == (10, 128)
 
 
-def test_api_cls_is_row_zero(encoder):
+def test_api_cls_is_the_encoders_vector_for_cls_and_sees_the_whole_input(encoder):
+    """`cls` is what the encoder's last layer gives the <cls> token (run here on the ids
+    directly, without the Encoder's batching), and another second sentence changes it."""
     out = encoder.encode(*PAIR)
-    assert torch.equal(out.cls, out.vectors[0])
+    index = token_index(encoder.vocab)
+    ids = torch.tensor([[index[token] for token in out.tokens]])  # (1, L)
+    with torch.no_grad():
+        direct = encoder.model(ids, torch.tensor([out.segments]), torch.tensor([ids.shape[1]]))
+    torch.testing.assert_close(out.cls, direct[0, 0].float(), atol=1e-5, rtol=0)  # (H,)
+    other = encoder.encode(PAIR[0], "she stayed")
+    assert float((other.cls - out.cls).abs().max()) > 1e-3
 
 
 def test_api_context_changes_a_words_vector_but_the_same_input_does_not(encoder):
@@ -370,4 +379,5 @@ def test_cli_more_user_errors_are_one_line_and_exit_2(tiny_run, files, capsys, a
 def test_importing_encode_stays_light(runs):
     loaded = set(_ok(runs["import"]).split())
     assert "torch" in loaded
-    assert not loaded & {"hydra", "tensorboard", "bertpretrain.train", "bertpretrain.cli"}
+    heavy = {"hydra", "tensorboard", "bertpretrain.cli", "bertpretrain.commands.train"}
+    assert not loaded & (heavy | {"bertpretrain.training.loop", "bertpretrain.training.setup"})

@@ -281,7 +281,7 @@ def test_a_hf_corpus_is_read_a_batch_of_rows_at_a_time(folder, offline, monkeypa
     paragraph comes after one batch of rows is read, not the whole split."""
     import datasets
 
-    from bertpretrain.config import compose
+    from bertpretrain.config_compose import compose
     from bertpretrain.data import hf, pipeline
 
     write(folder / "train.txt", "".join(f"Line {i} starts. Line {i} ends.\n" for i in range(500)))
@@ -302,7 +302,7 @@ def test_a_cached_hf_corpus_is_not_read_again(folder, offline, monkeypatch, tmp_
     every row into sentences again, and reads nothing when the examples are cached."""
     import datasets
 
-    from bertpretrain.config import compose
+    from bertpretrain.config_compose import compose
     from bertpretrain.data import pipeline
 
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", offline)

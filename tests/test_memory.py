@@ -17,7 +17,7 @@ from conftest import SHARED_WIKITEXT, TINY_ARGS, build_wikitext, run_cli
 from test_distributed import losses
 from test_plan import work
 
-from bertpretrain.config import compose
+from bertpretrain.config_compose import compose
 from bertpretrain.data.batches import BatchStream
 from bertpretrain.errors import UserError
 from bertpretrain.memory import fit, plan

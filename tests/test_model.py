@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bertpretrain.config import compose
+from bertpretrain.config_compose import compose
 from bertpretrain.model.bert import BertConfig, BertForPretraining, count_parameters
 
 BERT_VOCAB = 30522  # the WordPiece vocabulary of the original BERT

@@ -15,7 +15,7 @@ from conftest import REPO, build_wikitext
 
 from bertpretrain import init_from
 from bertpretrain.commands import plan as plan_command
-from bertpretrain.config import compose
+from bertpretrain.config_compose import compose
 from bertpretrain.data.batches import BatchStream
 from bertpretrain.device import resolve_precision
 from bertpretrain.errors import UserError

@@ -21,7 +21,7 @@ from bertpretrain.data.corpus import read_split
 from bertpretrain.data.tokenizer import train_tokenizer
 from bertpretrain.encode import Encoder
 from bertpretrain.hf import published
-from bertpretrain.hf import vocab as published_vocab
+from bertpretrain.hf import vocab as hf_vocab
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("safetensors")
@@ -93,7 +93,7 @@ def test_imported_weights_compute_what_transformers_computes(folder):
     )
     with torch.no_grad():
         ref = hf(**batch, output_hidden_states=True)
-        ours_of = torch.from_numpy(published_vocab.published_order(tokenizer))
+        ours_of = torch.from_numpy(hf_vocab.published_order(tokenizer))
         tokens = ours_of[batch["input_ids"]]
         valid_lens = batch["attention_mask"].sum(1)
         hidden = model.bert(tokens, batch["token_type_ids"], valid_lens)
@@ -116,8 +116,8 @@ def test_tokenisation_gives_bert_tokenizer_fast_ids_on_hard_text(folder, tmp_pat
     (cased / "config.json").write_bytes((folder / "config.json").read_bytes())
     ref = transformers.BertTokenizerFast(vocab=str(cased / "vocab.txt"), do_lower_case=lowercase)
     ref.save_pretrained(cased)
-    tokenizer = published_vocab.read_tokenizer(cased)
-    ours_of = published_vocab.published_order(tokenizer)
+    tokenizer = hf_vocab.read_tokenizer(cased)
+    ours_of = hf_vocab.published_order(tokenizer)
     for text in HARD_TEXT:
         expected = ref(text, add_special_tokens=False)["input_ids"]
         assert [i for _, i in tokenizer.split(text)] == ours_of[expected].tolist(), text
@@ -175,9 +175,7 @@ def test_a_model_without_some_heads_gets_fresh_ones_and_says_so(tmp_path, caplog
     assert fresh in caplog.text and "start fresh" in caplog.text
     hf = getattr(transformers, kind).from_pretrained(folder)
     embeddings = hf.get_input_embeddings().weight
-    ours_of = torch.from_numpy(
-        published_vocab.published_order(published_vocab.read_tokenizer(folder))
-    )
+    ours_of = torch.from_numpy(hf_vocab.published_order(hf_vocab.read_tokenizer(folder)))
     assert torch.equal(model.bert.embeddings.word_embeddings.weight[ours_of], embeddings)
 
 
@@ -339,9 +337,9 @@ def saved_vocab(folder: Path) -> list[str]:
 
 def test_a_folder_saved_by_the_installed_transformers_tokenises_as_it_does(saved_folder):
     ref = transformers.AutoTokenizer.from_pretrained(saved_folder)
-    tokenizer = published_vocab.read_tokenizer(saved_folder)
-    ours_of = published_vocab.published_order(tokenizer)
-    assert published_vocab.published_vocab(tokenizer) == saved_vocab(saved_folder)
+    tokenizer = hf_vocab.read_tokenizer(saved_folder)
+    ours_of = hf_vocab.published_order(tokenizer)
+    assert hf_vocab.published_vocab(tokenizer) == saved_vocab(saved_folder)
     for text in HARD_TEXT:
         expected = ref(text, add_special_tokens=False)["input_ids"]
         assert [i for _, i in tokenizer.split(text)] == ours_of[expected].tolist(), text

@@ -542,7 +542,7 @@ def test_two_trains_started_into_one_new_dir_leave_the_winners_record(tmp_path, 
 
 
 def _tiny_config(run_overrides: dict[str, str] | None = None):
-    from bertpretrain.config import compose
+    from bertpretrain.config_compose import compose
 
     overrides = train_args({"trainer.max_steps": "2", "trainer.save_every": "0"})
     config, _ = compose(overrides + [f"{k}={v}" for k, v in (run_overrides or {}).items()])

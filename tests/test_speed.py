@@ -5,7 +5,7 @@ import torch
 from conftest import build_wikitext
 
 from bertpretrain import device
-from bertpretrain.config import compose
+from bertpretrain.config_compose import compose
 from bertpretrain.data.batches import BatchStream
 from bertpretrain.distributed import Ranks
 from bertpretrain.model.bert import BertConfig, BertForPretraining

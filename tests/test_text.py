@@ -235,7 +235,7 @@ def test_blank_lines_and_file_ends_end_documents_in_the_store(tmp_path):
 
 def test_prepare_logs_each_files_line_count_once(tmp_path, monkeypatch, caplog, wikitext_dir):
     """A wordpiece vocabulary reads the files once more: that pass stays out of the log."""
-    from bertpretrain.config import compose
+    from bertpretrain.config_compose import compose
     from bertpretrain.data.pipeline import prepare
 
     monkeypatch.setenv("BERTPRETRAIN_DATA", str(tmp_path))

@@ -11,7 +11,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.harness import SHARED
+from benchmarks.harness import SHARED, Rows
 
 # (model, max_len, batch, steps): batches small enough for base to take seconds a step
 MEMORY_RUNS = [
@@ -89,7 +89,7 @@ def resident_over_steps(steps: int, every: int, tunables: str, *overrides: str) 
 def bench_resident(steps: int) -> list[dict]:
     """Whether a long tiny run's resident memory stays flat under glibc's defaults: its
     value at step 50 against the last step's, in fp32 and at the default precision."""
-    rows = []
+    rows = Rows()  # printed as measured: each run takes minutes
     for precision in ("fp32", "auto"):
         rss = resident_over_steps(steps, 50, GLIBC_DEFAULTS, f"speed.precision={precision}")
         first, last = rss[50], rss[max(rss)]

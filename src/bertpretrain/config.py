@@ -1,24 +1,18 @@
-"""Typed schemas for the YAML in conf/, registered in Hydra's ConfigStore.
+"""Typed schemas for the YAML in conf/: one dataclass per config group, and `Config`.
 
 The YAML holds every default; the dataclasses here only fix names and types, so an
-unknown key or a wrong type fails while Hydra composes the config. `check` adds the
-rules a type cannot express (positive sizes, hidden divisible by heads, ...).
+unknown key or a wrong type fails while Hydra composes the config. `config_compose`
+registers them with Hydra and composes conf/; `config_checks` adds the rules a type
+cannot express (positive sizes, hidden divisible by heads, ...).
 """
 
 from __future__ import annotations
 
-import difflib
-import itertools
-import os
-from dataclasses import dataclass, field, fields
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
-from omegaconf import MISSING, DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import MISSING, OmegaConf
 
-from bertpretrain.config_checks import check
-from bertpretrain.errors import UserError
 from bertpretrain.model.architecture import BertConfig, architecture_of
 
 
@@ -75,7 +69,8 @@ class HFConfig(DataConfig):
     text_column: str = MISSING
 
 
-# Each corpus has its own keys: `data.source` picks the schema that types them (`to_config`).
+# Each corpus has its own keys: `data.source` picks the schema that types them
+# (`config_compose.to_config`).
 DATA_SCHEMAS = {"wikitext2": WikiText2Config, "text": TextConfig, "hf": HFConfig}
 
 
@@ -140,203 +135,14 @@ class Config:
     speed: SpeedConfig = MISSING
 
 
-def register_configs() -> None:
-    """Make the schema available to config.yaml's defaults list as `base_config`."""
-    from hydra.core.config_store import ConfigStore
-
-    ConfigStore.instance().store(name="base_config", node=Config)
-
-
-def conf_dir() -> Path:
-    """The folder holding config.yaml: inside the package in a wheel, else the repo's conf/."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "conf", here.parents[1] / "conf"):
-        if (candidate / "config.yaml").is_file():
-            return candidate
-    raise UserError(f"cannot find the bertpretrain configs next to {here}; reinstall the package")
-
-
-def to_config(cfg: DictConfig) -> Config:
-    """Turn Hydra's composed DictConfig into the typed, checked Config."""
-    _check_known_keys(cfg)
-    obj = OmegaConf.to_object(cfg)
-    if not isinstance(obj, Config):  # composed without the schema (e.g. a user's own config)
-        obj = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), cfg))
-    obj.data = _typed_data(cfg.data)
-    check(obj)
-    return obj
-
-
-def _check_known_keys(cfg: DictConfig) -> None:
-    """`+trainer.max_step=1` adds a key that no code reads; a misspelt key must fail."""
-    groups = {f.name: f.type for f in fields(Config)}
-    schemas = {
-        "model": ModelConfig,
-        "tokenizer": TokenizerConfig,
-        "optim": OptimConfig,
-        "trainer": TrainerConfig,
-        "speed": SpeedConfig,
-        "data": DATA_SCHEMAS.get(cfg.get("data", {}).get("source")),
-    }
-    unknown = [k for k in cfg if k not in groups and k != "hydra"]
-    for group, schema in schemas.items():
-        node = cfg.get(group)
-        if schema is not None and isinstance(node, DictConfig):
-            known = {f.name for f in fields(schema)}
-            unknown += [f"{group}.{k}" for k in node if k not in known]
-    if unknown:
-        key = unknown[0]
-        _refuse_moved(key)
-        group, _, name = key.rpartition(".")
-        known = [f.name for f in fields(schemas[group])] if group in schemas else list(groups)
-        close = difflib.get_close_matches(name, known, n=1)
-        hint = (
-            f"did you mean {group + '.' if group else ''}{close[0]}?"
-            if close
-            else (f"the keys of {group or 'the config'} are: {', '.join(known)}")
-        )
-        raise UserError(f"bad config: {key} is not a setting; {hint}")
-
-
-def sweep_jobs(overrides: list[str]) -> list[list[str]] | None:
-    """The overrides of each job of a `-m` sweep, as Hydra's basic sweeper expands them
-    (the product of every comma list and range): empty when a range is. None for a sweep
-    it cannot expand here (a glob, or another sweeper's syntax): each job is then checked
-    when it starts."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-
-    try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
-        choices = []
-        for override in parsed:
-            key = override.get_key_element()
-            if not override.is_sweep_override():
-                choices.append([override.input_line])
-            elif override.is_discrete_sweep() and override.value_type.name != "GLOB_CHOICE_SWEEP":
-                choices.append([f"{key}={v}" for v in override.sweep_string_iterator()])
-            else:
-                return None
-    except HydraException as e:
-        raise UserError(f"bad override: {one_line(e)}{_quoting_hint(overrides, e)}") from None
-    return [list(job) for job in itertools.product(*choices)]
-
-
-def _quoting_hint(overrides: list[str], e: BaseException) -> str:
-    """Hydra's override grammar takes non-ASCII characters only inside quotes."""
-    if "Lexer" not in f"{type(e).__name__} {e}":
-        return ""
-    odd = next((o for o in overrides if not o.isascii()), None)
-    if odd is None:
-        return ""
-    key, _, value = odd.partition("=")
-    return f"; quote a value with non-ASCII characters: '{key}=\"{value}\"'"
-
-
-def _typed_data(data: DictConfig) -> DataConfig:
-    """The data node typed by its source's schema. The schemas are not options of the
-    `data` group (Hydra's --help would list them as corpora), so they apply here: a key of
-    another corpus or a wrong type fails as it would at composition."""
-    source = data.get("source")
-    schema = DATA_SCHEMAS.get(source)
-    if schema is None:
-        raise UserError(
-            f"data.source={source!r} is unknown; use data=wikitext2, data=text or data=hf"
-        )
-    try:
-        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), data))
-    except OmegaConfBaseException as e:
-        key = getattr(e, "full_key", None) or getattr(e, "key", None) or "?"
-        problem = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UserError(
-            f"bad config: data.{key}: {problem} (data={source}, {schema.__name__})"
-        ) from None
-
-
-def name_the_model(cfg: DictConfig) -> None:
-    """A model config without `name:` (a user's --config-dir file) is named after its file:
-    `model=mini` gives `mini`. `cfg` is Hydra's composed config, the hydra node included."""
-    model = cfg.get("model")
-    if isinstance(model, DictConfig) and OmegaConf.is_missing(model, "name"):
-        model.name = OmegaConf.select(cfg, "hydra.runtime.choices.model") or "custom"
-
-
-def without_hydra(cfg: DictConfig) -> DictConfig:
-    return OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
-
-
-_NOISE = ("full_key:", "object_type=", "reference_type=", "Set the environment", "To append")
-_PLACEHOLDERS = ("$VALUE", "$KEY", "$FULL_KEY")  # OmegaConf's message templates, unfilled
-
-
-def one_line(e: BaseException) -> str:
-    """Hydra/OmegaConf errors span several lines; keep what names the problem."""
-    parts = []
-    while e is not None and len(parts) < 3:
-        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-        for ln in lines:
-            if ln.startswith("Config search path"):
-                break  # what follows lists Hydra's internals, not the user's mistake
-            if ln.startswith(_NOISE) or any(p in ln for p in _PLACEHOLDERS):
-                continue
-            if ln not in parts:
-                parts.append(ln)
-        e = e.__cause__ or e.__context__
-    return " ".join(parts) or "invalid configuration"
-
-
-def compose(overrides: list[str], config_name: str = "config") -> tuple[Config, DictConfig]:
-    """conf/ composed with `overrides` as `train` would (the hydra node included), and its
-    typed, checked Config. Hydra's multi-line composition errors become one UserError line
-    (HYDRA_FULL_ERROR=1 keeps the original exception)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.errors import HydraException
-
-    register_configs()
-    try:
-        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-            cfg = hydra_compose(
-                config_name=config_name, overrides=overrides, return_hydra_config=True
-            )
-        name_the_model(cfg)
-        return to_config(without_hydra(cfg)), cfg
-    except (HydraException, OmegaConfBaseException, ValueError) as e:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        for override in overrides:
-            _refuse_moved(override.split("=", 1)[0].lstrip("+~"))
-        _refuse_moved(_failing_key(e))
-        raise UserError(
-            f"bad config: {one_line(e)}{_quoting_hint(overrides, e)}; see "
-            "`bertpretrain train --help` for the groups and keys"
-        ) from None
-
-
-# Settings that moved to the speed group (they change speed, not the recipe): old
-# overrides and users' config files get the new name instead of "not a setting".
-MOVED = {
-    "model.gradient_checkpointing": "speed.gradient_checkpointing",
-    "trainer.precision": "speed.precision",
-    "trainer.num_workers": "speed.num_workers",
+# The schema of each group but `data` (typed by its source, DATA_SCHEMAS).
+GROUP_SCHEMAS = {
+    "model": ModelConfig,
+    "tokenizer": TokenizerConfig,
+    "optim": OptimConfig,
+    "trainer": TrainerConfig,
+    "speed": SpeedConfig,
 }
-
-
-def _failing_key(e: BaseException | None) -> str | None:
-    """The key an OmegaConf error in the chain names (a user's YAML file sets it)."""
-    while e is not None:
-        if isinstance(e, OmegaConfBaseException) and getattr(e, "full_key", None):
-            return e.full_key
-        e = e.__cause__ or e.__context__
-    return None
-
-
-def _refuse_moved(key: str | None) -> None:
-    if key in MOVED:
-        raise UserError(
-            f"bad config: {key} is now {MOVED[key]} (the speed group holds the settings that "
-            f"change only speed and memory); write {MOVED[key]}=... instead"
-        )
 
 
 def to_dict(cfg: Config) -> dict:

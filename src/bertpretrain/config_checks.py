@@ -2,27 +2,25 @@
 hidden size divisible by heads, known names. Each broken rule is one UserError line naming
 the setting and a value that works.
 
-It reads the schemas' fields only, so it needs nothing from `config` but their names.
+It reads the schemas' fields only; `config_compose.to_config` calls `check` on every
+config it composes.
 """
 
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
 
+from bertpretrain.config import (
+    Config,
+    DataConfig,
+    ModelConfig,
+    OptimConfig,
+    SpeedConfig,
+    TokenizerConfig,
+    TrainerConfig,
+)
 from bertpretrain.config_ranges import RANGES, check_ranges
 from bertpretrain.errors import UserError
-
-if TYPE_CHECKING:
-    from bertpretrain.config import (
-        Config,
-        DataConfig,
-        ModelConfig,
-        OptimConfig,
-        SpeedConfig,
-        TokenizerConfig,
-        TrainerConfig,
-    )
 
 
 def _require(ok: bool, message: str) -> None:

@@ -72,7 +72,7 @@ def user_message(error: BaseException) -> str | None:
         shown = path if len(path) <= 120 else f"{path[:60]}...{path[-40:]} ({len(path)} characters)"
         return f"{shown}: {error.strerror}; {PATH_FIXES[error.errno]}"
     if type(error).__module__.split(".")[0] in _CONFIG_LIBRARIES:
-        from bertpretrain.config import one_line  # loaded: the error came from there
+        from bertpretrain.config_compose import one_line  # loaded: the error came from there
 
         return f"bad config: {one_line(error)}; see `bertpretrain train --help`"
     return None

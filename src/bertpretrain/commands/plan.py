@@ -15,8 +15,9 @@ from dataclasses import replace
 import torch
 
 from bertpretrain.commands.precheck import search_path
-from bertpretrain.config import Config, compose
+from bertpretrain.config import Config
 from bertpretrain.config_checks import parse_size as config_parse_size
+from bertpretrain.config_compose import compose
 from bertpretrain.config_ranges import RANGES, Range, check_value
 from bertpretrain.device import resolve_precision
 from bertpretrain.errors import ArgumentParser, UserError

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from bertpretrain.config import compose, sweep_jobs
+from bertpretrain.config_compose import compose, sweep_jobs
 from bertpretrain.errors import UserError
 from bertpretrain.model.architecture import ARCHITECTURE
 from bertpretrain.training import rundir

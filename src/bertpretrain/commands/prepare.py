@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from bertpretrain.config import compose
+from bertpretrain.config_compose import compose
 from bertpretrain.data.pipeline import prepare
 from bertpretrain.errors import ArgumentParser
 from bertpretrain.memory.budget import peak_memory

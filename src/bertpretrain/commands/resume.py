@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from bertpretrain.commands.overrides import override
-from bertpretrain.config import without_hydra
+from bertpretrain.config_compose import without_hydra
 from bertpretrain.errors import UserError
 from bertpretrain.training import checkpoint, rundir
 from bertpretrain.training.resume import flat

@@ -26,7 +26,7 @@ from bertpretrain.commands.overrides import added
 from bertpretrain.commands.precheck import precheck
 from bertpretrain.commands.resume import recorded_overrides
 from bertpretrain.commands.sweep_failures import failure_reports, report_failure
-from bertpretrain.config import (
+from bertpretrain.config_compose import (
     conf_dir,
     name_the_model,
     register_configs,
