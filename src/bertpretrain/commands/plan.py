@@ -158,7 +158,9 @@ def _table(chosen: Plan) -> list[str]:
         (f"activations for a micro-batch of {chosen.micro_batch}", chosen.activation_total),
         *[(f"  {name}", size) for name, size in chosen.activations.items()],
     ]
-    if chosen.step_scratch > chosen.activation_total:
+    if chosen.slack:
+        rows.append(("the heap's slack between steps (CPU, rough)", chosen.slack))
+    if chosen.step_scratch > chosen.activation_total + chosen.slack:
         rows.append(("optimizer.step() scratch (instead of activations)", chosen.step_scratch))
     rows.append(("runtime overhead (rough)", chosen.overhead))
     rows.append(("total", chosen.total))

@@ -49,6 +49,12 @@ OVERHEAD = {"cuda": 1 << 30, "cpu": 1 << 29, "mps": 1 << 29}
 # plan counts: the kernel libraries the first step loads, autograd's and OpenMP's threads
 # (measured: 94 MiB at a micro-batch of 8, where the tensors are negligible).
 CPU_RUNTIME_GROWTH = 96 << 20
+# On the CPU, glibc's allocator keeps what a step frees in its heap for the next step (the
+# step's few shapes make it reuse those blocks: docs/benchmarks.md), so from the second
+# step on the peak resident memory holds, besides the live activations, the holes left
+# between them: 0.2 to 0.6 of the activations, measured over 3-step tiny runs at max_len 64
+# and 512 (2026-12-07). Rough, and counted apart from the activations themselves.
+CPU_HEAP_SLACK = 0.4
 # The share of the memory a plan may fill: the rest is for the allocator's slack and for
 # micro-batches with more real tokens than the mean.
 MARGIN = 0.9
@@ -69,6 +75,7 @@ class Plan:
     step_scratch: int  # foreach Adam's temporaries during optimizer.step()
     activations: dict[str, int]  # named parts, summed in `activation_total`
     overhead: int
+    slack: int = 0  # the allocator's holes between steps (CPU_HEAP_SLACK), beside activations
     largest: int = 0  # the largest micro-batch that fits without gradient checkpointing
     largest_checkpointed: int = 0  # ... and with it
 
@@ -79,7 +86,7 @@ class Plan:
     @property
     def total(self) -> int:
         # optimizer.step() runs after backward has freed the activations
-        peak = max(self.activation_total, self.step_scratch)
+        peak = max(self.activation_total + self.slack, self.step_scratch)
         return self.weights + self.gradients + self.optimizer + peak + self.overhead
 
     @property
@@ -175,6 +182,7 @@ def make_plan(
             step_scratch=(2 if decay else 1) * weights,
             activations={**activations, **copies},
             overhead=overhead,
+            slack=int(CPU_HEAP_SLACK * sum(activations.values())) if kind == "cpu" else 0,
         )
 
     accum = configured_accum(trainer) if accum is None else accum
