@@ -55,7 +55,7 @@ NOISE = 32 * torch.finfo(torch.float32).eps
 
 
 def assert_equal_but_for_rounding(actual, expected, msg=None) -> None:
-    scale = float(expected.abs().max())
+    scale = float(expected.detach().abs().max())
     torch.testing.assert_close(actual, expected, rtol=0, atol=NOISE * scale, msg=msg)
 
 

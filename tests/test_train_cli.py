@@ -198,8 +198,8 @@ MODELS = ("tiny", "base", "large")
 # one process: a process each would pay torch's import ten times.
 COMPOSE_EACH = """
 import sys
-from bertpretrain import cli, config
-print(config.conf_dir())
+from bertpretrain import cli, config_compose
+print(config_compose.conf_dir())
 for overrides in sys.argv[1:]:
     print("=== " + overrides, flush=True)
     cli.main(["train", "--cfg", "job", *overrides.split()])
