@@ -219,7 +219,7 @@ def bench_corpus(tokens: int, folder: Path | None) -> list[dict]:
 
 def _logged_at(output: str, line: str) -> float:
     """The wall-clock time of the first log line matching `line`."""
-    stamp = re.search(rf"\[([\d-]+ [\d:]+),(\d+)\]\[bertpretrain\.train\]\S* - {line}", output)
+    stamp = re.search(rf"\[([\d-]+ [\d:]+),(\d+)\]\[bertpretrain[\w.]*\]\S* - {line}", output)
     return time.mktime(time.strptime(stamp[1], "%Y-%m-%d %H:%M:%S")) + int(stamp[2]) / 1e3
 
 
