@@ -57,6 +57,7 @@ def recorded_run(tmp_path_factory, cli_env, wikitext_dir) -> Path:
     return trained_run(tmp_path_factory.mktemp("recorded"), RECIPE, cli_env | ONE_THREAD)
 
 
+@pytest.mark.slow  # trains a run, then resumes it
 def test_a_resume_as_the_readme_shows_reuses_the_runs_recorded_settings(
     recorded_run, tmp_path, bertpretrain
 ):
@@ -73,6 +74,7 @@ def test_a_resume_as_the_readme_shows_reuses_the_runs_recorded_settings(
     assert changed == {"trainer.max_steps", "trainer.resume"}
 
 
+@pytest.mark.slow  # trains a run, then resumes it
 def test_a_resume_refuses_only_an_override_that_changes_the_results_and_leaves_no_dir(
     recorded_run, tmp_path, bertpretrain
 ):
@@ -84,6 +86,7 @@ def test_a_resume_refuses_only_an_override_that_changes_the_results_and_leaves_n
     assert list(tmp_path.iterdir()) == []  # no outputs/DATE/TIME left behind
 
 
+@pytest.mark.slow  # trains a run, then resumes it
 def test_a_checkpoint_without_its_runs_record_gives_the_recorded_settings(
     recorded_run, tmp_path, bertpretrain
 ):
