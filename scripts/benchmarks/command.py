@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.harness import SHARED, cli
+from benchmarks.harness import ON_VALID_SPLIT, SHARED, cli, timed
 from benchmarks.step import bench_training
 from bertpretrain.device import resolve_precision
 
@@ -31,8 +31,8 @@ SHAPES = [("tiny", 64, 512, 10, 40), ("base", 128, 32, 2, 6)]
 def command_seconds(root: Path, model: str, max_len: int, batch: int, steps: int, precision):
     """Wall time of `bertpretrain train` for `steps` steps on WikiText-2's validation split."""
     seconds, _ = cli(
-        ["train", f"model={model}", f"data.dir={SHARED}", "data.train_split=valid"]
-        + ["data.valid_split=null", f"data.root={root}", f"data.max_len={max_len}"]
+        ["train", f"model={model}", *ON_VALID_SPLIT, f"data.root={root}"]
+        + [f"data.max_len={max_len}"]
         + [f"trainer.batch_size={batch}", f"trainer.max_steps={steps}"]
         + [f"speed.precision={precision}", f"hydra.run.dir={root}/run-{time.time_ns()}"],
         root,
@@ -41,23 +41,9 @@ def command_seconds(root: Path, model: str, max_len: int, batch: int, steps: int
 
 
 def d2l_seconds(root: Path, steps: int) -> float:
-    import subprocess
-
-    t0 = time.perf_counter()
-    subprocess.run(
-        [
-            sys.executable,
-            str(D2L),
-            "--steps",
-            str(steps),
-            "--train",
-            str(SHARED / "wiki.valid.tokens"),
-        ],
-        cwd=root,
-        check=True,
-        capture_output=True,
-    )
-    return time.perf_counter() - t0
+    train = SHARED / "wiki.valid.tokens"
+    command = [sys.executable, str(D2L), "--steps", str(steps), "--train", str(train)]
+    return timed(command, root)[0]
 
 
 def has_d2l() -> bool:

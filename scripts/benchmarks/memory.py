@@ -11,7 +11,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.harness import SHARED, Rows
+from benchmarks.harness import ON_VALID_SPLIT, Rows
 
 # (model, max_len, batch, steps): batches small enough for base to take seconds a step
 MEMORY_RUNS = [
@@ -32,8 +32,7 @@ def bench_memory() -> list[dict]:
             subprocess.run(
                 [sys.executable, "-m", "bertpretrain", "train", f"model={model}"]
                 + [f"data.max_len={max_len}", f"trainer.batch_size={batch}"]
-                + [f"trainer.max_steps={steps}", f"data.dir={SHARED}", "data.train_split=valid"]
-                + ["data.valid_split=null", f"hydra.run.dir={folder}/run"],
+                + [f"trainer.max_steps={steps}", *ON_VALID_SPLIT, f"hydra.run.dir={folder}/run"],
                 check=True,
                 capture_output=True,
             )
@@ -70,8 +69,8 @@ def resident_over_steps(steps: int, every: int, tunables: str, *overrides: str) 
     rss = {}
     with tempfile.TemporaryDirectory() as folder:
         args = [
-            sys.executable, "-m", "bertpretrain", "train", "model=tiny", f"data.dir={SHARED}",
-            "data.train_split=valid", "data.valid_split=null", f"trainer.max_steps={steps}",
+            sys.executable, "-m", "bertpretrain", "train", "model=tiny", *ON_VALID_SPLIT,
+            f"trainer.max_steps={steps}",
             f"trainer.log_every={every}", f"hydra.run.dir={folder}/run", *overrides,
         ]  # fmt: skip
         with subprocess.Popen(
