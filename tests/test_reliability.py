@@ -96,6 +96,12 @@ def logged(run_dir: Path, step: int, steps: int = STEPS) -> bool:
     return log.is_file() and f"step {step}/{steps} " in log.read_text()
 
 
+def last_saved(run_dir: Path) -> int:
+    """The step of the run's newest complete checkpoint, 0 if none."""
+    found = checkpoint.list_checkpoints(run_dir)
+    return checkpoint.step_of(found[-1]) if found else 0
+
+
 def reap(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         proc.kill()
@@ -135,14 +141,29 @@ def test_kill_9_leaves_loadable_checkpoints_and_resume_matches_uninterrupted_run
     ckpts = run / checkpoint.SUBDIR
     proc = start_train([*train_args(), f"hydra.run.dir={run}"], tmp_path, env, subprocess.DEVNULL)
     try:
-        wait_until(lambda: bool(checkpoint.list_checkpoints(run)), proc, "the first checkpoint")
+        wait_until(lambda: last_saved(run) >= 1, proc, "the first checkpoint")
         if moment == "mid-checkpoint-write":
-            wait_until(lambda: any(p.suffix == ".tmp" for p in ckpts.iterdir()), proc, "a write")
+            last = f".{checkpoint.path_for(run, STEPS).name}."  # leaves nothing to resume
+            wait_until(
+                lambda: any(
+                    p.suffix == ".tmp" and not p.name.startswith(last) for p in ckpts.iterdir()
+                ),
+                proc,
+                "a write before the last",
+            )
         else:
-            time.sleep(random.Random(moment).uniform(0.0, 1.2))
+            # A random moment inside a random step, scaled by this machine's step time so
+            # that the kill lands before the run ends however fast the machine is: steps
+            # STEPS - 1 and STEPS are left as slack.
+            pick = random.Random(moment)
+            step, started = pick.randint(2, STEPS - 2), time.monotonic()
+            wait_until(lambda: last_saved(run) >= step, proc, f"checkpoint {step}")
+            step_time = (time.monotonic() - started) / (step - 1)
+            time.sleep(pick.uniform(0.0, 1.0) * step_time)
         proc.kill()
     finally:
         reap(proc)
+    assert proc.returncode == -signal.SIGKILL, "the run ended before the kill"
 
     names = sorted(p.name for p in ckpts.iterdir())
     found = checkpoint.list_checkpoints(run)
@@ -150,8 +171,7 @@ def test_kill_9_leaves_loadable_checkpoints_and_resume_matches_uninterrupted_run
         assert checkpoint.load(path)["step"] == int(path.stem.removeprefix("step_")), path
     leftovers = [n for n in names if n not in {p.name for p in found}]
     assert all(n.startswith(".step_") and n.endswith(".tmp") for n in leftovers), names
-    if proc.returncode == -signal.SIGKILL:
-        assert (run / ".lock").read_text().strip() == str(proc.pid)  # stale: its owner is dead
+    assert (run / ".lock").read_text().strip() == str(proc.pid)  # stale: its owner is dead
 
     resumed = bertpretrain(
         ["train", *train_args(), f"hydra.run.dir={run}", "trainer.resume=true"], tmp_path
