@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_bad_input import snapshot
 
-from bertpretrain.config import DATA_SCHEMAS, Config
+from bertpretrain.config import DATA_SCHEMAS, Config, FinetuneConfig
 from bertpretrain.config_ranges import RANGES
 from bertpretrain.training import checkpoint
 
@@ -47,9 +47,10 @@ def bounded(max_examples: int) -> settings:
 REFUSED_WHENEVER_SET = {"model.vocab_size"}  # the tokenizer decides it: any value is refused
 
 
-def schema_keys() -> list[tuple[tuple[str, ...], str, object]]:
+def schema_keys(root: type = Config) -> list[tuple[tuple[str, ...], str, object]]:
     """(overrides that select the key's schema, dotted key, annotated type) for every leaf
-    of Config: `data` walks each corpus's schema, selected with `data=SOURCE`."""
+    of `root` (Config or FinetuneConfig): Config's `data` walks each corpus's schema,
+    selected with `data=SOURCE`."""
     found = []
 
     def walk(cls: type, prefix: str, select: tuple[str, ...]) -> None:
@@ -58,17 +59,18 @@ def schema_keys() -> list[tuple[tuple[str, ...], str, object]]:
             kind = hints[f.name]
             if is_dataclass(kind):
                 walk(kind, f"{prefix}{f.name}.", select)
-            elif f"{prefix}{f.name}" == "data":
+            elif f"{prefix}{f.name}" == "data" and root is Config:
                 for source, schema in DATA_SCHEMAS.items():
                     walk(schema, "data.", (f"data={source}",))
             else:
                 found.append((select, f"{prefix}{f.name}", kind))
 
-    walk(Config, "", ())
+    walk(root, "", ())
     return found
 
 
 KEYS = schema_keys()
+FINETUNE_KEYS = schema_keys(FinetuneConfig)
 
 
 def _base(kind: object) -> set[type]:
@@ -79,7 +81,7 @@ def _base(kind: object) -> set[type]:
 
 
 def test_every_number_of_the_schema_has_a_range():
-    numbers = {key for _, key, kind in KEYS if _base(kind) & {int, float}}
+    numbers = {key for _, key, kind in KEYS + FINETUNE_KEYS if _base(kind) & {int, float}}
     assert numbers - REFUSED_WHENEVER_SET - set(RANGES) == set()
     assert set(RANGES) <= numbers  # no range for a key that is gone
 
@@ -105,9 +107,9 @@ def _number(key: str, kind: set[type]) -> st.SearchStrategy[str]:
 
 
 @st.composite
-def override(draw) -> list[str]:
+def override(draw, keys=KEYS) -> list[str]:
     """A schema key's selection overrides plus `key=value`."""
-    select, key, annotation = draw(st.sampled_from(KEYS))
+    select, key, annotation = draw(st.sampled_from(keys))
     kind = _base(annotation)
     values = [st.sampled_from(ODD_STRINGS), st.text(st.characters(codec="ascii"), max_size=12)]
     if kind & {int, float}:
@@ -147,6 +149,17 @@ def test_any_override_of_any_key_is_accepted_or_one_error_line(
     assert snapshot(folder) == before
 
 
+@bounded(OVERRIDE_EXAMPLES)
+@given(overrides=st.lists(override(FINETUNE_KEYS), min_size=1, max_size=3))
+def test_any_override_of_any_finetune_key_is_accepted_or_one_error_line(
+    overrides, folder, bertpretrain
+):
+    before = snapshot(folder)
+    argv = ["finetune", "--cfg", "job", *(word for group in overrides for word in group)]
+    kept_the_promise(bertpretrain(argv, folder))
+    assert snapshot(folder) == before
+
+
 def odd_paths(root: Path) -> dict[str, str]:
     """Paths that are not what a command expects, built under `root` (the working dir)."""
     if not (root / "afolder").exists():
@@ -172,6 +185,9 @@ PATH_COMMANDS = [
     ("train", *TINY_ARGS, "init={}", "hydra.run.dir=new-run"),
     ("train", *TINY_ARGS, "trainer.resume={}", "hydra.run.dir=new-run"),
     ("train", *TINY_ARGS, "data.dir={}", "data.valid_split=null", "hydra.run.dir=new-run"),
+    ("finetune", "task.dir={}", "hydra.run.dir=new-run"),
+    ("finetune", "task=csv", "task.dir={}", "task.text_a=a", "task.label=b", "hydra.run.dir=r"),
+    ("finetune", "task.dir=afolder", "init={}", "hydra.run.dir=new-run"),
 ]
 
 

@@ -573,6 +573,7 @@ def test_a_crash_in_the_final_validation_keeps_the_trained_weights(
     tmp_path, monkeypatch, env, one_torch_thread
 ):
     from bertpretrain.training import loop as train_module
+    from bertpretrain.training import objective
 
     monkeypatch.setenv("BERTPRETRAIN_DATA", env["BERTPRETRAIN_DATA"])
     calls = []
@@ -581,7 +582,7 @@ def test_a_crash_in_the_final_validation_keeps_the_trained_weights(
         calls.append(1)
         raise ZeroDivisionError("float division by zero")
 
-    monkeypatch.setattr(train_module, "evaluate", broken)
+    monkeypatch.setattr(objective, "evaluate", broken)
     with pytest.raises(ZeroDivisionError):
         train_module.train(_tiny_config(), tmp_path / "run")
     assert calls == [1]
@@ -594,15 +595,16 @@ def test_sigterm_during_the_final_validation_saves_and_exits_143(
 ):
     from bertpretrain.errors import Interrupted
     from bertpretrain.training import loop as train_module
+    from bertpretrain.training import objective
 
     monkeypatch.setenv("BERTPRETRAIN_DATA", env["BERTPRETRAIN_DATA"])
-    real = train_module.evaluate
+    real = objective.evaluate
 
     def interrupted(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGTERM)  # lands while validation runs
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "evaluate", interrupted)
+    monkeypatch.setattr(objective, "evaluate", interrupted)
     with pytest.raises(Interrupted) as info:
         train_module.train(_tiny_config(), tmp_path / "run")
     assert info.value.exit_code == 143

@@ -33,7 +33,10 @@ def test_speed_compile_gives_the_eager_losses_and_gradients(wikitext_dir):
     torch.manual_seed(0)
     model = BertForPretraining(BertConfig(len(data.vocab), 1, 32, 2, 64, dropout=0.0))
     compiled = make_module(
-        compose(["speed.compile=true"])[0].speed, model, torch.device("cpu"), Ranks()
+        compose(["speed.compile=true"])[0].speed,
+        PretrainingLosses(model),
+        torch.device("cpu"),
+        Ranks(),
     )
     assert isinstance(compiled, torch._dynamo.eval_frame.OptimizedModule)
     sum(compiled(batch)).backward()
@@ -78,12 +81,12 @@ def test_precision_auto_plans_bf16_for_a_gpu_this_machine_lacks(monkeypatch):
 
 
 def test_the_run_logs_which_precision_auto_chose(monkeypatch, caplog):
-    from bertpretrain.training.setup import _autocast
+    from bertpretrain.training.setup import autocast_for
 
     monkeypatch.setattr(device, "cpu_flags", lambda: frozenset({"avx2"}))
     with caplog.at_level("INFO"):
         cfg = compose(["speed.precision=auto"])[0]
-        autocast = _autocast(cfg.speed, torch.device("cpu"), cfg.model.architecture(100))
+        autocast = autocast_for(cfg.speed, torch.device("cpu"), cfg.model.architecture(100))
     assert "precision: fp32 (speed.precision=auto; bf16 is not native on cpu)" in caplog.text
     assert "attention: on the batch padded to (B, heads, L, d)" in caplog.text
     with autocast():

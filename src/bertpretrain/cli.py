@@ -22,6 +22,8 @@ Pretrain BERT (masked LM + next-sentence prediction) and encode text with it.
 commands:
   train    pretrain a model; takes Hydra overrides, e.g. `bertpretrain train model=tiny`
            (`bertpretrain train --help` lists the config groups and options)
+  finetune fine-tune a pretrained model on a GLUE task or your own, e.g. `bertpretrain
+           finetune task=rte task.dir=glue/RTE init=outputs/latest` (takes Hydra overrides)
   encode   contextual vectors of a sentence or sentence pair from a checkpoint
            (`bertpretrain encode --help`)
   runs     list the runs under outputs/: date, overrides, steps, losses, checkpoint
@@ -29,6 +31,7 @@ commands:
   plan     memory needed by a config (weights, optimizer, activations) and whether it fits
   prepare  tokenise a corpus once into the cache (memory-mapped), ahead of `train`; takes
            train's overrides, e.g. `bertpretrain prepare data=text data.files=[a.txt]`
+  glue     the GLUE score table of fine-tuning runs under DIR: median over seeds, the average
 
 Errors you can fix print one line and exit with code 2; a bug prints one line naming the
 file that holds its traceback and exits with code 1; set HYDRA_FULL_ERROR=1 to see
@@ -54,11 +57,13 @@ def plan_main(argv: list[str]) -> None:
 
 COMMANDS: dict[str, Callable[[list[str]], None]] = {
     "train": _command("train"),
+    "finetune": _command("finetune"),
     "encode": _command("encode"),
     "runs": _command("runs"),
     "export": _command("export"),
     "plan": plan_main,
     "prepare": _command("prepare"),
+    "glue": _command("glue"),
 }
 
 

@@ -85,12 +85,13 @@ class TokenizerConfig:
 @dataclass
 class OptimConfig:
     name: str = MISSING
-    lr: float = MISSING
+    lr: float | None = MISSING  # finetune: null picks one by the model's size
     weight_decay: float = MISSING
     betas: list[float] = field(default_factory=list)
     eps: float = MISSING
     schedule: str = MISSING
     warmup_steps: int = MISSING
+    warmup_fraction: float = 0.0  # of max_steps, when warmup_steps is 0
     grad_clip: float = MISSING
 
 
@@ -135,6 +136,49 @@ class Config:
     speed: SpeedConfig = MISSING
 
 
+# GLUE's tasks, each a config of the `task` group; `task=csv` is the user's own
+GLUE_TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli")
+
+
+@dataclass
+class TaskConfig:
+    """A downstream task of `finetune`: one of GLUE's, read from `dir` in the layout GLUE
+    distributes (or from the `datasets` library's copy when `dir` is null), or `csv`: the
+    user's own TSV/CSV/JSONL files in `dir` with the named columns."""
+
+    name: str = MISSING  # cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli or csv
+    dir: str | None = MISSING  # the folder of train/dev/test files
+    kind: str = MISSING  # classification or regression (GLUE's tasks fix it)
+    text_a: str | None = MISSING  # csv: the column of the first text
+    text_b: str | None = MISSING  # csv: the column of the second text (null: single text)
+    label: str | None = MISSING  # csv: the column of the label
+
+
+@dataclass
+class FinetuneDataConfig:
+    max_len: int = MISSING  # <cls> a <sep> b <sep>, the longer text cut to fit
+
+
+@dataclass
+class FinetuneTrainerConfig(TrainerConfig):
+    epochs: int = MISSING  # max_steps = epochs x the train split's batches
+    select: str = MISSING  # last or best: the epoch whose dev figures the summary reports
+
+
+@dataclass
+class FinetuneConfig:
+    # The pretrained model: a run dir or checkpoint of ours, a transformers folder or a
+    # Hub name. Null starts from random weights of `model`: the baseline to compare with.
+    init: str | None = None
+    task: TaskConfig = MISSING
+    model: ModelConfig = MISSING
+    data: FinetuneDataConfig = MISSING
+    tokenizer: TokenizerConfig = MISSING
+    optim: OptimConfig = MISSING
+    trainer: FinetuneTrainerConfig = MISSING
+    speed: SpeedConfig = MISSING
+
+
 # The schema of each group but `data` (typed by its source, DATA_SCHEMAS).
 GROUP_SCHEMAS = {
     "model": ModelConfig,
@@ -145,6 +189,15 @@ GROUP_SCHEMAS = {
 }
 
 
-def to_dict(cfg: Config) -> dict:
+# The schema of each group of conf/finetune.yaml.
+FINETUNE_SCHEMAS = {
+    **GROUP_SCHEMAS,
+    "task": TaskConfig,
+    "data": FinetuneDataConfig,
+    "trainer": FinetuneTrainerConfig,
+}
+
+
+def to_dict(cfg: Config | FinetuneConfig) -> dict:
     """Plain data for checkpoints and TensorBoard: no OmegaConf or dataclass objects."""
     return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)

@@ -11,11 +11,15 @@ from __future__ import annotations
 import re
 
 from bertpretrain.config import (
+    GLUE_TASKS,
     Config,
     DataConfig,
+    FinetuneConfig,
+    FinetuneTrainerConfig,
     ModelConfig,
     OptimConfig,
     SpeedConfig,
+    TaskConfig,
     TokenizerConfig,
     TrainerConfig,
 )
@@ -28,20 +32,50 @@ def _require(ok: bool, message: str) -> None:
         raise UserError(message)
 
 
-def check(cfg: Config) -> None:
+def check(cfg: Config | FinetuneConfig) -> None:
     """Reject values that type-check but cannot work, before any data is read."""
-    check_ranges({key: _setting(cfg, key) for key in RANGES})
+    finetune = isinstance(cfg, FinetuneConfig)
+    derived = {"trainer.max_steps"} if finetune else set()  # from trainer.epochs
+    check_ranges({key: _setting(cfg, key) for key in RANGES if _has(cfg, key) - derived})
     _check_model(cfg.model, cfg.data)
-    _check_data(cfg.data)
     _check_tokenizer(cfg.tokenizer)
     _check_optim(cfg.optim)
     _check_trainer(cfg.trainer)
     _check_speed(cfg.speed)
+    if finetune:
+        _check_task(cfg.task, cfg.trainer)
+    else:
+        _check_data(cfg.data)
+        _require(
+            cfg.optim.lr is not None, "optim.lr=null: give pretraining a learning rate, e.g. 1e-3"
+        )
 
 
-def _setting(cfg: Config, key: str) -> object:
+def _has(cfg, key: str) -> set[str]:
+    """{key} when cfg's schema has that setting (fine-tuning's data has max_len alone)."""
+    group, name = key.split(".")
+    return {key} if hasattr(getattr(cfg, group), name) else set()
+
+
+def _setting(cfg, key: str) -> object:
     group, name = key.split(".")
     return getattr(getattr(cfg, group), name)
+
+
+def _check_task(task: TaskConfig, trainer: FinetuneTrainerConfig) -> None:
+    known = (*GLUE_TASKS, "csv")
+    _require(
+        task.name in known,
+        f"task.name={task.name!r} is unknown; use task={' or task='.join(known)}",
+    )
+    _require(
+        task.kind in ("classification", "regression"),
+        f"task.kind={task.kind!r} is unknown; use classification or regression",
+    )
+    _require(
+        trainer.select in ("last", "best"),
+        f"trainer.select={trainer.select!r} is unknown; use last or best",
+    )
 
 
 def _check_model(model: ModelConfig, data: DataConfig) -> None:

@@ -16,7 +16,14 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from bertpretrain.config import DATA_SCHEMAS, GROUP_SCHEMAS, Config, DataConfig
+from bertpretrain.config import (
+    DATA_SCHEMAS,
+    FINETUNE_SCHEMAS,
+    GROUP_SCHEMAS,
+    Config,
+    DataConfig,
+    FinetuneConfig,
+)
 from bertpretrain.config_checks import check
 from bertpretrain.errors import UserError
 
@@ -43,9 +50,11 @@ def compose(overrides: list[str], config_name: str = "config") -> tuple[Config, 
         for override in overrides:
             _refuse_moved(override.split("=", 1)[0].lstrip("+~"))
         _refuse_moved(_failing_key(e))
+        command = "finetune" if config_name == "finetune" else "train"
         raise UserError(
-            f"bad config: {one_line(e)}{_quoting_hint(overrides, e)}; see "
-            "`bertpretrain train --help` for the groups and keys"
+            f"bad config: {one_line(e)}{_close_key(overrides, config_name)}"
+            f"{_quoting_hint(overrides, e)}; see `bertpretrain {command} --help` for the "
+            "groups and keys"
         ) from None
 
 
@@ -54,6 +63,7 @@ def register_configs() -> None:
     from hydra.core.config_store import ConfigStore
 
     ConfigStore.instance().store(name="base_config", node=Config)
+    ConfigStore.instance().store(name="base_finetune", node=FinetuneConfig)
 
 
 def conf_dir() -> Path:
@@ -77,21 +87,29 @@ def without_hydra(cfg: DictConfig) -> DictConfig:
     return OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
 
 
-def to_config(cfg: DictConfig) -> Config:
-    """Turn Hydra's composed DictConfig into the typed, checked Config."""
-    _check_known_keys(cfg)
+def to_config(cfg: DictConfig) -> Config | FinetuneConfig:
+    """Turn Hydra's composed DictConfig into the typed, checked Config (FinetuneConfig when
+    it has a task: conf/finetune.yaml's)."""
+    finetune = "task" in cfg
+    schema = FinetuneConfig if finetune else Config
+    _check_known_keys(cfg, schema)
     obj = OmegaConf.to_object(cfg)
-    if not isinstance(obj, Config):  # composed without the schema (e.g. a user's own config)
-        obj = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), cfg))
-    obj.data = _typed_data(cfg.data)
+    if not isinstance(obj, schema):  # composed without the schema (e.g. a user's own config)
+        obj = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), cfg))
+    if not finetune:
+        obj.data = _typed_data(cfg.data)
     check(obj)
     return obj
 
 
-def _check_known_keys(cfg: DictConfig) -> None:
+def _check_known_keys(cfg: DictConfig, schema: type = Config) -> None:
     """`+trainer.max_step=1` adds a key that no code reads; a misspelt key must fail."""
-    groups = {f.name: f.type for f in fields(Config)}
-    schemas = {**GROUP_SCHEMAS, "data": DATA_SCHEMAS.get(cfg.get("data", {}).get("source"))}
+    groups = {f.name: f.type for f in fields(schema)}
+    if schema is FinetuneConfig:
+        schemas = FINETUNE_SCHEMAS
+    else:
+        source = cfg.get("data", {}).get("source")
+        schemas = {**GROUP_SCHEMAS, "data": DATA_SCHEMAS.get(source)}
     unknown = [k for k in cfg if k not in groups and k != "hydra"]
     for group, schema in schemas.items():
         node = cfg.get(group)
@@ -147,6 +165,22 @@ def _refuse_moved(key: str | None) -> None:
             f"bad config: {key} is now {MOVED[key]} (the speed group holds the settings that "
             f"change only speed and memory); write {MOVED[key]}=... instead"
         )
+
+
+def _close_key(overrides: list[str], config_name: str) -> str:
+    """` (did you mean trainer.epochs?)` for the first override whose key is not in its
+    group's schema but is close to one that is; "" otherwise."""
+    schemas = FINETUNE_SCHEMAS if config_name == "finetune" else GROUP_SCHEMAS
+    for override in overrides:
+        group, _, name = override.split("=", 1)[0].lstrip("+~").partition(".")
+        schema = schemas.get(group)
+        if schema is None or not name or "." in name:
+            continue
+        known = [f.name for f in fields(schema)]
+        close = difflib.get_close_matches(name, known, n=1)
+        if name not in known and close:
+            return f" (did you mean {group}.{close[0]}?)"
+    return ""
 
 
 def _failing_key(e: BaseException | None) -> str | None:

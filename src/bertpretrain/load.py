@@ -5,6 +5,9 @@ dir (its newest checkpoint), a checkpoint file, or a transformers BERT folder.
 
     loaded = load_model("outputs/latest")
     loaded.model, loaded.tokenizer, loaded.max_len  # BertForPretraining, its tokenizer, limit
+
+A fine-tuning run's checkpoint gives its `BertForClassification` and `task` (its name,
+kind and label names); every reader uses `model.bert`, the encoder, or the whole model.
 """
 
 from __future__ import annotations
@@ -12,10 +15,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from bertpretrain.data.tokenizer import Tokenizer, from_state
 from bertpretrain.errors import UserError
 from bertpretrain.hf import published
 from bertpretrain.model.bert import BertConfig, BertForPretraining
+from bertpretrain.model.classifier import BertForClassification
 from bertpretrain.training import checkpoint, rundir
 
 TRAIN_HINT = "train one with `bertpretrain train model=tiny`"
@@ -26,12 +32,13 @@ MIN_LEN = 5  # `<cls> a <sep> b <sep>` with one word per sentence, as training r
 class LoadedModel:
     """A model with its weights loaded and checked, and what its source says about it."""
 
-    model: BertForPretraining
+    model: BertForPretraining | BertForClassification
     tokenizer: Tokenizer
     max_len: int  # the longest input it was trained for, <cls> and <sep> included
     source: Path  # the checkpoint file or transformers folder read
     step: int | None = None  # the checkpoint's step; None for a transformers folder
     val_metrics: dict = field(default_factory=dict)  # the training run's last validation
+    task: dict | None = None  # a fine-tuned model's task: name, kind, label_names, metrics
 
 
 def find_model(path: str | Path | None = None) -> Path:
@@ -58,10 +65,11 @@ def load_model(path: str | Path | None = None) -> LoadedModel:
         source,
         state.get("step"),
         metrics if isinstance(metrics, dict) else {},
+        state.get("task") if isinstance(state.get("task"), dict) else None,
     )
 
 
-def _from_checkpoint(state: dict, path: Path) -> tuple[BertForPretraining, Tokenizer, int]:
+def _from_checkpoint(state: dict, path: Path) -> tuple[torch.nn.Module, Tokenizer, int]:
     """The model, tokenizer and training max_len of a loaded checkpoint; anything
     inconsistent is one UserError naming what is wrong."""
     try:
@@ -69,7 +77,7 @@ def _from_checkpoint(state: dict, path: Path) -> tuple[BertForPretraining, Token
         config = BertConfig(**state["model_config"])
         if len(tokenizer.vocab) != config.vocab_size:
             raise ValueError(f"{len(tokenizer.vocab)} tokens but {config.vocab_size} embeddings")
-        model = BertForPretraining(config)
+        model = _architecture(state, config)
         model.load_state_dict(state["model"])  # strict: every weight there, of the right shape
         max_len = int(state["config"]["data"]["max_len"])
         if not MIN_LEN <= max_len <= config.max_position:
@@ -80,9 +88,19 @@ def _from_checkpoint(state: dict, path: Path) -> tuple[BertForPretraining, Token
         detail = " ".join(str(e).split())[:160]
         raise UserError(
             f"{path} has no usable model, vocabulary or config ({type(e).__name__}: {detail}); "
-            "give a checkpoint written by `bertpretrain train`"
+            "give a checkpoint written by `bertpretrain train` or `finetune`"
         ) from None
     return model, tokenizer, max_len
+
+
+def _architecture(state: dict, config: BertConfig) -> torch.nn.Module:
+    """The model a checkpoint holds: pretraining's, or a fine-tuning run's classifier (one
+    output for a regression task, else one per label)."""
+    task = state.get("task")
+    if task is None:
+        return BertForPretraining(config)
+    labels = task["label_names"]
+    return BertForClassification(config, 1 if labels is None else len(labels))
 
 
 def default_checkpoint(root: str | Path = ".") -> Path:

@@ -73,8 +73,11 @@ def _refuse_command_line(argv: list[str], message: str) -> NoReturn:
     raise UserError(f"{message}; see `bertpretrain train --help`")
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str], config_name: str = "config") -> None:
+    """`bertpretrain train ARGV`; `finetune` is this app composing conf/finetune.yaml."""
     register_configs()
+    if config_name != "config" and "--config-name" not in argv and "-cn" not in argv:
+        argv = ["--config-name", config_name, *argv]  # Hydra's flags come first
     args = parse_hydra_args(argv)
     torchrun = distributed.launched_by_torchrun()
     # The precheck composes the config, and Hydra composes it again below. Composing first
@@ -152,7 +155,10 @@ def _one_run_dir(
 def _job(cfg: DictConfig, tracebacks: bool) -> None:
     """One run, as Hydra starts it: alone (an error ends it through the boundary of every
     command, `fail.report`), or as one job of a sweep, which survives it."""
-    from bertpretrain.training.loop import train  # torch & co. only once the config is known good
+    # torch & co. only once the config is known good
+    from bertpretrain.config import FinetuneConfig
+    from bertpretrain.training.finetune import finetune
+    from bertpretrain.training.loop import train
 
     hydra_config = HydraConfig.get()
     multirun = hydra_config.mode == RunMode.MULTIRUN
@@ -160,7 +166,8 @@ def _job(cfg: DictConfig, tracebacks: bool) -> None:
     name_the_model(cfg)
     try:
         config = to_config(without_hydra(cfg))
-        train(config, run_dir, _record(run_dir, without_hydra(cfg), hydra_config))
+        run = finetune if isinstance(config, FinetuneConfig) else train
+        run(config, run_dir, _record(run_dir, without_hydra(cfg), hydra_config))
     except Interrupted as e:
         print(f"bertpretrain: {e}", file=sys.stderr)
         sys.exit(e.exit_code)  # a stopped sweep stops: the user asked for it

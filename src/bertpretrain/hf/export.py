@@ -1,6 +1,7 @@
 """A checkpoint -> a transformers model folder: `bertpretrain export RUN_OR_CHECKPOINT OUT_DIR`.
 
-The folder loads with `transformers.BertForPreTraining.from_pretrained(OUT_DIR)`,
+The folder loads with `transformers.BertForPreTraining.from_pretrained(OUT_DIR)` (a
+fine-tuning run's: `BertForSequenceClassification`, with its labels in config.json),
 `BertModel.from_pretrained(OUT_DIR)` and `AutoTokenizer.from_pretrained(OUT_DIR)`:
 
     config.json              model_type bert, architectures ["BertForPreTraining"]
@@ -93,10 +94,11 @@ def export(
     loaded = load_model(path)
     tokenizer = loaded.tokenizer
     tensors = hf_weights(loaded.model.state_dict(), tokenizer)
+    head = task_config(loaded.task) if loaded.task is not None and not encoder_only else {}
     if encoder_only:  # keys without the `bert.` prefix, as BertModel.save_pretrained writes
         tensors = {k[5:]: t for k, t in tensors.items() if k.startswith("bert.")}
     texts = {
-        "config.json": _json(hf_config(loaded.model.config, encoder_only, tokenizer)),
+        "config.json": _json(hf_config(loaded.model.config, encoder_only, tokenizer) | head),
         "vocab.txt": "".join(f"{token}\n" for token in vocab_lines(tokenizer)),
         "tokenizer_config.json": _json(tokenizer_config(loaded.max_len, tokenizer)),
         "special_tokens_map.json": _json(special_tokens_map(tokenizer)),
@@ -139,6 +141,20 @@ def hf_config(
         "initializer_range": 0.02,
         "pad_token_id": published["ids"][PAD_ID] if published else PAD_ID,
         "tie_word_embeddings": True,
+    }
+
+
+def task_config(task: dict) -> dict:
+    """What a fine-tuned run's config.json adds: BertForSequenceClassification, its labels
+    and its problem type (a regression has one output and no labels)."""
+    labels = task["label_names"] or []
+    return {
+        "architectures": ["BertForSequenceClassification"],
+        "num_labels": max(1, len(labels)),
+        "problem_type": "regression" if not labels else "single_label_classification",
+        "id2label": {str(i): name for i, name in enumerate(labels)} or {"0": "LABEL_0"},
+        "label2id": {name: i for i, name in enumerate(labels)} or {"LABEL_0": 0},
+        "finetuning_task": task["name"],
     }
 
 
@@ -187,8 +203,11 @@ def hf_weights(ours: dict[str, torch.Tensor], tokenizer: Tokenizer) -> dict[str,
         names = hf_names(name)
         for hf_name, piece in zip(names, value.chunk(len(names))):  # qkv: query, key, value
             out[hf_name] = piece.clone()
-    out["cls.predictions.decoder.bias"] = out["cls.predictions.bias"].clone()
-    out["cls.predictions.decoder.weight"] = out["bert.embeddings.word_embeddings.weight"].clone()
+    if "cls.predictions.bias" in out:  # pretraining's tied decoder, written out
+        out["cls.predictions.decoder.bias"] = out["cls.predictions.bias"].clone()
+        out["cls.predictions.decoder.weight"] = out[
+            "bert.embeddings.word_embeddings.weight"
+        ].clone()
     return out
 
 

@@ -49,6 +49,7 @@ TOP = {
     "mlm_dense": "cls.predictions.transform.dense",
     "mlm_LayerNorm": "cls.predictions.transform.LayerNorm",
     "nsp": "cls.seq_relationship",
+    "classifier": "classifier",  # a fine-tuned run's head: BertForSequenceClassification's
 }
 QKV = ("query", "key", "value")
 VOCAB_ROWS = ("bert.embeddings.word_embeddings.weight", "mlm_bias")  # indexed by token id

@@ -124,7 +124,7 @@ class BertForPretraining(nn.Module):
         self.mlm_LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.mlm_bias = nn.Parameter(torch.zeros(config.vocab_size))
         self.nsp = nn.Linear(config.hidden_size, 2)
-        self.apply(_init_weights)
+        self.apply(initialise)
 
     def mlm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Vocabulary logits of the given hidden vectors; the decoder is the word embedding."""
@@ -177,7 +177,7 @@ class BertForPretraining(nn.Module):
 IGNORED = -100  # a target cross_entropy skips
 
 
-def _init_weights(module: nn.Module) -> None:
+def initialise(module: nn.Module) -> None:
     """BERT's initialisation: N(0, 0.02) weights, zero biases, unit LayerNorm."""
     if isinstance(module, (nn.Linear, nn.Embedding)):
         nn.init.normal_(module.weight, std=0.02)

@@ -17,16 +17,16 @@ import torch
 
 from bertpretrain import distributed
 from bertpretrain.config import Config, to_dict
-from bertpretrain.data.batches import BatchStream, batch_loader
+from bertpretrain.data.batches import batch_loader
 from bertpretrain.device import pick_device
 from bertpretrain.errors import UserError
 from bertpretrain.init_from import adopt
 from bertpretrain.memory.budget import peak_memory
 from bertpretrain.memory.fit import oom_advice
-from bertpretrain.memory.plan import Workload, micro_batch_size
+from bertpretrain.memory.plan import Workload
 from bertpretrain.model.bert import flops_per_sequence
 from bertpretrain.training import checkpoint, rundir, signals
-from bertpretrain.training.evaluate import COLLAPSED, evaluate
+from bertpretrain.training.evaluate import COLLAPSED
 from bertpretrain.training.optimize import split_batch, training_step
 from bertpretrain.training.progress import Progress, write_hparams
 from bertpretrain.training.setup import Run, set_up
@@ -35,12 +35,26 @@ log = logging.getLogger(__name__)
 
 
 def train(cfg: Config, run_dir: Path, record: Callable[[], None] | None = None) -> dict:
-    """Pretrain BERT as `cfg` says, writing TensorBoard logs and checkpoints into run_dir.
+    """Pretrain BERT as `cfg` says, writing TensorBoard logs and checkpoints into run_dir;
+    the summary (`run_job` says how)."""
+    return run_job(cfg, run_dir, record, set_up, finish)
+
+
+def run_job(
+    cfg,
+    run_dir: Path,
+    record: Callable[[], None] | None,
+    set_up: Callable[..., Run],
+    finish: Callable[[Run, Progress], dict],
+) -> dict:
+    """A run of `cfg` (pretraining's `Config` or fine-tuning's): `set_up(cfg, run_dir,
+    stop, accepted, init_path)` builds the `Run`, `loop` trains it, `finish` writes what
+    it ends with and gives the summary.
 
     Under torchrun every rank calls this; rank 0 alone logs, evaluates and saves. Nothing
     is written into run_dir before its lock is held and the run is accepted (the run dir,
-    the resume and the corpus checked): then the log so far goes to train.log, and
-    `record` (the CLI's writer of Hydra's config record) runs.
+    the resume and the data checked): then the log so far goes to train.log, and `record`
+    (the CLI's writer of Hydra's config record) runs.
     """
     main = distributed.ranks().main
     lock = rundir.run_lock(run_dir) if main else contextlib.nullcontext()
@@ -61,7 +75,7 @@ def train(cfg: Config, run_dir: Path, record: Callable[[], None] | None = None) 
                 run = set_up(cfg, run_dir, stop, accepted, init and init.path)
                 progress = loop(run)
                 if not run.ranks.main:
-                    return {"steps": cfg.trainer.max_steps, **progress.last}
+                    return {"steps": run.cfg.trainer.max_steps, **progress.last}
                 return finish(run, progress)
             except torch.OutOfMemoryError:
                 work = Workload(cfg.model, cfg.trainer, cfg.speed, cfg.optim, cfg.data.max_len)
@@ -72,13 +86,17 @@ def train(cfg: Config, run_dir: Path, record: Callable[[], None] | None = None) 
 def loop(run: Run) -> Progress:
     """Steps from the run's start to max_steps, each: step, log, maybe stop, evaluate, save."""
     trainer = run.cfg.trainer
-    progress = Progress(trainer.max_steps, run.start, trainer.batch_size, run.writer, run.device)
-    stream = BatchStream(
-        run.dataset.train, trainer.batch_size, trainer.seed, run.cfg.data.masking == "dynamic"
+    progress = Progress(
+        trainer.max_steps,
+        run.start,
+        trainer.batch_size,
+        run.writer,
+        run.device,
+        run.objective.losses,
     )
     steps = range(run.start, trainer.max_steps)
     loader = batch_loader(
-        stream,
+        run.objective.stream,
         steps,
         run.ranks.rank,
         run.ranks.world,
@@ -110,9 +128,8 @@ def due(every: int, done: int, max_steps: int) -> bool:
 
 
 def one_step(run: Run, step: int, batch: dict, progress: Progress) -> torch.Tensor | None:
-    """Train on one global batch; its (mlm, nsp) losses, or None for a skipped step."""
-    # the global batch's masked positions and examples: the losses' denominators
-    local = torch.tensor([int((batch["pred_weights"] > 0).sum()), len(batch["nsp_labels"])])
+    """Train on one global batch; its losses, or None for a skipped step."""
+    local = torch.tensor(run.objective.counts(batch))  # summed: the global batch's denominators
     counts = distributed.sum_over_ranks(local.to(run.device)).unbind()
     micro = [
         {k: v.to(run.device, non_blocking=True) for k, v in part.items()}
@@ -170,9 +187,7 @@ def save(run: Run, step: int) -> Path | None:
             "optimizer": run.optimizer.state_dict(),
             "scheduler": run.scheduler.state_dict(),
             "rng": checkpoint.rng_state(),
-            "vocab": run.dataset.vocab,
-            "tokenizer": run.dataset.tokenizer.settings(),
-            "corpus_digest": run.dataset.corpus_digest,
+            **run.objective.record,
             "config": to_dict(run.cfg),
             "model_config": run.model.config.to_dict(),
             "val_metrics": dict(run.validated),
@@ -181,26 +196,17 @@ def save(run: Run, step: int) -> Path | None:
     )
     run.saved.append(path)
     checkpoint.prune(run.run_dir, run.cfg.trainer.keep_last)
-    rundir.update_latest(run.run_dir)
+    if run.objective.latest:
+        rundir.update_latest(run.run_dir)
     return path
 
 
 def validate(run: Run, step: int) -> dict:
     """Evaluate on the validation split (rank 0), log it and keep it for the checkpoints;
     {} without a validation split or when a signal cut it short."""
-    if run.dataset.valid is None:
+    if run.objective.validate is None:
         return {}
-    trainer = run.cfg.trainer
-    micro = micro_batch_size(trainer.batch_size, run.ranks.world, run.accum)  # as planned
-    metrics = evaluate(
-        run.model,
-        run.dataset.valid,
-        micro,
-        trainer.eval_batches * run.accum,
-        run.device,
-        run.autocast,
-        lambda: run.stop,
-    )
+    metrics = run.objective.validate(lambda: run.stop)
     if metrics is None:
         return {}
     run.validated.update(metrics, step=step)
@@ -228,7 +234,7 @@ def finish(run: Run, progress: Progress) -> dict:
             "optim.lr (the default optim=adam uses 1e-3; docs/defaults.md)",
             metrics["token_spread"],
         )
-    write_hparams(run.writer, to_dict(run.cfg), metrics, progress.last["mlm_loss"])
+    write_hparams(run.writer, to_dict(run.cfg), metrics, {"mlm_loss": progress.last["mlm_loss"]})
     run.writer.close()
     summary = summarise(run, progress, metrics, path)
     rundir.write_summary(run.run_dir, summary)

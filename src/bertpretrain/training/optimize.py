@@ -64,7 +64,7 @@ class PretrainingLosses(torch.nn.Module):
 
 def split_batch(batch: dict, accum: int) -> list[dict]:
     """A rank's share of the batch cut into `accum` equal micro-batches."""
-    size = len(batch["nsp_labels"]) // accum
+    size = len(batch["tokens"]) // accum
     return [{k: v[m * size : (m + 1) * size] for k, v in batch.items()} for m in range(accum)]
 
 
@@ -74,21 +74,23 @@ def training_step(
     micro_batches,
     autocast,
     grad_clip: float,
-    counts=(None, None),
+    counts=(),
     stopping: Callable[[], bool] = lambda: False,
 ):
     """Forward and backward every micro-batch, clip, update.
 
-    Returns the (mlm, nsp) loss of this rank's share and whether every loss was finite. A
-    non-finite loss on any rank leaves the weights untouched on all of them; the caller
-    decides whether to stop. `counts` are the global batch's (masked positions, examples),
-    so micro-batch losses add up to the global batch mean exactly. When `stopping()` turns
-    true between micro-batches (a step of many can take minutes), the step is dropped
-    with the weights untouched and the losses are None.
+    `module(micro_batch, *counts)` gives a tuple of losses (pretraining's mlm and nsp, a
+    task's one loss), and the step minimises their sum. Returns their values for this
+    rank's share, stacked, and whether every loss was finite. A non-finite loss on any rank
+    leaves the weights untouched on all of them; the caller decides whether to stop.
+    `counts` are the global batch's denominators of the losses (pretraining: its masked
+    positions and examples), so micro-batch losses add up to the global batch mean exactly.
+    When `stopping()` turns true between micro-batches (a step of many can take minutes),
+    the step is dropped with the weights untouched and the losses are None.
     """
     optimizer.zero_grad(set_to_none=True)
     device = micro_batches[0]["tokens"].device
-    total = torch.zeros(2, device=device)
+    total = None
     # Each rank's loss is its share of the global mean, so the global gradient is the *sum*
     # of the ranks' gradients; DistributedDataParallel averages them instead. Scaling by
     # the world size undoes its division, so the update matches one process for any
@@ -101,17 +103,20 @@ def training_step(
         )
         with sync:
             with autocast():
-                mlm, nsp = module(mb, *counts)
-            loss = mlm + nsp
+                losses = module(mb, *counts)
+            loss = sum(losses)
             # one agreement per micro-batch, as every rank must take the same branch
             nonfinite, stop = distributed.any_rank_each(
                 [not bool(torch.isfinite(loss)), not last and stopping()], device
             )
             if nonfinite or stop:
                 optimizer.zero_grad(set_to_none=True)
-                return (None if stop and not nonfinite else total), False
+                if stop and not nonfinite:
+                    return None, False
+                return torch.zeros(len(losses), device=device) if total is None else total, False
             (loss * world).backward()
-        total += torch.stack([mlm.detach(), nsp.detach()]).float()
+        values = torch.stack([part.detach() for part in losses]).float()
+        total = values if total is None else total + values
     if grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(module.parameters(), grad_clip)
     optimizer.step()

@@ -24,12 +24,19 @@ log = logging.getLogger("bertpretrain.train")
 
 
 class Progress:
-    """The window of steps since the last log line, and what every log line said."""
+    """The window of steps since the last log line, and what every log line said. `names`
+    name the losses a step gives, in order: ("mlm_loss", "nsp_loss") when pretraining."""
 
     def __init__(
-        self, total: int, start: int, batch_size: int, writer: SummaryWriter | None, device
+        self,
+        total: int,
+        start: int,
+        batch_size: int,
+        writer: SummaryWriter | None,
+        device,
+        names: tuple[str, ...] = ("mlm_loss", "nsp_loss"),
     ):
-        self.total, self.batch_size, self.writer = total, batch_size, writer
+        self.total, self.batch_size, self.writer, self.names = total, batch_size, writer, names
         self.interactive = sys.stderr.isatty()
         self.bar = tqdm(
             total=total,
@@ -38,14 +45,14 @@ class Progress:
             unit="step",
             dynamic_ncols=True,
         )
-        self.window = torch.zeros(2, device=device)  # summed mlm, nsp losses
+        self.window = torch.zeros(len(names), device=device)  # each loss, summed
         self.window_steps = 0
         self.window_start = time.perf_counter()
-        self.last = {"mlm_loss": math.nan, "nsp_loss": math.nan}
+        self.last = dict.fromkeys(names, math.nan)
         self.speeds: list[float] = []  # seq/s of each log line's window
 
     def add(self, losses: torch.Tensor | None) -> None:
-        """One step done: its (mlm, nsp) losses, or None for a skipped step."""
+        """One step done: its losses (in the order of `names`), or None for a skipped step."""
         if losses is not None:
             self.window += losses
             self.window_steps += 1
@@ -57,17 +64,19 @@ class Progress:
         if not self.window_steps or (done % every and done != self.total):
             return
         elapsed = time.perf_counter() - self.window_start
-        mlm, nsp = (distributed.sum_over_ranks(self.window) / self.window_steps).tolist()
+        values = (distributed.sum_over_ranks(self.window) / self.window_steps).tolist()
         seq_s = self.window_steps * self.batch_size / elapsed
         self.speeds.append(seq_s)
-        self.last = {"mlm_loss": mlm, "nsp_loss": nsp}
+        self.last = dict(zip(self.names, values, strict=True))
         if self.writer is not None:
-            curves = {"mlm_loss": mlm, "nsp_loss": nsp, "loss": mlm + nsp, "lr": lr}
-            for name, value in (curves | {"seq_per_s": seq_s}).items():
+            total = {"loss": sum(values)} if len(values) > 1 else {}
+            curves = self.last | total | {"lr": lr, "seq_per_s": seq_s}
+            for name, value in curves.items():
                 self.writer.add_scalar(f"train/{name}", value, done)
-            self.bar.set_postfix(mlm=f"{mlm:.3f}", nsp=f"{nsp:.3f}", seq_s=f"{seq_s:.0f}")
+            shown = {short(name): f"{value:.3f}" for name, value in self.last.items()}
+            self.bar.set_postfix(**shown, seq_s=f"{seq_s:.0f}")
             if not self.interactive:
-                log.info(log_line(done, self.total, mlm, nsp, seq_s))
+                log.info(log_line(done, self.total, self.last, seq_s))
         self.window.zero_()
         self.window_steps = 0
         self.restart_clock()
@@ -107,15 +116,24 @@ def open_writer(folder: Path, purge_step: int) -> SummaryWriter:
     return SummaryWriter(str(folder), purge_step=purge_step)
 
 
-def log_line(step: int, max_steps: int, mlm: float, nsp: float, seq_s: float) -> str:
-    return f"step {step}/{max_steps}  mlm {mlm:.4f}  nsp {nsp:.4f}  {seq_s:.1f} seq/s"
+def log_line(step: int, max_steps: int, losses: dict[str, float], seq_s: float) -> str:
+    """`step 10/50  mlm 7.1234  nsp 0.6931  812.0 seq/s`: each loss by its short name."""
+    shown = "".join(f"  {short(name)} {value:.4f}" for name, value in losses.items())
+    return f"step {step}/{max_steps}{shown}  {seq_s:.1f} seq/s"
 
 
-def write_hparams(writer: SummaryWriter, config: dict, metrics: dict, train_mlm: float) -> None:
-    """The run's config and outcome in TensorBoard's hparams view, to compare a sweep."""
+def short(name: str) -> str:
+    """A loss's name in a log line: mlm_loss -> mlm; a lone `loss` stays."""
+    return name.removesuffix("_loss") or name
+
+
+def write_hparams(writer: SummaryWriter, config: dict, metrics: dict, train: dict) -> None:
+    """The run's config and outcome in TensorBoard's hparams view, to compare a sweep:
+    `metrics` as val_*, `train` (a loss's name and last value) as train_*."""
     writer.add_hparams(
         flat_hparams(config),
-        {f"hparam/val_{k}": v for k, v in metrics.items()} | {"hparam/train_mlm_loss": train_mlm},
+        {f"hparam/val_{k}": v for k, v in metrics.items()}
+        | {f"hparam/train_{k}": v for k, v in train.items()},
         run_name=".",
     )
 

@@ -11,6 +11,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.tensorboard import SummaryWriter
@@ -30,10 +31,11 @@ from bertpretrain.device import bf16_is_native, pick_device, resolve_precision
 from bertpretrain.errors import UserError
 from bertpretrain.init_from import init_weights
 from bertpretrain.memory.fit import for_run
-from bertpretrain.memory.plan import Workload, check_split, configured_accum
+from bertpretrain.memory.plan import Workload, check_split, configured_accum, micro_batch_size
 from bertpretrain.model.attention import attention_path
 from bertpretrain.model.bert import BertConfig, BertForPretraining, count_parameters, describe
 from bertpretrain.training import checkpoint
+from bertpretrain.training.objective import Objective, pretraining
 from bertpretrain.training.optimize import PretrainingLosses, make_optimizer, make_scheduler
 from bertpretrain.training.progress import open_writer
 from bertpretrain.training.resume import resume_state
@@ -50,8 +52,9 @@ class Run:
     stop: list[int]  # signals received: the loop saves and stops after its step
     ranks: distributed.Ranks
     device: torch.device
-    dataset: Dataset
-    model: BertForPretraining  # the plain module: what checkpoints save
+    dataset: Any  # what it trains on: pretraining's `Dataset`, a task's `FinetuneData`
+    objective: Objective  # what the loop optimises, validates and records
+    model: torch.nn.Module  # the plain module: what checkpoints save
     module: torch.nn.Module  # what a step calls: the losses, compiled and/or DDP-wrapped
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
@@ -77,12 +80,12 @@ def set_up(
     `init_path`: the model `init=` names, its architecture already in cfg.model."""
     ranks = distributed.ranks()
     torch.manual_seed(cfg.trainer.seed)
-    device = _device(cfg.trainer, ranks)
+    device = run_device(cfg.trainer, ranks)
     apply_threads(cfg.speed)
     resume = resume_state(cfg.trainer.resume, to_dict(cfg), run_dir)
     init_model, init_tokenizer = None, None
     if init_path is not None and resume is None:
-        init_model, init_tokenizer = _from_published(init_path)
+        init_model, init_tokenizer = from_published(init_path)
     given = tokenizer_from_state(resume) if resume is not None else init_tokenizer
     dataset = load_on_every_rank(cfg.data, cfg.tokenizer, cfg.trainer.seed, given)
     _check_corpus(resume, dataset)
@@ -102,6 +105,18 @@ def set_up(
     # Steps up to `start` were logged by the interrupted run; drop anything it logged later
     # (everything, when a killed run left no checkpoint and we start again from 0).
     writer = open_writer(run_dir / "tensorboard", purge_step=start + 1) if ranks.main else None
+    autocast = autocast_for(cfg.speed, device, model.config)
+    micro = micro_batch_size(cfg.trainer.batch_size, ranks.world, accum)
+    objective = pretraining(
+        dataset,
+        cfg.trainer.batch_size,
+        cfg.trainer.seed,
+        cfg.data.masking == "dynamic",
+        model,
+        (micro, cfg.trainer.eval_batches * accum),  # validation in the planned micro-batch
+        device,
+        autocast,
+    )
     return Run(
         cfg=cfg,
         run_dir=run_dir,
@@ -109,11 +124,12 @@ def set_up(
         ranks=ranks,
         device=device,
         dataset=dataset,
+        objective=objective,
         model=model,
-        module=make_module(cfg.speed, model, device, ranks),
+        module=make_module(cfg.speed, PretrainingLosses(model), device, ranks),
         optimizer=optimizer,
         scheduler=scheduler,
-        autocast=_autocast(cfg.speed, device, model.config),
+        autocast=autocast,
         accum=accum,
         planned=planned,
         start=start,
@@ -129,7 +145,7 @@ def apply_threads(speed: SpeedConfig) -> None:
         log.info("speed.threads=%d: torch uses %d CPU threads", speed.threads, speed.threads)
 
 
-def _device(trainer: TrainerConfig, ranks: distributed.Ranks) -> torch.device:
+def run_device(trainer: TrainerConfig, ranks: distributed.Ranks) -> torch.device:
     """The device, each rank its own GPU; the batch must split evenly over the ranks."""
     device = pick_device(trainer.device)
     if device.type == "cuda":
@@ -143,7 +159,7 @@ def _device(trainer: TrainerConfig, ranks: distributed.Ranks) -> torch.device:
     return device
 
 
-def _from_published(path: Path):
+def from_published(path: Path):
     model, tokenizer = init_weights(path)
     log.info(
         "starting from %s: its weights and its vocabulary of %d tokens (tokenizer.* is not "
@@ -216,10 +232,11 @@ def _restore(resume: dict | None, model, optimizer, scheduler) -> int:
     return resume["step"]
 
 
-def make_module(speed: SpeedConfig, model: BertForPretraining, device, ranks) -> torch.nn.Module:
-    """The losses as a module, compiled if asked; under torchrun wrapped by DDP, which syncs
-    gradients only for what goes through the wrapped module's forward."""
-    module = PretrainingLosses(model)
+def make_module(speed: SpeedConfig, losses: torch.nn.Module, device, ranks) -> torch.nn.Module:
+    """The losses as a module (`PretrainingLosses`, `ClassifierLoss`), compiled if asked;
+    under torchrun wrapped by DDP, which syncs gradients only for what goes through the
+    wrapped module's forward."""
+    module = losses
     if speed.compile:
         log.info("speed.compile=true: compiling the model (the first steps take longer)")
         module = torch.compile(module)
@@ -230,7 +247,7 @@ def make_module(speed: SpeedConfig, model: BertForPretraining, device, ranks) ->
     return module
 
 
-def _autocast(
+def autocast_for(
     speed: SpeedConfig, device: torch.device, architecture: BertConfig
 ) -> Callable[[], contextlib.AbstractContextManager]:
     """Autocast as speed.precision resolves on `device`; the log says which precision and
