@@ -108,7 +108,7 @@ def test_the_dev_accuracy_is_the_one_recomputed_from_the_checkpoint(rte_run, rte
     from bertpretrain.data.classification import encode_split
     from bertpretrain.data.glue import read_task
     from bertpretrain.load import load_model
-    from bertpretrain.training.finetune import predict
+    from bertpretrain.training.predictions import predict
 
     loaded = load_model(rte_run)
     assert loaded.task["name"] == "rte"

@@ -15,13 +15,11 @@ import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from bertpretrain import distributed, scores
+from bertpretrain import distributed
 from bertpretrain.config import FinetuneConfig, to_dict
 from bertpretrain.data.classification import ClassificationStream, Encoded, encode_split
-from bertpretrain.data.classification import eval_batches as task_batches
 from bertpretrain.data.glue import TaskData, read_task
 from bertpretrain.data.tokenizer import Tokenizer, train_tokenizer
 from bertpretrain.data.tokenizer import from_state as tokenizer_from_state
@@ -34,15 +32,21 @@ from bertpretrain.model.classifier import BertForClassification, ClassifierLoss
 from bertpretrain.training import checkpoint, rundir, signals
 from bertpretrain.training.loop import run_job, save, validate
 from bertpretrain.training.objective import Objective, Stop
-from bertpretrain.training.optimize import make_optimizer, make_scheduler
-from bertpretrain.training.progress import Progress, open_writer, write_hparams
+from bertpretrain.training.predictions import (
+    chosen_epoch,
+    dev_metrics,
+    predict,
+    task_score,
+    write_predictions,
+)
+from bertpretrain.training.progress import Progress, write_hparams
 from bertpretrain.training.resume import resume_state
 from bertpretrain.training.setup import (
+    Parts,
     Run,
     apply_threads,
-    autocast_for,
+    assemble,
     from_published,
-    make_module,
     run_device,
 )
 
@@ -101,53 +105,25 @@ def set_up(cfg: FinetuneConfig, run_dir: Path, stop, accepted, init_path: Path |
     accum, planned = for_run(work, data, device, ranks.world)
     model = _model(cfg, resume, pretrained, data).to(device)
     del pretrained
-    optimizer = make_optimizer(model, cfg.optim)
-    scheduler = make_scheduler(optimizer, cfg.optim, cfg.trainer.max_steps)
-    start = 0
-    if resume is not None:
-        model.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
-        scheduler.load_state_dict(resume["scheduler"])
-        checkpoint.set_rng_state(resume["rng"])
-        start = resume["step"]
-    if ranks.rank > 0:  # the same weights everywhere, but each rank its own dropout masks
-        torch.manual_seed(cfg.trainer.seed + 1_000_003 * ranks.rank + start)
-    writer = open_writer(run_dir / "tensorboard", purge_step=start + 1) if ranks.main else None
-    autocast = autocast_for(cfg.speed, device, model.config)
     history = list(resume.get("history", [])) if resume is not None else []
-    micro = micro_batch_size(cfg.trainer.batch_size, ranks.world, accum)
-    objective = Objective(
-        losses=("loss",),
-        stream=ClassificationStream(data.train, cfg.trainer.batch_size, cfg.trainer.seed),
-        counts=lambda batch: [len(batch["labels"])],
-        validate=_validator(cfg, run_dir, data, model, micro, device, autocast, history),
-        record={
-            "vocab": tokenizer.vocab,
-            "tokenizer": tokenizer.settings(),
-            "task": task_record(task),
-            "history": history,  # every epoch's dev metrics, for trainer.select
-        },
-        latest=False,
-    )
-    return Run(
-        cfg=cfg,
-        run_dir=run_dir,
-        stop=stop,
-        ranks=ranks,
-        device=device,
-        dataset=data,
-        objective=objective,
-        model=model,
-        module=make_module(cfg.speed, ClassifierLoss(model), device, ranks),
-        optimizer=optimizer,
-        scheduler=scheduler,
-        autocast=autocast,
-        accum=accum,
-        planned=planned,
-        start=start,
-        writer=writer,
-        saved=checkpoint.list_checkpoints(run_dir)[-1:],
-    )
+
+    def objective(autocast, micro: int) -> Objective:
+        return Objective(
+            losses=("loss",),
+            stream=ClassificationStream(data.train, cfg.trainer.batch_size, cfg.trainer.seed),
+            counts=lambda batch: [len(batch["labels"])],
+            validate=_validator(cfg, run_dir, data, model, micro, device, autocast, history),
+            record={
+                "vocab": tokenizer.vocab,
+                "tokenizer": tokenizer.settings(),
+                "task": task_record(task),
+                "history": history,  # every epoch's dev metrics, for trainer.select
+            },
+            latest=False,
+        )
+
+    parts = Parts(ranks, device, data, model, ClassifierLoss(model), accum, planned)
+    return assemble(cfg, run_dir, stop, parts, resume, objective)
 
 
 def with_schedule(cfg: FinetuneConfig, examples: int) -> FinetuneConfig:
@@ -234,41 +210,6 @@ def _model(cfg: FinetuneConfig, resume, pretrained, data: FinetuneData) -> BertF
     return model
 
 
-@torch.no_grad()
-def predict(model, encoded: Encoded, batch_size: int, device, autocast) -> np.ndarray:
-    """Class ids (or scores, for a regression) of every example of a split, in order."""
-    was_training = model.training
-    model.eval()
-    out = []
-    for batch in task_batches(encoded, batch_size):
-        with autocast():
-            logits = model(
-                batch["tokens"].to(device),
-                batch["segments"].to(device),
-                batch["valid_lens"].to(device),
-            )
-        out.append(logits if model.regression else logits.argmax(-1))
-    model.train(was_training)
-    return (
-        torch.cat(out).float().cpu().numpy() if model.regression else torch.cat(out).cpu().numpy()
-    )
-
-
-def dev_metrics(task: TaskData, predictions: dict[str, np.ndarray], data: FinetuneData) -> dict:
-    """GLUE's metrics of each dev split; a second dev split's (MNLI mismatched) named
-    with `_mm`."""
-    metrics = {}
-    for i, split in enumerate(task.dev_splits):
-        found = scores.compute(task.metrics, predictions[split], data.encoded[split].labels)
-        metrics |= {f"{name}{'_mm' if i else ''}": value for name, value in found.items()}
-    return metrics
-
-
-def task_score(metrics: dict) -> float:
-    """One figure per epoch to pick the best by: the mean of the task's metrics."""
-    return float(np.mean(list(metrics.values())))
-
-
 def _validator(cfg, run_dir: Path, data: FinetuneData, model, micro, device, autocast, history):
     """Rank 0's evaluation of the dev split(s) at the end of an epoch. It records the
     epoch in `history` and, with trainer.select=best, keeps the best epoch's weights."""
@@ -280,7 +221,7 @@ def _validator(cfg, run_dir: Path, data: FinetuneData, model, micro, device, aut
             if stop():
                 return None
             predictions[split] = predict(model, data.encoded[split], micro, device, autocast)
-        metrics = dev_metrics(data.task, predictions, data)
+        metrics = dev_metrics(data.task, predictions, data.encoded)
         epoch = len(history) + 1
         best = max((task_score(m) for _, m in history), default=-math.inf)
         history.append((epoch, metrics))
@@ -308,7 +249,16 @@ def finish(run: Run, progress: Progress) -> dict:
     if epoch != len(history):  # select=best, and an earlier epoch was better
         best = checkpoint.load(run.run_dir / checkpoint.SUBDIR / BEST)
         run.model.load_state_dict(best["model"])
-    written = write_predictions(run, data)
+    micro = micro_batch_size(cfg.trainer.batch_size, 1, run.accum)
+    written = write_predictions(
+        run.run_dir / PREDICTIONS,
+        data.task,
+        data.encoded,
+        run.model,
+        micro,
+        run.device,
+        run.autocast,
+    )
     write_hparams(run.writer, to_dict(cfg), metrics, {"loss": progress.last["loss"]})
     run.writer.close()
     summary = {
@@ -334,31 +284,6 @@ def finish(run: Run, progress: Progress) -> dict:
     rundir.write_summary(run.run_dir, summary)
     log.info(done_line(summary))
     return summary
-
-
-def chosen_epoch(history: list, select: str) -> tuple[int, dict]:
-    """The epoch the summary reports: the last, or the one with the best task score."""
-    if select == "best":
-        epoch, metrics = max(history, key=lambda item: task_score(item[1]))
-    else:
-        epoch, metrics = history[-1]
-    return int(epoch), dict(metrics)
-
-
-def write_predictions(run: Run, data: FinetuneData) -> dict[str, str]:
-    """Each test split's predictions in GLUE's submission format, under predictions/."""
-    folder = run.run_dir / PREDICTIONS
-    written = {}
-    micro = micro_batch_size(run.cfg.trainer.batch_size, 1, run.accum)
-    for split, name in data.task.submissions.items():
-        if split not in data.encoded:
-            continue
-        folder.mkdir(exist_ok=True)
-        found = predict(run.model, data.encoded[split], micro, run.device, run.autocast)
-        index = data.task.splits[split].index
-        scores.write_submission(folder / name, index, found, data.task.label_names)
-        written[split] = str(folder / name)
-    return written
 
 
 def done_line(summary: dict) -> str:

@@ -96,42 +96,71 @@ def set_up(
     accum, planned = for_run(work, dataset, device, ranks.world)
     model = _model(cfg.model, cfg.speed, resume, init_model, len(dataset.vocab)).to(device)
     del init_model
+
+    def objective(autocast, micro: int) -> Objective:
+        return pretraining(
+            dataset,
+            cfg.trainer.batch_size,
+            cfg.trainer.seed,
+            cfg.data.masking == "dynamic",
+            model,
+            (micro, cfg.trainer.eval_batches * accum),  # validation in the planned micro-batch
+            device,
+            autocast,
+        )
+
+    parts = Parts(ranks, device, dataset, model, PretrainingLosses(model), accum, planned)
+    return assemble(cfg, run_dir, stop, parts, resume, objective)
+
+
+@dataclass
+class Parts:  # what an objective's set-up built, for `assemble`
+    ranks: distributed.Ranks
+    device: torch.device
+    data: Any
+    model: torch.nn.Module
+    losses: torch.nn.Module  # the losses as a module of the model (`make_module`)
+    accum: int
+    planned: int
+
+
+def assemble(
+    cfg,
+    run_dir: Path,
+    stop: list[int],
+    parts: Parts,
+    resume: dict | None,
+    objective: Callable[[Callable, int], Objective],
+) -> Run:
+    """What every objective's set-up ends with, once its data and model exist: the
+    optimizer and schedule (restored on a resume), the ranks' seeds, TensorBoard, autocast,
+    and `objective(autocast, micro_batch)`."""
+    ranks, model = parts.ranks, parts.model
     optimizer = make_optimizer(model, cfg.optim)
     scheduler = make_scheduler(optimizer, cfg.optim, cfg.trainer.max_steps)
     start = _restore(resume, model, optimizer, scheduler)
-    del resume
     if ranks.rank > 0:  # the same weights everywhere, but each rank its own dropout masks
         torch.manual_seed(cfg.trainer.seed + 1_000_003 * ranks.rank + start)
     # Steps up to `start` were logged by the interrupted run; drop anything it logged later
     # (everything, when a killed run left no checkpoint and we start again from 0).
     writer = open_writer(run_dir / "tensorboard", purge_step=start + 1) if ranks.main else None
-    autocast = autocast_for(cfg.speed, device, model.config)
-    micro = micro_batch_size(cfg.trainer.batch_size, ranks.world, accum)
-    objective = pretraining(
-        dataset,
-        cfg.trainer.batch_size,
-        cfg.trainer.seed,
-        cfg.data.masking == "dynamic",
-        model,
-        (micro, cfg.trainer.eval_batches * accum),  # validation in the planned micro-batch
-        device,
-        autocast,
-    )
+    autocast = autocast_for(cfg.speed, parts.device, model.config)
+    micro = micro_batch_size(cfg.trainer.batch_size, ranks.world, parts.accum)
     return Run(
         cfg=cfg,
         run_dir=run_dir,
         stop=stop,
         ranks=ranks,
-        device=device,
-        dataset=dataset,
-        objective=objective,
+        device=parts.device,
+        dataset=parts.data,
+        objective=objective(autocast, micro),
         model=model,
-        module=make_module(cfg.speed, PretrainingLosses(model), device, ranks),
+        module=make_module(cfg.speed, parts.losses, parts.device, ranks),
         optimizer=optimizer,
         scheduler=scheduler,
         autocast=autocast,
-        accum=accum,
-        planned=planned,
+        accum=parts.accum,
+        planned=parts.planned,
         start=start,
         writer=writer,
         saved=checkpoint.list_checkpoints(run_dir)[-1:],
