@@ -16,13 +16,8 @@ from hypothesis import strategies as st
 from scipy import stats
 from sklearn import metrics as sk
 
-from bertpretrain.scores import (
-    METRICS,
-    compute,
-    format_table,
-    score_table,
-    write_submission,
-)
+from bertpretrain.score_table import format_table, score_table
+from bertpretrain.scores import METRICS, compute, write_submission
 
 # --- metrics against hand-checked cases -------------------------------------------------
 

@@ -1,12 +1,12 @@
-"""`bertpretrain glue DIR`: the GLUE score table (`bertpretrain.scores.score_table`) of the
-fine-tuning runs under DIR."""
+"""`bertpretrain glue DIR`: the GLUE score table (`bertpretrain.score_table.score_table`)
+of the fine-tuning runs under DIR."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from bertpretrain.errors import ArgumentParser, UserError
-from bertpretrain.scores import FORMATS, format_table, score_table
+from bertpretrain.score_table import FORMATS, format_table, score_table
 
 
 def main(argv: list[str]) -> None:

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from bertpretrain.data.glue import Split
 from bertpretrain.data.pairing import ragged
+from bertpretrain.data.task_splits import Split
 from bertpretrain.data.tokenizer import Tokenizer
 from bertpretrain.data.vocab import CLS_ID, PAD_ID, SEP_ID
 from bertpretrain.errors import UserError
