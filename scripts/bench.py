@@ -18,7 +18,11 @@ Measured in one process, contenders interleaved over --reps repetitions, medians
   steady seq/s against the in-process step, transformers and the reference's own d2l
   code (benchmarks/command.py);
 - `speed.compile` (`--only compile`): the tiny run eager and compiled, the compile time and
-  the steady step, and from them a 50- and a 1000-step run's time.
+  the steady step, and from them a 50- and a 1000-step run's time;
+- fine-tuning (`--only finetune`): one pretrained tiny run fine-tuned by `bertpretrain
+  finetune` and by transformers' BertForSequenceClassification with the same recipe, on a
+  single-sentence and a pair task made from WikiText-2: the median dev score over seeds
+  and the time per epoch (benchmarks/finetune.py).
 transformers is optional (`pip install -e ".[bench]"`); without it only ours is measured.
 Each kind of measurement is a module of scripts/benchmarks/, around harness.py.
 """
@@ -30,10 +34,20 @@ import sys
 from pathlib import Path
 
 import torch
-from benchmarks import command, compile, data, memory, startup, step
+from benchmarks import command, compile, data, finetune, memory, startup, step
 from benchmarks.harness import matmul_peak, print_table, write_json
 
-SECTIONS = ["train", "command", "examples", "encode", "memory", "resident", "corpus", "compile"]
+SECTIONS = [
+    "train",
+    "command",
+    "examples",
+    "encode",
+    "memory",
+    "resident",
+    "corpus",
+    "compile",
+    "finetune",
+]
 
 
 def main() -> None:
@@ -51,6 +65,13 @@ def main() -> None:
     )
     p.add_argument("--compile-steps", type=int, default=40, help="for --only compile")
     p.add_argument("--resident-steps", type=int, default=1000, help="for --only resident")
+    p.add_argument(
+        "--finetune-steps", type=int, default=300, help="--only finetune: pretraining steps"
+    )
+    p.add_argument("--finetune-seeds", type=int, default=3, help="for --only finetune")
+    p.add_argument(
+        "--finetune-examples", type=int, help="--only finetune: cap each task's train split"
+    )
     p.add_argument("--models", default="tiny,base")
     p.add_argument("--precisions", default="fp32,bf16")
     p.add_argument("--reps", type=int, default=3)
@@ -94,8 +115,13 @@ def main() -> None:
         rows += data.bench_corpus(args.corpus_tokens, args.corpus_dir)
     if "compile" in only:
         rows += compile.bench_compile(args.compile_steps, precisions, device)
+    if "finetune" in only:
+        rows += finetune.bench_finetune(
+            args.finetune_steps, args.finetune_seeds, args.finetune_examples
+        )
     print_table(rows)
     command.print_ratios(rows)
+    finetune.print_ratios(rows)
     sys.stdout.flush()
     write_json(Path(args.json), device, rows)
     print(f"results written to {args.json}")

@@ -2,12 +2,19 @@
 
     python scripts/wikitext_task.py ../shared/data/wikitext-2/wiki.test.tokens task/
     bertpretrain finetune task=rte task.dir=task init=outputs/latest
+    python scripts/wikitext_task.py --kind single ../shared/data/wikitext-2/wiki.test.tokens t1/
+    bertpretrain finetune task=sst2 task.dir=t1 init=outputs/latest
 
-The task has RTE's layout (`index  sentence1  sentence2  label`; test.tsv without labels)
-and asks: does sentence2 follow sentence1 in the same article ("entailment"), or come from
-another article ("not_entailment")? Half of the pairs are each. The articles are split
-60/20/20 into train, dev and test, so no sentence is in two splits. Pretrain on another
-WikiText split than the one the task is made from, or the model has seen its pairs.
+Two kinds of task, each in the layout of a GLUE task (test.tsv has an index and no labels):
+- `--kind pair` (the default), RTE's layout (`index  sentence1  sentence2  label`): does
+  sentence2 follow sentence1 in the same article ("entailment"), or come from another
+  article ("not_entailment")?
+- `--kind single`, SST-2's layout (`sentence  label`): is the sentence as written (1), or
+  are a few of its adjacent words swapped (0)? Both labels hold the same words, so a bag
+  of words cannot tell them apart; only word order can. The final " ." stays in place.
+Half of the examples carry each label. The articles are split 60/20/20 into train, dev and
+test, so no sentence is in two splits. Pretrain on another WikiText split than the one the
+task is made from, or the model has read its sentences.
 """
 
 from __future__ import annotations
@@ -20,6 +27,13 @@ from pathlib import Path
 HEADING = re.compile(r"^ = [^=].* = $")  # an article's title line; sections have == ... ==
 SPLITS = (("train", 0.6), ("dev", 0.2), ("test", 0.2))
 LABELS = ("entailment", "not_entailment")
+KINDS = ("pair", "single")
+# Each kind's columns in train/dev and in test, as GLUE's RTE and SST-2 files have them.
+COLUMNS = {
+    "pair": (("index", "sentence1", "sentence2", "label"), ("index", "sentence1", "sentence2")),
+    "single": (("sentence", "label"), ("index", "sentence")),
+}
+WORDS_PER_SWAP = 8  # one swap of adjacent words per 8 words, and at least one
 
 
 def articles(path: Path) -> list[list[list[str]]]:
@@ -36,7 +50,7 @@ def articles(path: Path) -> list[list[list[str]]]:
     return [a for a in found if a]
 
 
-def pairs(chosen: list, rng: random.Random) -> list[tuple[str, str, str]]:
+def pairs(chosen: list, rng: random.Random) -> list[dict[str, str]]:
     """A next-sentence pair per adjacent pair of sentences, and as many pairs whose second
     sentence comes from another article of the same split."""
     out = []
@@ -45,19 +59,51 @@ def pairs(chosen: list, rng: random.Random) -> list[tuple[str, str, str]]:
         for paragraph in article:
             for a, b in zip(paragraph, paragraph[1:]):
                 if rng.random() < 0.5:
-                    out.append((a, b, LABELS[0]))
+                    out.append({"sentence1": a, "sentence2": b, "label": LABELS[0]})
                 else:
                     j, other = rng.choice(sentences)
                     while j == i:
                         j, other = rng.choice(sentences)
-                    out.append((a, other, LABELS[1]))
+                    out.append({"sentence1": a, "sentence2": other, "label": LABELS[1]})
     rng.shuffle(out)
     return out
 
 
-def make_task(source: Path, out: Path, examples: int | None = None, seed: int = 0) -> dict:
-    """Write train.tsv, dev.tsv and test.tsv into `out`; the number of rows of each.
-    `examples` caps the train split (dev and test get a third of it each)."""
+def singles(chosen: list, rng: random.Random) -> list[dict[str, str]]:
+    """Every sentence once: half as written (label 1), half with its word order disturbed
+    (label 0). Each sentence appears under one label only, so neither can be memorised."""
+    out = []
+    for sentence in (s for article in chosen for paragraph in article for s in paragraph):
+        if rng.random() < 0.5:
+            out.append({"sentence": sentence, "label": "1"})
+        else:
+            out.append({"sentence": disturbed(sentence, rng), "label": "0"})
+    rng.shuffle(out)
+    return out
+
+
+def disturbed(sentence: str, rng: random.Random) -> str:
+    """The sentence with a few adjacent words swapped (the last word, its " .", stays last:
+    a period out of place would give the label away without reading the order). Redrawn
+    until it differs from the sentence, which a swap of two equal words would not."""
+    words, end = sentence.split()[:-1], sentence.split()[-1]
+    while True:
+        out = list(words)
+        swaps = rng.sample(range(len(words) - 1), 1 + len(words) // WORDS_PER_SWAP)
+        for i in swaps:
+            out[i], out[i + 1] = out[i + 1], out[i]
+        if out != words:
+            return " ".join([*out, end])
+
+
+def make_task(
+    source: Path, out: Path, examples: int | None = None, seed: int = 0, kind: str = "pair"
+) -> dict:
+    """Write train.tsv, dev.tsv and test.tsv of a `kind` task into `out`; the number of
+    rows of each. `examples` caps the train split (dev and test get a third of it each)."""
+    if kind not in KINDS:
+        raise ValueError(f"kind={kind!r}: use one of {', '.join(KINDS)}")
+    make_rows = pairs if kind == "pair" else singles
     rng = random.Random(seed)
     found = articles(source)
     rng.shuffle(found)
@@ -65,28 +111,34 @@ def make_task(source: Path, out: Path, examples: int | None = None, seed: int = 
     counts, start = {}, 0
     for name, share in SPLITS:
         end = start + round(share * len(found))
-        rows = pairs(found[start:end], rng)
+        rows = make_rows(found[start:end], rng)
         if examples is not None:
             rows = rows[: examples if name == "train" else max(1, examples // 3)]
-        test = name == "test"
-        lines = ["index\tsentence1\tsentence2" + ("" if test else "\tlabel")]
-        for i, (a, b, label) in enumerate(rows):
-            lines.append(f"{i}\t{a}\t{b}" + ("" if test else f"\t{label}"))
-        (out / f"{name}.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        write_split(out / f"{name}.tsv", rows, COLUMNS[kind][name == "test"])
         counts[name] = len(rows)
         start = end
     return counts
+
+
+def write_split(path: Path, rows: list[dict[str, str]], columns: tuple[str, ...]) -> None:
+    """A header row of `columns`, then each row's values of them (`index`: its number)."""
+    lines = ["\t".join(columns)]
+    for i, row in enumerate(rows):
+        lines.append("\t".join(str(i) if c == "index" else row[c] for c in columns))
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("source", type=Path, help="a WikiText file, e.g. wiki.test.tokens")
     parser.add_argument("out", type=Path, help="the folder to write train/dev/test.tsv into")
+    parser.add_argument("--kind", choices=KINDS, default="pair", help="RTE's or SST-2's layout")
     parser.add_argument("--examples", type=int, default=None, help="cap the train split")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    counts = make_task(args.source, args.out, args.examples, args.seed)
-    print(", ".join(f"{name} {n}" for name, n in counts.items()), f"pairs in {args.out}")
+    counts = make_task(args.source, args.out, args.examples, args.seed, args.kind)
+    what = "pairs" if args.kind == "pair" else "sentences"
+    print(", ".join(f"{name} {n}" for name, n in counts.items()), f"{what} in {args.out}")
 
 
 if __name__ == "__main__":

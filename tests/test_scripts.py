@@ -117,3 +117,27 @@ def test_house_check_reports_three_sections_on_the_package():
     ]
     assert "bertpretrain.config <-> bertpretrain.config_checks" not in out
     assert "training/loop.py:" in out and "train(cfg: Config)" in out
+
+
+def test_wikitext_single_task_reads_as_sst2_and_only_word_order_tells_labels_apart(
+    wikitext_dir, tmp_path
+):
+    sys.path.insert(0, str(REPO / "scripts"))
+    import random
+
+    from wikitext_task import disturbed, make_task
+
+    from bertpretrain.config import TaskConfig
+    from bertpretrain.data.glue import read_task
+
+    counts = make_task(wikitext_dir / "wiki.test.tokens", tmp_path, 90, seed=0, kind="single")
+    assert counts == {"train": 90, "dev": 30, "test": 30}
+    assert (tmp_path / "test.tsv").read_text().startswith("index\tsentence\n")
+    task = read_task(TaskConfig("sst2", str(tmp_path), "classification", None, None, None))
+    train = task.splits["train"]
+    assert train.text_b is None and 30 < train.labels.sum() < 60  # about half are real
+    rng = random.Random(0)
+    for sentence in train.text_a[:20]:
+        changed = disturbed(sentence, rng)
+        assert changed != sentence and changed.endswith(" .")
+        assert sorted(changed.split()) == sorted(sentence.split())

@@ -110,6 +110,11 @@ def print_table(rows: list[dict]) -> None:
             )
             if "pays_after_steps" in r:
                 result += f"  pays after {r['pays_after_steps']:.0f} steps"
+        elif "dev_score" in r:
+            result = (
+                f"dev {r['metric']} {r['dev_score']:.4f}  epoch {r['epoch_seconds']:.2f} s"
+                f"  ({r['seq_per_s']:.0f} seq/s, {r['steps_per_epoch']} steps)"
+            )
         elif "tflops" in r:
             result = f"{r['tflops'] * 1e3:8.1f} GFLOP/s"
         else:
