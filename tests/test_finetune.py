@@ -309,3 +309,34 @@ def test_two_gloo_ranks_match_one_process(rte_dir, tmp_path, cli_env):
         curves[name] = [e.value for e in acc.Scalars("train/loss")]
     assert len(curves["two"]) == 6
     assert curves["two"] == pytest.approx(curves["one"], rel=1e-4)
+
+
+def test_max_len_null_is_128_or_the_pretrained_runs_own_when_shorter(tiny_run, rte_dir):
+    from bertpretrain.config_compose import compose
+    from bertpretrain.training.recipe import with_max_len
+
+    def max_len(*overrides: str) -> int:
+        cfg = compose([f"task.dir={rte_dir}", *overrides], "finetune")[0]
+        return with_max_len(cfg).data.max_len
+
+    assert max_len() == 128  # random weights: BERT's length
+    assert max_len(f"init={tiny_run}") == 64  # the tiny run trained at 64: no untrained rows
+    assert max_len(f"init={tiny_run}", "data.max_len=32") == 32
+
+
+def test_validation_time_does_not_count_as_training_time(monkeypatch):
+    """The seq/s of a log window that spans an epoch's validation counts the training steps'
+    time alone, before and after it."""
+    from bertpretrain.training import progress as progress_module
+
+    clock = [0.0]
+    monkeypatch.setattr(progress_module.time, "perf_counter", lambda: clock[0])
+    progress = progress_module.Progress(4, 0, 10, None, "cpu", ("loss",))
+    for step in range(4):
+        clock[0] += 1.0  # each step takes 1 s
+        progress.add(torch.tensor([0.5]))
+        if step == 1:
+            with progress.paused():
+                clock[0] += 100.0  # a validation
+    progress.report(4, 4, 0.1)
+    assert progress.speeds == [pytest.approx(40 / 4.0)]

@@ -156,7 +156,9 @@ class TaskConfig:
 
 @dataclass
 class FinetuneDataConfig:
-    max_len: int = MISSING  # <cls> a <sep> b <sep>, the longer text cut to fit
+    # <cls> a <sep> b <sep>, the longer text cut to fit; null: 128, or the pretrained
+    # model's own max_len where that is shorter (positions past it were never trained)
+    max_len: int | None = MISSING
 
 
 @dataclass

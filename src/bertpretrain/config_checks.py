@@ -90,7 +90,7 @@ def _check_model(model: ModelConfig, data: DataConfig) -> None:
         f"model.num_heads={model.num_heads}; pick a head count that divides the hidden size",
     )
     _require(
-        data.max_len <= model.max_position,
+        data.max_len is None or data.max_len <= model.max_position,
         f"data.max_len={data.max_len} exceeds the model's position table "
         f"({model.max_position}); use data.max_len<={model.max_position} or raise "
         "model.max_position",

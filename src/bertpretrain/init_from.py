@@ -48,6 +48,15 @@ def init_weights(path: Path) -> tuple[BertForPretraining, Tokenizer]:
     return loaded.model, loaded.tokenizer
 
 
+def trained_max_len(source: str) -> int:
+    """The longest input the model `init=source` names was trained for: a checkpoint's
+    data.max_len, or a transformers folder's model_max_length (else its position table)."""
+    path, arch = init_architecture(source)
+    if published.is_model_folder(path):
+        return published.trained_len(path, arch)
+    return load_model(path).max_len
+
+
 class Adopted(NamedTuple):
     """What `init=` names, read once before a run or a plan is set up."""
 

@@ -155,10 +155,7 @@ def _one_run_dir(
 def _job(cfg: DictConfig, tracebacks: bool) -> None:
     """One run, as Hydra starts it: alone (an error ends it through the boundary of every
     command, `fail.report`), or as one job of a sweep, which survives it."""
-    # torch & co. only once the config is known good
     from bertpretrain.config import FinetuneConfig
-    from bertpretrain.training.finetune import finetune
-    from bertpretrain.training.loop import train
 
     hydra_config = HydraConfig.get()
     multirun = hydra_config.mode == RunMode.MULTIRUN
@@ -166,7 +163,7 @@ def _job(cfg: DictConfig, tracebacks: bool) -> None:
     name_the_model(cfg)
     try:
         config = to_config(without_hydra(cfg))
-        run = finetune if isinstance(config, FinetuneConfig) else train
+        run = _finetune() if isinstance(config, FinetuneConfig) else _train()
         run(config, run_dir, _record(run_dir, without_hydra(cfg), hydra_config))
     except Interrupted as e:
         print(f"bertpretrain: {e}", file=sys.stderr)
@@ -177,6 +174,20 @@ def _job(cfg: DictConfig, tracebacks: bool) -> None:
         if not multirun:  # here: raised on, Hydra would print a line of its own first
             exit_on(e)
         _sweep_job_failed(hydra_config, e, user_message(e))
+
+
+def _train() -> Callable:
+    from bertpretrain.training.loop import train  # torch & co. once the config is known good
+
+    return train
+
+
+def _finetune() -> Callable:
+    # apart from _train: fine-tuning's metrics load scikit-learn and SciPy, which a
+    # pretraining run (one per rank under torchrun) has no use for
+    from bertpretrain.training.finetune import finetune
+
+    return finetune
 
 
 def _sweep_job_failed(hydra_config: DictConfig, error: Exception, user_error: str | None) -> None:

@@ -206,13 +206,15 @@ def load(folder: Path) -> tuple[BertForPretraining, Tokenizer, int]:
         )
     model = BertForPretraining(config)
     model.load_state_dict(_our_weights(read_weights(folder), model.state_dict(), tokenizer, folder))
+    return model, tokenizer, trained_len(folder, config)
+
+
+def trained_len(folder: Path, config: BertConfig) -> int:
+    """The longest input the folder's model was trained for: its tokenizer's
+    model_max_length, else its position table."""
     limit = tokenizer_settings(folder).get("model_max_length")
-    max_len = (
-        limit
-        if isinstance(limit, int) and 5 <= limit <= config.max_position
-        else config.max_position
-    )
-    return model, tokenizer, max_len
+    fits = isinstance(limit, int) and 5 <= limit <= config.max_position
+    return limit if fits else config.max_position
 
 
 def _our_weights(

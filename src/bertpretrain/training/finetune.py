@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -23,7 +23,6 @@ from bertpretrain.data.classification import ClassificationStream, Encoded, enco
 from bertpretrain.data.glue import TaskData, read_task
 from bertpretrain.data.tokenizer import Tokenizer, train_tokenizer
 from bertpretrain.data.tokenizer import from_state as tokenizer_from_state
-from bertpretrain.errors import UserError
 from bertpretrain.memory.budget import peak_memory
 from bertpretrain.memory.fit import for_run
 from bertpretrain.memory.plan import Workload, micro_batch_size
@@ -40,6 +39,7 @@ from bertpretrain.training.predictions import (
     write_predictions,
 )
 from bertpretrain.training.progress import Progress, write_hparams
+from bertpretrain.training.recipe import with_max_len, with_schedule
 from bertpretrain.training.resume import resume_state
 from bertpretrain.training.setup import (
     Parts,
@@ -52,9 +52,6 @@ from bertpretrain.training.setup import (
 
 log = logging.getLogger("bertpretrain.finetune")
 
-# optim.lr=null: BERT's 2e-5 from BERT-base's width up (its paper searched 2e-5 to 5e-5);
-# narrower models such as tiny (hidden 128) learn too slowly there and take 1e-4.
-BERT_LR, NARROW_LR, NARROW_BELOW = 2e-5, 1e-4, 768
 BEST = "best.pt"  # the best epoch's weights, kept when trainer.select=best
 PREDICTIONS = "predictions"  # the run dir's folder of test-set predictions
 
@@ -78,7 +75,7 @@ class FinetuneData:
 
 def finetune(cfg: FinetuneConfig, run_dir: Path, record=None) -> dict:
     """Fine-tune as `cfg` says into run_dir; the summary (`loop.run_job` says how)."""
-    return run_job(cfg, run_dir, record, set_up, finish)
+    return run_job(with_max_len(cfg), run_dir, record, set_up, finish)
 
 
 def set_up(cfg: FinetuneConfig, run_dir: Path, stop, accepted, init_path: Path | None) -> Run:
@@ -124,28 +121,6 @@ def set_up(cfg: FinetuneConfig, run_dir: Path, stop, accepted, init_path: Path |
 
     parts = Parts(ranks, device, data, model, ClassifierLoss(model), accum, planned)
     return assemble(cfg, run_dir, stop, parts, resume, objective)
-
-
-def with_schedule(cfg: FinetuneConfig, examples: int) -> FinetuneConfig:
-    """`cfg` with max_steps = epochs x the train split's full batches and a validation at
-    the end of every epoch; a warmup_fraction becomes warmup_steps, and optim.lr=null the
-    model's default. The checkpoints record these, and a resume derives the same."""
-    trainer = cfg.trainer
-    per_epoch = examples // trainer.batch_size
-    if per_epoch == 0:
-        raise UserError(
-            f"the train split of task={cfg.task.name} has {examples} examples, fewer than "
-            f"trainer.batch_size={trainer.batch_size}; lower trainer.batch_size"
-        )
-    steps = trainer.epochs * per_epoch
-    optim = cfg.optim
-    warmup = optim.warmup_steps or math.ceil(optim.warmup_fraction * steps)
-    lr = optim.lr or (BERT_LR if cfg.model.hidden_size >= NARROW_BELOW else NARROW_LR)
-    return replace(
-        cfg,
-        trainer=replace(trainer, max_steps=steps, eval_every=per_epoch),
-        optim=replace(optim, lr=lr, warmup_steps=warmup, warmup_fraction=0.0),
-    )
 
 
 def task_tokenizer(cfg: FinetuneConfig, task: TaskData) -> Tokenizer:

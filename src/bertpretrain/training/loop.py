@@ -113,11 +113,11 @@ def loop(run: Run) -> Progress:
             progress.close()
             signals.stopped(run.stop, done, save(run, done), run.run_dir, run.writer)
         if run.ranks.main and due(trainer.eval_every, done, trainer.max_steps):
-            validate(run, done)
-            progress.restart_clock()
+            with progress.paused():
+                validate(run, done)
         if run.ranks.main and due(trainer.save_every, done, trainer.max_steps):
-            save(run, done)
-            progress.restart_clock()
+            with progress.paused():
+                save(run, done)
     progress.close()
     return progress
 

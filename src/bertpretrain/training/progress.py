@@ -7,11 +7,13 @@ reading them every step would wait for the device every step.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import re
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -82,8 +84,17 @@ class Progress:
         self.restart_clock()
 
     def restart_clock(self) -> None:
-        """Time spent validating or saving is not training speed."""
         self.window_start = time.perf_counter()
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Time spent validating or saving is not training speed: the window's clock skips
+        it, and the window's steps before it still count."""
+        before = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.window_start += time.perf_counter() - before
 
     def median_speed(self) -> float:
         return sorted(self.speeds)[len(self.speeds) // 2] if self.speeds else math.nan
