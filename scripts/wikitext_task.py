@@ -12,7 +12,9 @@ Two kinds of task, each in the layout of a GLUE task (test.tsv has an index and 
 - `--kind single`, SST-2's layout (`sentence  label`): is the sentence as written (1), or
   are a few of its adjacent words swapped (0)? Both labels hold the same words, so a bag
   of words cannot tell them apart; only word order can. The final " ." stays in place.
-Half of the examples carry each label. The articles are split 60/20/20 into train, dev and
+- `--kind number`, SST-2's layout: does the sentence hold a number (1) or not (0)? The
+  words alone decide it: a control that fine-tuning learns at all.
+Half of the pair and single examples carry each label. The articles are split 60/20/20 into train, dev and
 test, so no sentence is in two splits. Pretrain on another WikiText split than the one the
 task is made from, or the model has read its sentences.
 """
@@ -27,12 +29,14 @@ from pathlib import Path
 HEADING = re.compile(r"^ = [^=].* = $")  # an article's title line; sections have == ... ==
 SPLITS = (("train", 0.6), ("dev", 0.2), ("test", 0.2))
 LABELS = ("entailment", "not_entailment")
-KINDS = ("pair", "single")
+KINDS = ("pair", "single", "number")
 # Each kind's columns in train/dev and in test, as GLUE's RTE and SST-2 files have them.
 COLUMNS = {
     "pair": (("index", "sentence1", "sentence2", "label"), ("index", "sentence1", "sentence2")),
     "single": (("sentence", "label"), ("index", "sentence")),
+    "number": (("sentence", "label"), ("index", "sentence")),
 }
+DIGIT = re.compile(r"[0-9]")
 WORDS_PER_SWAP = 8  # one swap of adjacent words per 8 words, and at least one
 
 
@@ -82,6 +86,15 @@ def singles(chosen: list, rng: random.Random) -> list[dict[str, str]]:
     return out
 
 
+def numbers(chosen: list, rng: random.Random) -> list[dict[str, str]]:
+    """Every sentence once, labelled 1 when it holds a number (a digit), else 0: a task the
+    words alone decide, to check that fine-tuning learns at all (about a third hold one)."""
+    sentences = [s for article in chosen for paragraph in article for s in paragraph]
+    out = [{"sentence": s, "label": str(int(bool(DIGIT.search(s))))} for s in sentences]
+    rng.shuffle(out)
+    return out
+
+
 def disturbed(sentence: str, rng: random.Random) -> str:
     """The sentence with a few adjacent words swapped (the last word, its " .", stays last:
     a period out of place would give the label away without reading the order). Redrawn
@@ -103,7 +116,7 @@ def make_task(
     rows of each. `examples` caps the train split (dev and test get a third of it each)."""
     if kind not in KINDS:
         raise ValueError(f"kind={kind!r}: use one of {', '.join(KINDS)}")
-    make_rows = pairs if kind == "pair" else singles
+    make_rows = {"pair": pairs, "single": singles, "number": numbers}[kind]
     rng = random.Random(seed)
     found = articles(source)
     rng.shuffle(found)
@@ -132,7 +145,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("source", type=Path, help="a WikiText file, e.g. wiki.test.tokens")
     parser.add_argument("out", type=Path, help="the folder to write train/dev/test.tsv into")
-    parser.add_argument("--kind", choices=KINDS, default="pair", help="RTE's or SST-2's layout")
+    parser.add_argument("--kind", choices=KINDS, default="pair", help="pair: RTE's layout; single, number: SST-2's")
     parser.add_argument("--examples", type=int, default=None, help="cap the train split")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()

@@ -11,9 +11,11 @@ from bertpretrain.config import FinetuneConfig
 from bertpretrain.errors import UserError
 from bertpretrain.init_from import trained_max_len
 
-# optim.lr=null: BERT's 2e-5 from BERT-base's width up (its paper searched 2e-5 to 5e-5);
-# narrower models such as tiny (hidden 128) learn too slowly there and take 1e-4.
-BERT_LR, NARROW_LR, NARROW_BELOW = 2e-5, 1e-4, 768
+# optim.lr=null, by the model's hidden size: BERT's 2e-5 from BERT-base's width up (its
+# paper searched 2e-5 to 5e-5); 1e-4 between, as Turc et al. (2019) fine-tuned their small
+# BERTs; 1e-3 up to tiny's 128, where 1e-4 learns a third as fast (WikiText's `number`
+# task, docs/benchmarks.md: 81.8 dev accuracy after 3 epochs at 1e-4, 92.7 at 1e-3).
+LEARNING_RATES = ((768, 2e-5), (256, 1e-4), (0, 1e-3))  # (hidden size from, lr)
 MAX_LEN = 128  # BERT's fine-tuning length (data.max_len=null)
 
 
@@ -40,7 +42,7 @@ def with_schedule(cfg: FinetuneConfig, examples: int) -> FinetuneConfig:
     steps = trainer.epochs * per_epoch
     optim = cfg.optim
     warmup = optim.warmup_steps or math.ceil(optim.warmup_fraction * steps)
-    lr = optim.lr or (BERT_LR if cfg.model.hidden_size >= NARROW_BELOW else NARROW_LR)
+    lr = optim.lr or next(lr for wide, lr in LEARNING_RATES if cfg.model.hidden_size >= wide)
     return replace(
         cfg,
         trainer=replace(trainer, max_steps=steps, eval_every=per_epoch),
