@@ -340,3 +340,31 @@ def test_validation_time_does_not_count_as_training_time(monkeypatch):
                 clock[0] += 100.0  # a validation
     progress.report(4, 4, 0.1)
     assert progress.speeds == [pytest.approx(40 / 4.0)]
+
+
+def test_every_glue_task_fine_tunes_end_to_end_with_its_metrics_and_files(tmp_path, monkeypatch):
+    """The nine GLUE layouts of test_glue_data, a few rows each, through the whole run in
+    this process: each task's metric names (MNLI's mismatched dev split as accuracy_mm)
+    and the submission files the leaderboard expects."""
+    from test_glue_data import glue_folder
+
+    from bertpretrain.config_compose import compose
+    from bertpretrain.data.glue_tasks import TASKS
+    from bertpretrain.training.finetune import finetune
+
+    monkeypatch.chdir(tmp_path)
+    for name, spec in TASKS.items():
+        folder = glue_folder(tmp_path, name)
+        overrides = [f"task={name}", f"task.dir={folder}", "trainer.batch_size=1"]
+        overrides += ["trainer.epochs=1", "data.max_len=32", "speed.precision=fp32"]
+        summary = finetune(compose(overrides, "finetune")[0], tmp_path / f"run-{name}")
+        expected = list(spec.metrics) + (["accuracy_mm"] if name == "mnli" else [])
+        assert list(summary["metrics"]) == expected, name
+        files = sorted(Path(p).name for p in summary["predictions"].values())
+        assert files == sorted(spec.submissions), name
+
+
+def test_runs_lists_a_finetuned_run_with_its_dev_metrics(rte_run, tmp_path, env):
+    listed = run_cli(["runs", str(rte_run.parent)], tmp_path, env)
+    assert listed.returncode == 0, listed.stderr
+    assert re.search(r"fine-tuned on rte: dev accuracy 0\.\d{3}", listed.stdout), listed.stdout

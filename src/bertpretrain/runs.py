@@ -41,6 +41,8 @@ def describe(run: Path) -> dict:
         "train_nsp_loss": summary.get("train_nsp_loss"),
         "val_mlm_loss": summary.get("val_mlm_loss"),
         "val_nsp_loss": summary.get("val_nsp_loss"),
+        "task": summary.get("task"),  # a fine-tuning run's task and its dev metrics
+        "metrics": summary.get("metrics"),
         "checkpoint": str(checkpoints[-1]) if checkpoints else None,
         "damaged": "; ".join(damaged) or None,
     }

@@ -13,7 +13,7 @@ from bertpretrain.runs import describe, find_runs
 def main(argv: list[str]) -> None:
     parser = ArgumentParser(
         prog="bertpretrain runs",
-        description="List the training runs under an outputs folder, newest last.",
+        description="List the training and fine-tuning runs under an outputs folder, newest last.",
     )
     parser.add_argument(
         "root", nargs="?", default="outputs", help="folder to search (default: outputs)"
@@ -49,6 +49,9 @@ def _print_table(rows: list[dict]) -> None:
             f"{val_losses[0]:>8} {val_losses[1]:>8}  {row['run']}{state}"
         )
         print(f"{'':<17} {' '.join(row['overrides']) or '(defaults)'}")
+        if row["task"] and isinstance(row["metrics"], dict):
+            shown = "  ".join(f"{k} {_loss(v)}" for k, v in row["metrics"].items())
+            print(f"{'':<17} fine-tuned on {row['task']}: dev {shown}")
         print(f"{'':<17} {row['checkpoint'] or 'no checkpoint yet'}")
 
 
