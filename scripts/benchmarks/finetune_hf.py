@@ -28,7 +28,8 @@ from bertpretrain.data.classification import (
     encode_split,
     eval_batches,
 )
-from bertpretrain.data.glue import CLASSIFICATION, read_task
+from bertpretrain.data.glue import read_task
+from bertpretrain.data.task_splits import CLASSIFICATION
 from bertpretrain.load import load_model
 
 

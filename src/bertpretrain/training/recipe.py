@@ -13,8 +13,8 @@ from bertpretrain.init_from import trained_max_len
 
 # optim.lr=null, by the model's hidden size: BERT's 2e-5 from BERT-base's width up (its
 # paper searched 2e-5 to 5e-5); 1e-4 between, as Turc et al. (2019) fine-tuned their small
-# BERTs; 1e-3 up to tiny's 128, where 1e-4 learns a third as fast (WikiText's `number`
-# task, docs/benchmarks.md: 81.8 dev accuracy after 3 epochs at 1e-4, 92.7 at 1e-3).
+# BERTs; 1e-3 up to tiny's 128, where 1e-4 is too slow (a prototype of WikiText's
+# `number` task, docs/benchmarks.md: 81.8 dev accuracy after 3 epochs at 1e-4, 92.7 at 1e-3).
 LEARNING_RATES = ((768, 2e-5), (256, 1e-4), (0, 1e-3))  # (hidden size from, lr)
 MAX_LEN = 128  # BERT's fine-tuning length (data.max_len=null)
 
