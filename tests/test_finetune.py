@@ -75,9 +75,14 @@ def rte_run(tmp_path_factory, tiny_run, rte_dir, env) -> Path:
     return cwd / "run"
 
 
-def test_a_finetuned_run_reports_glue_metrics_curves_and_a_submission_file(rte_run, rte_dir):
+def test_a_finetuned_run_reports_glue_metrics_curves_and_a_submission_file(
+    rte_run, rte_dir, tiny_run
+):
     summary = json.loads((rte_run / "summary.json").read_text())
     assert summary["command"] == "finetune" and summary["task"] == "rte"
+    # the checkpoint init= resolved to, which a moving `outputs/latest` would not say
+    newest = checkpoint.list_checkpoints(tiny_run)[-1]
+    assert Path(summary["init"]).resolve() == newest.resolve()
     assert set(summary["metrics"]) == {"accuracy"}
     assert 0.0 <= summary["metrics"]["accuracy"] <= 1.0
     assert summary["metrics_epoch"] == "last" and summary["epoch"] == 2

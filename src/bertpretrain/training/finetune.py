@@ -63,6 +63,8 @@ class FinetuneData:
     task: TaskData
     tokenizer: Tokenizer
     encoded: dict[str, Encoded]
+    # the checkpoint or folder `init=` resolved to (`outputs/latest` moves on), or None
+    init: str | None = None
 
     @property
     def train(self) -> Encoded:
@@ -94,7 +96,8 @@ def set_up(cfg: FinetuneConfig, run_dir: Path, stop, accepted, init_path: Path |
         pretrained, tokenizer = from_published(init_path)
     else:
         tokenizer = task_tokenizer(cfg, task)
-    data = FinetuneData(task, tokenizer, _encode(task, tokenizer, cfg.data.max_len))
+    encoded = _encode(task, tokenizer, cfg.data.max_len)
+    data = FinetuneData(task, tokenizer, encoded, str(init_path) if init_path else None)
     if ranks.main:
         accepted()
     _log_data(cfg, data)
@@ -239,7 +242,7 @@ def finish(run: Run, progress: Progress) -> dict:
     summary = {
         "command": "finetune",
         "task": cfg.task.name,
-        "init": cfg.init,
+        "init": data.init,
         "seed": cfg.trainer.seed,
         "epochs": cfg.trainer.epochs,
         "steps": max_steps,
