@@ -212,6 +212,32 @@ def test_encode_and_export_take_a_finetuned_run(rte_run, tmp_path, env):
         expected = ours(tokens, segments, torch.tensor([tokens.shape[1]]))
         got = theirs(input_ids=tokens, token_type_ids=segments).logits
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    # and the exported folder reads back as an encoder (its task head is not BERT's)
+    again = run_cli(["encode", "--checkpoint", str(out), "a crane is flying"], tmp_path, env)
+    assert again.returncode == 0, again.stderr
+
+
+def test_a_finetuned_run_as_init_gives_its_encoder_with_fresh_pretraining_heads(rte_run):
+    from bertpretrain.init_from import init_weights
+    from bertpretrain.model.bert import BertForPretraining
+
+    model, _ = init_weights(checkpoint.list_checkpoints(rte_run)[-1])
+    theirs = checkpoint.load(checkpoint.list_checkpoints(rte_run)[-1])["model"]
+    assert isinstance(model, BertForPretraining)
+    for name, tensor in model.bert.state_dict().items():
+        assert torch.equal(tensor, theirs[f"bert.{name}"]), name
+
+
+def test_an_undefined_score_never_wins_the_best_epoch():
+    """A collapsed regression head predicts a constant: its correlations are nan. The
+    best epoch is then one whose score is defined, and the first of equals."""
+    from bertpretrain.training.predictions import chosen_epoch
+
+    nan = float("nan")
+    history = [(1, {"pearson": nan, "spearmanr": nan}), (2, {"pearson": 0.2, "spearmanr": 0.4})]
+    assert chosen_epoch(history, "best")[0] == 2
+    assert chosen_epoch(history[:1], "best")[0] == 1
+    assert chosen_epoch([(1, {"accuracy": 0.5}), (2, {"accuracy": 0.5})], "best")[0] == 1
 
 
 @pytest.mark.parametrize(

@@ -43,9 +43,14 @@ def init_tokenizer(path: Path) -> Tokenizer:
 
 
 def init_weights(path: Path) -> tuple[BertForPretraining, Tokenizer]:
-    """The model and tokenizer that `init_architecture` found at `path`."""
+    """The model and tokenizer that `init_architecture` found at `path`. A fine-tuned run
+    gives its encoder, with fresh MLM and NSP heads in place of its task's head."""
     loaded = load_model(path)
-    return loaded.model, loaded.tokenizer
+    model = loaded.model
+    if not isinstance(model, BertForPretraining):
+        model = BertForPretraining(loaded.model.config)
+        model.bert.load_state_dict(loaded.model.bert.state_dict())
+    return model, loaded.tokenizer
 
 
 def trained_max_len(source: str) -> int:

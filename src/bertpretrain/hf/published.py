@@ -56,12 +56,15 @@ VOCAB_ROWS = ("bert.embeddings.word_embeddings.weight", "mlm_bias")  # indexed b
 # transformers' hidden_act -> ours
 ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
 # Weights a checkpoint may hold that the model does not use: the decoder is tied to the
-# word embeddings (its bias is `cls.predictions.bias`), and older transformers saved
-# position_ids buffers.
+# word embeddings (its bias is `cls.predictions.bias`), older transformers saved
+# position_ids buffers, and a fine-tuned BertForSequenceClassification (ours exported, or
+# the Hub's) has a task's head, which `init=` and `encode` do not use.
 IGNORED = {
     "cls.predictions.decoder.weight",
     "cls.predictions.decoder.bias",
     "bert.embeddings.position_ids",
+    "classifier.weight",
+    "classifier.bias",
 }
 # Parts a published model may lack, which then start fresh: what each means to a user.
 OPTIONAL = {

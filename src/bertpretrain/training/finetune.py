@@ -11,7 +11,6 @@ splits' predictions in GLUE's submission format.
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -193,20 +192,22 @@ def _validator(cfg, run_dir: Path, data: FinetuneData, model, micro, device, aut
     epoch in `history` and, with trainer.select=best, keeps the best epoch's weights."""
     per_epoch = cfg.trainer.eval_every
 
-    def validate_epoch(stop: Stop) -> dict | None:
+    def validate_epoch(stop: Stop, step: int) -> dict | None:
         predictions = {}
         for split in data.task.dev_splits:
             if stop():
                 return None
             predictions[split] = predict(model, data.encoded[split], micro, device, autocast)
         metrics = dev_metrics(data.task, predictions, data.encoded)
-        epoch = len(history) + 1
-        best = max((task_score(m) for _, m in history), default=-math.inf)
+        # from the step, not from len(history): a signal that skipped an epoch's validation
+        # leaves that epoch out instead of renumbering the ones after it
+        epoch = step // per_epoch
+        best = max((task_score(m) for _, m in history), default=None)
         history.append((epoch, metrics))
-        if cfg.trainer.select == "best" and task_score(metrics) > best:
+        if cfg.trainer.select == "best" and (best is None or task_score(metrics) > best):
             state = {"epoch": epoch, "model": model.state_dict()}
             checkpoint.save(state, run_dir / checkpoint.SUBDIR / BEST)
-        log.info("epoch %d of %d (step %d)", epoch, cfg.trainer.epochs, epoch * per_epoch)
+        log.info("epoch %d of %d (step %d)", epoch, cfg.trainer.epochs, step)
         return metrics
 
     return validate_epoch
@@ -224,7 +225,7 @@ def finish(run: Run, progress: Progress) -> dict:
     save(run, max_steps)  # again, now recording the last epoch in its history
     history = run.objective.record["history"]
     epoch, metrics = chosen_epoch(history, cfg.trainer.select)
-    if epoch != len(history):  # select=best, and an earlier epoch was better
+    if epoch != history[-1][0]:  # select=best, and an earlier epoch was better
         best = checkpoint.load(run.run_dir / checkpoint.SUBDIR / BEST)
         run.model.load_state_dict(best["model"])
     micro = micro_batch_size(cfg.trainer.batch_size, 1, run.accum)

@@ -206,7 +206,7 @@ def validate(run: Run, step: int) -> dict:
     {} without a validation split or when a signal cut it short."""
     if run.objective.validate is None:
         return {}
-    metrics = run.objective.validate(lambda: run.stop)
+    metrics = run.objective.validate(lambda: run.stop, step)
     if metrics is None:
         return {}
     run.validated.update(metrics, step=step)

@@ -26,7 +26,8 @@ class Objective:
     losses: tuple[str, ...]  # the names of what a step's module gives, in that order
     stream: Any  # batch(step, rank, world): every step's batch, a function of the step
     counts: Callable[[dict], list[int]]  # a batch's share of each loss's denominator
-    validate: Callable[[Stop], dict | None] | None  # rank 0; None: no validation split
+    # rank 0's validation after step N: validate(stop, N); None: no validation split
+    validate: Callable[[Stop, int], dict | None] | None
     record: dict  # what every checkpoint records beside the weights and states
     # whether saves point outputs/latest at the run: pretraining's do, for `encode` and for
     # `finetune init=outputs/latest`, which fine-tuning runs must not redirect mid-sweep
@@ -49,7 +50,7 @@ def pretraining(
     def counts(batch: dict) -> list[int]:  # masked positions and examples
         return [int((batch["pred_weights"] > 0).sum()), len(batch["nsp_labels"])]
 
-    def validate(stop: Stop) -> dict | None:
+    def validate(stop: Stop, step: int) -> dict | None:
         size, batches = eval_batch
         return evaluate(model, dataset.valid, size, batches, device, autocast, stop)
 

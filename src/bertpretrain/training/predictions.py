@@ -4,6 +4,7 @@ GLUE's submission format."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -48,8 +49,10 @@ def dev_metrics(
 
 
 def task_score(metrics: dict) -> float:
-    """One figure per epoch to pick the best by: the mean of the task's metrics."""
-    return float(np.mean(list(metrics.values())))
+    """One figure per epoch to pick the best by: the mean of the task's metrics; -inf when
+    it is undefined (a constant prediction's correlation is nan), so any defined one wins."""
+    score = float(np.mean(list(metrics.values())))
+    return -math.inf if math.isnan(score) else score
 
 
 def chosen_epoch(history: list, select: str) -> tuple[int, dict]:

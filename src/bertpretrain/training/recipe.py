@@ -24,7 +24,8 @@ def with_max_len(cfg: FinetuneConfig) -> FinetuneConfig:
     where that is shorter (its positions past it were never trained)."""
     if cfg.data.max_len is not None:
         return cfg
-    limit = min(MAX_LEN, trained_max_len(cfg.init)) if cfg.init else MAX_LEN
+    trained = trained_max_len(cfg.init) if cfg.init else cfg.model.max_position
+    limit = min(MAX_LEN, trained)
     return replace(cfg, data=replace(cfg.data, max_len=limit))
 
 
