@@ -30,12 +30,16 @@ from bertpretrain.data.classification import (
 )
 from bertpretrain.data.glue import read_task
 from bertpretrain.data.task_splits import CLASSIFICATION
+from bertpretrain.data.vocab import PAD_ID
 from bertpretrain.load import load_model
 
 
-def fine_tune(exported: Path, run: Path, task: str, folder: Path, recipe: dict, seed: int):
+def fine_tune(
+    exported: Path, run: Path, task: str, folder: Path, recipe: dict, seed: int, pad: bool = False
+):
     """Dev metrics of the last epoch, every epoch's, and each epoch's seconds of training
-    steps (evaluation excluded)."""
+    steps (evaluation excluded). `pad`: every batch padded to max_len, as transformers'
+    run_glue.py does by default (`pad_to_max_length`), instead of to its longest example."""
     import transformers
 
     transformers.logging.set_verbosity_error()  # "newly initialized classifier": expected
@@ -65,7 +69,9 @@ def fine_tune(exported: Path, run: Path, task: str, folder: Path, recipe: dict, 
         model.train()
         t0 = time.perf_counter()
         for step in range(epoch * per_epoch, (epoch + 1) * per_epoch):
-            train_step(model, optimizer, stream.batch(step), recipe["optim"]["grad_clip"])
+            ours = stream.batch(step)
+            given = inputs(ours, max_len if pad else None)
+            train_step(model, optimizer, given, ours["labels"], recipe["optim"]["grad_clip"])
             scheduler.step()
         seconds.append(time.perf_counter() - t0)
         history.append(evaluate(model, dev, batch, data.metrics))
@@ -91,19 +97,25 @@ def optimizer_for(model: torch.nn.Module, recipe: dict):
     return optimizer, scheduler
 
 
-def inputs(batch: dict) -> dict:
-    """Our batch as transformers takes it, cut to its longest example."""
-    width = int(batch["valid_lens"].max())
+def inputs(batch: dict, width: int | None = None) -> dict:
+    """Our batch as transformers takes it, cut to its longest example, or padded to
+    `width` with the pad id (0 in the mask)."""
+    width = width or int(batch["valid_lens"].max())
     keep = torch.arange(width) < batch["valid_lens"][:, None]  # (B, W)
+
+    def fit(x: torch.Tensor) -> torch.Tensor:
+        x = x[:, :width]
+        return torch.nn.functional.pad(x, (0, width - x.shape[1]), value=PAD_ID)
+
     return {
-        "input_ids": batch["tokens"][:, :width],
-        "token_type_ids": batch["segments"][:, :width],
+        "input_ids": fit(batch["tokens"]),
+        "token_type_ids": fit(batch["segments"]) * keep,
         "attention_mask": keep.long(),
     }
 
 
-def train_step(model, optimizer, batch: dict, grad_clip: float) -> None:
-    loss = model(**inputs(batch), labels=batch["labels"]).loss  # the batch's mean
+def train_step(model, optimizer, batch: dict, labels, grad_clip: float) -> None:
+    loss = model(**batch, labels=labels).loss  # the batch's mean
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if grad_clip > 0:
