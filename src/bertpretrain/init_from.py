@@ -24,16 +24,23 @@ from bertpretrain.training import checkpoint
 def init_architecture(source: str) -> tuple[Path, BertConfig]:
     """What `init=` names (a transformers folder, a Hub name, or one of our run dirs or
     checkpoints) and its architecture, read without building the model."""
-    path = published.resolve(source)
+    path = find_init(source)
     if published.is_model_folder(path):
         return path, published.read_config(path)
+    return path, load_model(path).model.config
+
+
+def find_init(source: str) -> Path:
+    """The transformers folder or our checkpoint file that `init=source` names."""
+    path = published.resolve(source)
+    if published.is_model_folder(path):
+        return path
     if not os.path.lexists(path):  # a dangling link: checkpoint.resolve says so
         raise UserError(
             f"init={source} does not exist; give a transformers BERT folder, a Hub name such "
             "as bert-base-uncased, or a run dir or checkpoint of ours"
         )
-    found = checkpoint.resolve(path)
-    return found, load_model(found).model.config
+    return checkpoint.resolve(path)
 
 
 def init_tokenizer(path: Path) -> Tokenizer:
@@ -56,10 +63,10 @@ def init_weights(path: Path) -> tuple[BertForPretraining, Tokenizer]:
 def trained_max_len(source: str) -> int:
     """The longest input the model `init=source` names was trained for: a checkpoint's
     data.max_len, or a transformers folder's model_max_length (else its position table)."""
-    path, arch = init_architecture(source)
+    path = find_init(source)
     if published.is_model_folder(path):
-        return published.trained_len(path, arch)
-    return load_model(path).max_len
+        return published.trained_len(path, published.read_config(path))
+    return load_model(path).max_len  # one read of the checkpoint
 
 
 class Adopted(NamedTuple):
