@@ -145,7 +145,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("source", type=Path, help="a WikiText file, e.g. wiki.test.tokens")
     parser.add_argument("out", type=Path, help="the folder to write train/dev/test.tsv into")
-    parser.add_argument("--kind", choices=KINDS, default="pair", help="pair: RTE's layout; single, number: SST-2's")
+    parser.add_argument(
+        "--kind", choices=KINDS, default="pair", help="pair: RTE's layout; single, number: SST-2's"
+    )
     parser.add_argument("--examples", type=int, default=None, help="cap the train split")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()

@@ -241,7 +241,8 @@ def measurements(tmp_path_factory, wikitext_dir):
             process.communicate()
 
 
-# Measured 0.98 to 1.03 on these cases (torch 2.13); plan.py's docstring says so.
+# Measured 0.93 to 1.06 on these cases in bf16 and 0.97 to 1.06 in fp32 (torch 2.13,
+# 2026-12-07, an AVX-512 BF16 CPU; fp32 forced by speed.precision=fp32).
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc and ru_maxrss")
 @pytest.mark.parametrize("case", list(CASES))

@@ -21,6 +21,7 @@ from bertpretrain.device import resolve_precision
 from bertpretrain.memory.budget import format_size
 from bertpretrain.model.attention import rounded_rows, why_not_varlen
 from bertpretrain.model.bert import BertConfig
+from bertpretrain.model.cross_entropy import chunk_elements
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class _Shapes:
     matmul: int  # a matmul's output or a Linear's saved input: bf16 2 under autocast, fp32 4
     head_norm: int  # mlm_LayerNorm's input: the matmul dtype, but CUDA autocast casts to fp32
     mask: int  # a dropout mask is bool: 1 byte an element, 0 without dropout
+    logits_chunk: int  # how many MLM logits the loss upcasts to fp32 at once under bf16
     fused: bool  # attention by SDPA's fused kernel, without (B, heads, L, L) scores
     varlen: bool  # attention by Flash Attention's varlen kernel on the T packed tokens
 
@@ -57,7 +59,7 @@ def _shapes_for(
     padded = batch * max_len
     # a training step packs its real tokens and MLM rows rounded up (model/attention.py)
     tokens = rounded_rows(math.ceil(fill * padded), padded)
-    masked = max(batch, round(MASK_RATE * fill * padded))  # at least one a sequence
+    masked = rounded_rows(max(batch, round(MASK_RATE * fill * padded)), padded)  # >= 1 a sequence
     matmul = 2 if resolve_precision(precision, device) == "bf16" else 4
     dtype = torch.bfloat16 if matmul == 2 else torch.float32
     head_dim = arch.hidden_size // arch.num_heads
@@ -70,10 +72,11 @@ def _shapes_for(
         heads=arch.num_heads,
         vocab=arch.vocab_size,
         tokens=tokens,
-        masked=rounded_rows(masked, padded),
+        masked=masked,
         matmul=matmul,
         head_norm=4 if device == "cuda" else matmul,
         mask=1 if arch.dropout > 0 else 0,
+        logits_chunk=min(chunk_elements(device), masked * arch.vocab_size),
         fused=fused_attention(device, arch.dropout),
         varlen=varlen,
     )
@@ -81,8 +84,8 @@ def _shapes_for(
 
 def fused_attention(device: str, dropout: float) -> bool:
     """Whether attention runs in SDPA's fused kernel, which keeps no (B, heads, L, L)
-    scores: on CUDA, and on the CPU without dropout (Layer.attention spells attention out
-    on the CPU only to draw the dropout mask cheaply)."""
+    scores: on CUDA, and on the CPU without dropout (with it, the CPU takes
+    model/cpu_attention.py, which draws the dropout mask cheaply)."""
     return device == "cuda" or dropout == 0
 
 
@@ -97,10 +100,18 @@ def _attention_bytes(shapes: _Shapes) -> int:
     qkv = 3 * a * padded * h  # q, k, v: SDPA's inputs, or matmul's contiguous copies of them
     if shapes.fused:  # SDPA also saves its output and its fp32 (B, heads, L) logsumexp
         return qkv + a * padded * h + 4 * shapes.batch * shapes.heads * shapes.length
-    probabilities = a * shapes.scores  # softmax's output, saved by softmax
-    # with dropout: its bool mask, and the dropped probabilities saved by `@ v`
+    # model/cpu_attention.py saves the probabilities, and with dropout its bool mask and
+    # the dropped probabilities (for `@ v`'s backward)
+    probabilities = a * shapes.scores
     dropped = (shapes.mask + a) * shapes.scores if shapes.mask else 0
     return qkv + probabilities + dropped
+
+
+def _qkv_saved_bytes(shapes: _Shapes) -> int:
+    """qkv's (T, 3H) output, saved by SDPA's path (index_copy: backward's expand_as) and the
+    varlen kernel's; model/cpu_attention.py keeps only its padded copy (_attention_bytes)."""
+    custom = not shapes.fused and not shapes.varlen  # the CPU with attention dropout
+    return 0 if custom else 3 * shapes.matmul * shapes.tokens * shapes.hidden
 
 
 def _layer_bytes(shapes: _Shapes) -> int:
@@ -108,7 +119,7 @@ def _layer_bytes(shapes: _Shapes) -> int:
     t, h, f, a = shapes.tokens, shapes.hidden, shapes.ffn, shapes.matmul
     return (
         a * t * h  # the layer's input, saved by qkv (a Linear saves its input)
-        + 3 * a * t * h  # qkv's (T, 3H) output, saved by index_copy (backward: expand_as)
+        + _qkv_saved_bytes(shapes)
         + _attention_bytes(shapes)
         + a * t * h  # attention's (T, H) output, saved by attention_output
         + 2 * (4 * t * h + 8 * t)  # each LayerNorm's fp32 input (x + ...), its mean and rstd
@@ -140,25 +151,41 @@ def _head_bytes(shapes: _Shapes) -> int:
         + shapes.head_norm * p * h  # GELU's output, saved by mlm_LayerNorm
         + 8 * p  # mlm_LayerNorm's mean and rstd
         + a * p * h  # mlm_LayerNorm's output, saved by the decoder (the word embedding)
-        + 4 * p * shapes.vocab  # the log-softmax of the fp32 (P, V) logits, saved by cross-entropy
-        + 8 * p  # int64 labels, saved by cross-entropy
+        + a * p * shapes.vocab  # the (P, V) logits, saved by cross_entropy_sum
+        + (4 + 8 + 1) * p  # its fp32 logsumexp, int64 targets and bool "counted" per row
         + 3 * a * shapes.batch * h  # the pooler's input, tanh's output, the NSP Linear's input
     )
 
 
 def _backward_peaks(shapes: _Shapes) -> tuple[int, int]:
     """Backward's own buffers, rough: (at the heads, inside one layer)."""
-    # Backward starts at the MLM head: nll_loss and log_softmax each make a (P, V) fp32
-    # gradient while the saved log-softmax is alive, and the decoder makes the word
-    # embedding's (V, H) gradient.
-    heads = 2 * 4 * shapes.masked * shapes.vocab + 4 * shapes.vocab * shapes.hidden
+    # Backward starts at the MLM head: cross_entropy_sum makes the logits' (P, V) gradient
+    # (and, in bf16, an fp32 chunk of them), and the decoder the word embedding's (V, H)
+    # gradient.
+    upcast = 4 * shapes.logits_chunk if shapes.matmul != 4 else 0
+    backward = (
+        shapes.matmul * shapes.masked * shapes.vocab + upcast + 4 * shapes.vocab * shapes.hidden
+    )
+    # ... and its forward upcasts a chunk, beside logsumexp's fp32 temporary of that size
+    heads = max(backward, upcast + 4 * shapes.logits_chunk)
     # In a layer, about two gradients of its largest tensor are alive at once.
     largest = max(
         shapes.matmul * shapes.tokens * shapes.ffn,
         0 if shapes.varlen else shapes.matmul * shapes.padded * shapes.hidden,
         0 if shapes.fused else shapes.matmul * shapes.scores,
     )
-    return heads, 2 * largest
+    # Under bf16 the residual stream and its gradient stay fp32: beside the largest
+    # tensor's gradient, an fp32 (T, H) gradient and an fp32 temporary of that size.
+    layer = max(2 * largest, largest + 2 * 4 * shapes.tokens * shapes.hidden)
+    if not shapes.fused and not shapes.varlen:
+        # model/cpu_attention.py's backward makes q, k and v's gradients at every padded
+        # position and two (B, heads, L, L) tensors, once the feed-forward half of the
+        # layer has run its backward and freed what it saved
+        a, t, h = shapes.matmul, shapes.tokens, shapes.hidden
+        attention = 3 * a * shapes.padded * h + 2 * a * shapes.scores
+        feed_forward = a * t * h + 2 * a * t * shapes.ffn + shapes.mask * t * h + 4 * t * h
+        layer = max(layer, attention - feed_forward)
+    return heads, layer
 
 
 def activation_bytes(

@@ -57,6 +57,11 @@ CPU_RUNTIME_GROWTH = 96 << 20
 # varied by 18% between runs (2026-12-07). Rough, counted apart from the activations, and
 # set high: a plan that under-states lets a run outgrow its budget.
 CPU_HEAP_SLACK = 0.7
+# oneDNN, which runs the CPU's bf16 matmuls, keeps a scratch buffer outside torch's tensors:
+# 3.8 MiB at a tiny micro-batch of 32, then 6.9 to 8.6 MiB from 64 sequences up to a
+# 4-layer, 256-wide model at max_len 128 (peak growth of a step with oneDNN on and off,
+# 2026-12-07, torch 2.13). Counted at the top of that range.
+ONEDNN_BF16_SCRATCH = 9 << 20
 # The share of the memory a plan may fill: the rest is for the allocator's slack and for
 # micro-batches with more real tokens than the mean.
 MARGIN = 0.9
@@ -167,6 +172,8 @@ def make_plan(
     # autocast's bf16 copies of the weights, saved by the matmuls that use them
     bf16 = resolve_precision(speed.precision, kind) == "bf16"
     copies = {"bf16 weight copies": count * torch.bfloat16.itemsize} if bf16 else {}
+    if bf16 and kind == "cpu":
+        copies["oneDNN's bf16 scratch"] = ONEDNN_BF16_SCRATCH
 
     def plan_for(batch: int, checkpointing: bool) -> Plan:
         activations = activation_bytes(

@@ -11,7 +11,9 @@ for the training log:
   attention dropout), else `torch.nn.attention.varlen.varlen_attn` (it has no dropout:
   on that kernel attention dropout is off, and the log line says so).
 - **padded** (everywhere else): the tokens are scattered back to (B, heads, L, d) for
-  scaled_dot_product_attention with a key mask (`padded_attention`). Both paths use `dropout`, cheap on CPU.
+  scaled_dot_product_attention with a key mask (`padded_attention`); on the CPU with
+  attention dropout, model/cpu_attention.py's hand-written forward and backward instead,
+  which draws its mask with `dropout_mask`, cheap on CPU.
 """
 
 from __future__ import annotations
@@ -87,51 +89,55 @@ def cumulative_lengths(valid_lens: torch.Tensor) -> torch.Tensor:
 
 
 def dropout(x: torch.Tensor, p: float, training: bool, real: int | None = None) -> torch.Tensor:
-    """Inverted dropout with a cheaper mask on CPU; of packed (rows, H) activations only the
-    first `real` rows draw (the rest pad a step's shape and are never used).
-
-    On CPU, `bernoulli_` draws one Mersenne-twister number per element and costs about a
-    fifth of a tiny-BERT step; here every 64-bit draw gives four 16-bit uniforms. The keep
-    probability is quantised to 1/65536 and the scale uses that exact probability, so the
-    output stays unbiased. GPUs' Philox generator is already fast: they use F.dropout.
-    Drawing for the real rows alone keeps the random stream, and so every mask and loss,
-    what it is without the padding rows.
-    """
+    """Inverted dropout with a cheaper mask on CPU (`dropout_mask`); of packed (rows, H)
+    activations only the first `real` rows draw (the rest pad a step's shape and are never
+    used). GPUs' Philox generator is already fast: they use F.dropout."""
     if not training or p == 0.0:
         return x
     if x.device.type != "cpu":
         return F.dropout(x, p, True)
+    keep, scale = dropout_mask(x.shape, p, real)
+    return x * keep * scale
+
+
+def dropout_mask(
+    shape: torch.Size, p: float, real: int | None = None
+) -> tuple[torch.Tensor | None, float]:
+    """A CPU dropout mask of `shape` (True: kept) and the scale of the kept values; (None,
+    1.0) when `p` is 0. Only the first `real` rows (of the first dim) draw; the rest keep.
+
+    `bernoulli_` draws one Mersenne-twister number per element and cost about a fifth of a
+    tiny-BERT step; here every 64-bit draw gives four 16-bit uniforms. The keep probability
+    is quantised to 1/65536 and the scale uses that exact probability, so the output stays
+    unbiased. Drawing for the real rows alone keeps the random stream, and so every mask
+    and loss, what it is without a step's padding rows.
+    """
+    if p == 0.0:
+        return None, 1.0
     threshold = round(p * 65536)
-    if threshold in (0, 65536):
-        return F.dropout(x, p, True)
-    n = x.numel()
-    drawn = n if real is None else real * x.shape[-1]  # the real rows come first
+    if threshold in (0, 65536):  # p too close to 0 or 1 for 16 bits
+        return torch.rand(shape) >= p, (1 / (1 - p) if p < 1 else 0.0)
+    n = shape.numel()
+    drawn = n if real is None else real * (n // shape[0])  # the real rows come first
     words = torch.empty((n + 3) // 4, dtype=torch.int64)  # one shape per shape of x
     cut = (drawn + 3) // 4
     words[:cut].random_(-(2**63), 2**63 - 1)  # the very draws of torch.randint
     words[cut:].zero_()
-    uniform16 = words.view(torch.int16)[:n].view(x.shape)  # uniform over [-32768, 32767]
-    keep = uniform16 >= threshold - 32768
-    return x * keep * (65536 / (65536 - threshold))
+    uniform16 = words.view(torch.int16)[:n].view(shape)  # uniform over [-32768, 32767]
+    return uniform16 >= threshold - 32768, 65536 / (65536 - threshold)
 
 
 def padded_attention(
     qkv: torch.Tensor, packing: Packing, num_heads: int, dropout_p: float
 ) -> torch.Tensor:
-    """Attention of packed (T, 3H) projections on the batch padded back to (B, heads, L, d),
-    padded keys masked out: the path off CUDA, and on CUDA in fp32."""
+    """SDPA on packed (T, 3H) projections padded back to (B, heads, L, d), padded keys
+    masked out: the path on CUDA where the varlen kernel cannot run, and on the CPU without
+    attention dropout (with it, the CPU takes model/cpu_attention.py)."""
     b, n, h3 = packing.batch, packing.length, qkv.shape[-1]
     d = h3 // 3 // num_heads
     padded = qkv.new_zeros(b * n, h3).index_copy(0, packing.index, qkv)
     q, k, v = padded.view(b, n, 3, num_heads, d).permute(2, 0, 3, 1, 4)  # (B, heads, L, d)
-    if dropout_p and qkv.device.type == "cpu":
-        # SDPA with dropout falls back to this very computation on CPU, but with the
-        # slow mask: spelling it out lets the attention probabilities use the cheap one.
-        scores = (q @ k.transpose(-1, -2)) * d**-0.5
-        scores = scores.masked_fill(~packing.keep, float("-inf"))
-        a = dropout(scores.softmax(-1), dropout_p, True) @ v
-    else:
-        a = F.scaled_dot_product_attention(q, k, v, attn_mask=packing.keep, dropout_p=dropout_p)
+    a = F.scaled_dot_product_attention(q, k, v, attn_mask=packing.keep, dropout_p=dropout_p)
     return a.transpose(1, 2).reshape(b * n, h3 // 3).index_select(0, packing.index)  # (T, H)
 
 

@@ -22,6 +22,8 @@ from bertpretrain.model.attention import (
     varlen_attention,
     varlen_kernel,
 )
+from bertpretrain.model.cpu_attention import cpu_attention
+from bertpretrain.model.cross_entropy import IGNORED, cross_entropy_sum
 
 __all__ = ["ACTIVATIONS", "BertConfig"]  # where Python users have always found them
 
@@ -71,6 +73,8 @@ class Layer(nn.Module):
         kernel = varlen_kernel(qkv.device, qkv.dtype, qkv.shape[-1] // 3 // self.num_heads)
         if kernel is not None:
             return varlen_attention(qkv, packing, self.num_heads, kernel, p)
+        if p and qkv.device.type == "cpu":  # SDPA would draw its dropout mask the slow way
+            return cpu_attention(qkv, packing, self.num_heads, p)
         return padded_attention(qkv, packing, self.num_heads, p)
 
     def forward(self, x: torch.Tensor, packing: Packing) -> torch.Tensor:
@@ -165,16 +169,12 @@ class BertForPretraining(nn.Module):
         padding = rounded_rows(len(rows), real.numel()) - len(rows)
         rows = F.pad(rows, (0, padding))  # extra rows read row 0 ...
         labels = F.pad(labels, (0, padding), value=IGNORED)  # ... and count for nothing
-        logits = self.mlm_logits(x[rows]).float()
-        mlm = F.cross_entropy(logits, labels, reduction="sum", ignore_index=IGNORED)
+        mlm = cross_entropy_sum(self.mlm_logits(x[rows]), labels)
         nsp_logits = self.nsp(self.bert.pool(x[starts])).float()
         nsp = F.cross_entropy(nsp_logits, batch["nsp_labels"], reduction="sum")
         mlm_count = real.sum() if mlm_count is None else mlm_count
         nsp_count = len(valid_lens) if nsp_count is None else nsp_count
         return mlm / mlm_count, nsp / nsp_count
-
-
-IGNORED = -100  # a target cross_entropy skips
 
 
 def initialise(module: nn.Module) -> None:
