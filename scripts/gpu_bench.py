@@ -7,7 +7,7 @@ lengths spread evenly over [L/4, L] (62% real tokens; WikiText-2's d2l pairs are
 L=128), where skipping the padding pays. MFU counts the FLOPs of the real tokens only,
 what an implementation without padding must do (model.flops_per_sequence per sequence),
 against the bf16 matmul peak measured in the same process. Both contenders take the same
-Adam (foreach), clipping and batches (scripts/benchmarks/step.py's `ours` and `hf_inputs`), and the
+Adam (fused), clipping and batches (scripts/benchmarks/step.py's `ours` and `hf_inputs`), and the
 same attention dropout: none on both where our kernel has none.
 """
 
@@ -70,7 +70,7 @@ def transformers_step(
     hf = transformers.BertConfig.from_dict(fields, attn_implementation="sdpa")
     torch.manual_seed(0)
     model = transformers.BertForPreTraining(hf).to(device).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, foreach=True)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)
 
     def step(batch: dict) -> None:
         with torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16"):

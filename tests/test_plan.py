@@ -153,7 +153,7 @@ model = BertForPretraining(BertConfig(**spec["model"]))
 model.bert.gradient_checkpointing = spec["checkpointing"]
 model.train()
 # as train.make_optimizer builds it for conf/optim/adam.yaml (importing train costs a second)
-optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, foreach=True)
+optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
 
 def step(batch):
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=spec["bf16"]):

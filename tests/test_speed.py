@@ -93,11 +93,11 @@ def test_the_run_logs_which_precision_auto_chose(monkeypatch, caplog):
         assert torch.ones(2, 2).matmul(torch.ones(2, 2)).dtype == torch.float32
 
 
-def test_the_optimizer_uses_the_fused_kernel_on_cuda_and_foreach_elsewhere():
+def test_the_optimizer_uses_the_fused_kernel_on_cuda_and_cpu_and_foreach_elsewhere():
     from bertpretrain.training.optimize import make_optimizer, update_kernel
 
-    assert update_kernel("cuda") == {"fused": True}
-    assert update_kernel("cpu") == {"foreach": True}
+    assert update_kernel("cuda") == update_kernel("cpu") == {"fused": True}
+    assert update_kernel("mps") == {"foreach": True}
     model = torch.nn.Linear(2, 2)
     optimizer = make_optimizer(model, compose([])[0].optim)
-    assert optimizer.defaults["foreach"] and not optimizer.defaults["fused"]
+    assert optimizer.defaults["fused"] and not optimizer.defaults["foreach"]

@@ -43,7 +43,7 @@ def _timed_steps(batches, vocab, precision, device, compiled: bool) -> tuple[flo
     layers, hidden, heads, ffn, dropout = SIZES["tiny"]
     torch.manual_seed(0)
     model = BertForPretraining(BertConfig(vocab, layers, hidden, heads, ffn, dropout)).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, foreach=True)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)
     losses = torch.compile(PretrainingLosses(model)) if compiled else PretrainingLosses(model)
 
     def autocast():

@@ -8,8 +8,8 @@ longest example (ours pads to a multiple of 16 and then packs the real tokens aw
 the attention mask and token_type_ids a transformers user passes.
 
 The recipe, from our checkpoint's config: AdamW (weight decay on the matrices only: not
-on biases and LayerNorm, as in BERT; `foreach` as ours, so the update kernel is not what
-is compared), transformers' linear warmup-then-decay schedule over our warmup and total
+on biases and LayerNorm, as in BERT; fused, as ours and as transformers' Trainer defaults
+to from torch 2.8, so the update kernel is not what is compared), transformers' linear warmup-then-decay schedule over our warmup and total
 steps, gradient clipping, dev metrics by `bertpretrain.scores.compute` after each epoch.
 """
 
@@ -89,7 +89,7 @@ def optimizer_for(model: torch.nn.Module, recipe: dict):
         {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
     ]
     optimizer = torch.optim.AdamW(
-        groups, lr=optim["lr"], betas=tuple(optim["betas"]), eps=optim["eps"], foreach=True
+        groups, lr=optim["lr"], betas=tuple(optim["betas"]), eps=optim["eps"], fused=True
     )
     scheduler = transformers.get_linear_schedule_with_warmup(
         optimizer, optim["warmup_steps"], recipe["trainer"]["max_steps"]

@@ -26,9 +26,11 @@ def make_optimizer(model: torch.nn.Module, optim: OptimConfig) -> torch.optim.Op
 
 
 def update_kernel(device_type: str) -> dict[str, bool]:
-    """On CUDA the fused kernel updates every parameter in one launch; elsewhere `foreach`
-    batches the update per tensor list (there is no fused CPU kernel worth its name)."""
-    return {"fused": True} if device_type == "cuda" else {"foreach": True}
+    """The fused kernel on CUDA (every parameter in one launch) and on the CPU, where
+    `foreach` falls back to a loop of per-tensor ops: fused Adam took 0.4 ms against 1.2 ms
+    for tiny and 48 ms against 260 ms for BERT-base (docs/benchmarks.md). transformers'
+    Trainer defaults to it too (adamw_torch_fused, from torch 2.8). Elsewhere `foreach`."""
+    return {"fused": True} if device_type in ("cuda", "cpu") else {"foreach": True}
 
 
 def make_scheduler(
