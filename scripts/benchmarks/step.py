@@ -129,7 +129,10 @@ def bench_training(
         print("transformers is not installed: measuring bertpretrain only", file=sys.stderr)
     steps_fns = {name: make(size, vocab, precision, device) for name, make in contenders.items()}
     for fn in steps_fns.values():
-        fn(batches[0])  # warm-up: allocator, lazy init
+        # warm-up on every batch: each packed shape's first step also creates its kernels
+        # (oneDNN's bf16 primitives are made per shape), which a long run pays once
+        for b in batches:
+            fn(b)
     times: dict[str, list[float]] = {name: [] for name in contenders}
     for _ in range(reps):
         for name, fn in steps_fns.items():
