@@ -103,6 +103,17 @@ def sum_over_ranks(values: torch.Tensor) -> torch.Tensor:
     return values
 
 
+def leave_together() -> None:
+    """Wait, at the end of a run that succeeded, until every rank is there. Rank 0 goes on
+    after the loop (final validation, predictions, summary) while the others are done: a
+    rank that destroyed its gloo group and exited meanwhile aborted now and then
+    ("terminate called without an active exception", one 2-rank run in a loaded suite).
+    Not after an error: the others may be inside a collective the barrier would not
+    match; torchrun stops them instead."""
+    if dist.is_initialized():
+        dist.barrier()
+
+
 def shutdown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -109,6 +109,7 @@ def main(argv: list[str], config_name: str = "config") -> None:
     ):
         try:
             run()
+            distributed.leave_together()
         finally:
             distributed.shutdown()
     if failures:
