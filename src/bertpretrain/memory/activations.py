@@ -48,6 +48,11 @@ class _Shapes:
         return self.batch * self.length  # attention works on every position, padding included
 
     @property
+    def hand_written(self) -> bool:
+        """Attention by model/cpu_attention.py: the CPU with attention dropout."""
+        return not self.fused and not self.varlen
+
+    @property
     def scores(self) -> int:
         return self.batch * self.heads * self.length * self.length  # (B, heads, L, L)
 
@@ -110,8 +115,7 @@ def _attention_bytes(shapes: _Shapes) -> int:
 def _qkv_saved_bytes(shapes: _Shapes) -> int:
     """qkv's (T, 3H) output, saved by SDPA's path (index_copy: backward's expand_as) and the
     varlen kernel's; model/cpu_attention.py keeps only its padded copy (_attention_bytes)."""
-    custom = not shapes.fused and not shapes.varlen  # the CPU with attention dropout
-    return 0 if custom else 3 * shapes.matmul * shapes.tokens * shapes.hidden
+    return 0 if shapes.hand_written else 3 * shapes.matmul * shapes.tokens * shapes.hidden
 
 
 def _layer_bytes(shapes: _Shapes) -> int:
@@ -177,7 +181,7 @@ def _backward_peaks(shapes: _Shapes) -> tuple[int, int]:
     # Under bf16 the residual stream and its gradient stay fp32: beside the largest
     # tensor's gradient, an fp32 (T, H) gradient and an fp32 temporary of that size.
     layer = max(2 * largest, largest + 2 * 4 * shapes.tokens * shapes.hidden)
-    if not shapes.fused and not shapes.varlen:
+    if shapes.hand_written:
         # model/cpu_attention.py's backward makes q, k and v's gradients at every padded
         # position and two (B, heads, L, L) tensors, once the feed-forward half of the
         # layer has run its backward and freed what it saved
