@@ -30,6 +30,7 @@ from bertpretrain.data.tokenizer import from_state as tokenizer_from_state
 from bertpretrain.device import bf16_is_native, pick_device, resolve_precision
 from bertpretrain.errors import UserError
 from bertpretrain.init_from import init_weights
+from bertpretrain.memory import allocator
 from bertpretrain.memory.fit import for_run
 from bertpretrain.memory.plan import Workload, check_split, configured_accum, micro_batch_size
 from bertpretrain.model.attention import attention_path
@@ -177,6 +178,7 @@ def apply_threads(speed: SpeedConfig) -> None:
 def run_device(trainer: TrainerConfig, ranks: distributed.Ranks) -> torch.device:
     """The device, each rank its own GPU; the batch must split evenly over the ranks."""
     device = pick_device(trainer.device)
+    allocator.keep_freed_pages(device)
     if device.type == "cuda":
         # fp32 matmuls (the fp32 parts under autocast, and precision=fp32) on tensor cores
         # in TF32: BERT's pretraining is insensitive to its 10-bit mantissa.
@@ -200,9 +202,8 @@ def from_published(path: Path):
 
 
 def _check_corpus(resume: dict | None, dataset: Dataset) -> None:
-    if resume is not None and resume.get("corpus_digest", dataset.corpus_digest) != (
-        dataset.corpus_digest
-    ):
+    digest = dataset.corpus_digest
+    if resume is not None and resume.get("corpus_digest", digest) != digest:
         raise UserError(
             "the checkpoint was trained on another corpus (its training split's bytes differ); "
             "resume with the same data settings"
@@ -294,7 +295,6 @@ def autocast_for(
             device,
             torch.backends.cpu.get_cpu_capability() if device.type == "cpu" else "no bf16",
         )
-    use_bf16 = precision == "bf16"
-    dtype = torch.bfloat16 if use_bf16 else torch.float32
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     log.info(attention_path(architecture, device, dtype))
-    return lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
+    return lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype != torch.float32)
