@@ -32,7 +32,6 @@ from bertpretrain.data.glue import read_task
 from bertpretrain.data.task_splits import CLASSIFICATION
 from bertpretrain.data.vocab import PAD_ID
 from bertpretrain.load import load_model
-from bertpretrain.memory import allocator
 
 
 def fine_tune(
@@ -43,7 +42,6 @@ def fine_tune(
     run_glue.py does by default (`pad_to_max_length`), instead of to its longest example."""
     import transformers
 
-    allocator.keep_freed_pages()  # malloc as `bertpretrain finetune` sets it on the CPU
     transformers.logging.set_verbosity_error()  # "newly initialized classifier": expected
     transformers.utils.logging.disable_progress_bar()  # a bar per run drowns the rows
     config = TaskConfig(

@@ -1,7 +1,7 @@
-"""Our training step against transformers' BertForPreTraining (SDPA) in one process, on
-the same real batches, sizes, optimizer (Adam, fused: our default and transformers'
-Trainer's) and clipping: seq/s, model FLOPs utilisation against the matmul peak, and each
-step's peak memory in a fresh process."""
+"""Our training step against transformers' BertForPreTraining (SDPA), each in a process of
+its own, on the same real batches, sizes, optimizer (Adam, fused: our default and
+transformers' Trainer's) and clipping: seq/s, model FLOPs utilisation against the matmul
+peak, and each step's peak memory in a fresh process."""
 
 from __future__ import annotations
 
@@ -85,7 +85,43 @@ def transformers_bert(size: str, vocab: int, precision: str, device) -> Callable
     return step
 
 
-def _peak_memory_child(make, args, shape, device, queue) -> None:
+# Each contender runs in a process of its own and allocates as its users' processes do:
+# ours under the malloc policy `bertpretrain train` sets on the CPU (memory/allocator.py),
+# transformers under glibc's defaults. The policy is process-wide, and it speeds up
+# transformers' step as well (its (B*L, V) logits are fresh mappings every step), so a
+# third row gives transformers our policy too: how much of the gap is the allocator.
+CONTENDERS = {
+    "bertpretrain": (ours, True),
+    "transformers": (transformers_bert, False),
+    "transformers, bertpretrain's malloc policy": (transformers_bert, True),
+}
+
+
+def _child(make, args, shape, device, keep, reps, queue) -> None:
+    """Seconds a step of each of `reps` passes over the batches, after a warm-up pass."""
+    if keep:
+        allocator.keep_freed_pages(device)
+    batches, *_ = real_batches(*shape)
+    batches = [{k: v.to(device) for k, v in b.items()} for b in batches]
+    step = make(*args, device)
+    # warm-up on every batch: each packed shape's first step also creates its kernels
+    # (oneDNN's bf16 primitives are made per shape), which a long run pays once
+    for b in batches:
+        step(b)
+    times = []
+    for _ in range(reps):
+        sync(device)
+        t0 = time.perf_counter()
+        for b in batches[1:]:
+            step(b)
+        sync(device)
+        times.append((time.perf_counter() - t0) / (len(batches) - 1))
+    queue.put(times)
+
+
+def _peak_memory_child(make, args, shape, device, keep, queue) -> None:
+    if keep:
+        allocator.keep_freed_pages(device)
     batches = [{k: v.to(device) for k, v in b.items()} for b in real_batches(*shape, 2)[0]]
     step = make(*args, device)
     if device.type == "cuda":
@@ -102,12 +138,12 @@ def _peak_memory_child(make, args, shape, device, queue) -> None:
     queue.put(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before)
 
 
-def peak_memory(make, args, shape, device) -> float:
-    """Peak memory of two steps in a fresh process, so contenders do not share a high-water
-    mark (spawned, not forked: a forked child deadlocks in an initialised OpenMP pool)."""
+def in_child(target, *args):
+    """target(*args, queue) in a fresh process, and what it put on the queue (spawned, not
+    forked: a forked child deadlocks in an initialised OpenMP pool)."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    child = ctx.Process(target=_peak_memory_child, args=(make, args, shape, device, queue))
+    child = ctx.Process(target=target, args=(*args, queue))
     child.start()
     value = queue.get()
     child.join()
@@ -117,39 +153,22 @@ def peak_memory(make, args, shape, device) -> float:
 def bench_training(
     size, max_len, batch_size, precision, reps, steps, device, peaks, memory: bool = True
 ) -> list[dict]:
-    if device.type == "cpu":
-        # malloc as `bertpretrain train` sets it on the CPU, for both contenders
-        allocator.keep_freed_pages()
-    batches, vocab, preds = real_batches(max_len, batch_size, steps + 1)
-    batches = [{k: v.to(device) for k, v in b.items()} for b in batches]
+    _, vocab, preds = real_batches(max_len, batch_size, 1)
     layers, hidden, heads, ffn, dropout = SIZES[size]
     flops = flops_per_sequence(BertConfig(vocab, layers, hidden, heads, ffn), max_len, preds)
-    contenders = {"bertpretrain": ours}
+    contenders = dict(CONTENDERS)
     try:
         import transformers  # noqa: F401
-
-        contenders["transformers"] = transformers_bert
     except ImportError:
         print("transformers is not installed: measuring bertpretrain only", file=sys.stderr)
-    steps_fns = {name: make(size, vocab, precision, device) for name, make in contenders.items()}
-    for fn in steps_fns.values():
-        # warm-up on every batch: each packed shape's first step also creates its kernels
-        # (oneDNN's bf16 primitives are made per shape), which a long run pays once
-        for b in batches:
-            fn(b)
-    times: dict[str, list[float]] = {name: [] for name in contenders}
-    for _ in range(reps):
-        for name, fn in steps_fns.items():
-            sync(device)
-            t0 = time.perf_counter()
-            for b in batches[1:]:
-                fn(b)
-            sync(device)
-            times[name].append((time.perf_counter() - t0) / steps)
+        contenders = {"bertpretrain": CONTENDERS["bertpretrain"]}
     peak = peaks[torch.bfloat16 if precision == "bf16" else torch.float32]
+    args, shape = (size, vocab, precision), (max_len, batch_size)
     rows = []
-    for name, make in contenders.items():
-        t = statistics.median(times[name])
+    for name, (make, keep) in contenders.items():
+        keep = keep and device.type == "cpu"
+        times = in_child(_child, make, args, (*shape, steps + 1), device, keep, reps)
+        t = statistics.median(times)
         rows.append(
             {
                 "what": f"train {size} L={max_len} B={batch_size} {precision}",
@@ -162,7 +181,6 @@ def bench_training(
             }
         )
         if memory:
-            shape = (max_len, batch_size)
-            bytes_ = peak_memory(make, (size, vocab, precision), shape, device)
+            bytes_ = in_child(_peak_memory_child, make, args, shape, device, keep)
             rows[-1]["peak_memory_mb"] = bytes_ / 2**20
     return rows
