@@ -86,8 +86,9 @@ def resident_over_steps(steps: int, every: int, tunables: str, *overrides: str) 
 
 
 def bench_resident(steps: int) -> list[dict]:
-    """Whether a long tiny run's resident memory stays flat under glibc's defaults: its
-    value at step 50 against the last step's, in fp32 and at the default precision."""
+    """Whether a long tiny run's resident memory stays flat: its value at step 50 against
+    the last step's, in fp32 and at the default precision. The environment holds glibc's
+    default tunables; the run then sets its own malloc policy (memory/allocator.py)."""
     rows = Rows()  # printed as measured: each run takes minutes
     for precision in ("fp32", "auto"):
         rss = resident_over_steps(steps, 50, GLIBC_DEFAULTS, f"speed.precision={precision}")
@@ -95,7 +96,7 @@ def bench_resident(steps: int) -> list[dict]:
         rows.append(
             {
                 "what": f"resident memory, tiny, {steps} steps",
-                "contender": f"speed.precision={precision}, glibc defaults",
+                "contender": f"speed.precision={precision}, bertpretrain's malloc policy",
                 "rss_step_50_mb": first,
                 "rss_last_mb": last,
                 "rss_max_mb": max(rss.values()),

@@ -2,12 +2,14 @@
 
 With glibc's defaults a block over the mmap threshold (128 KiB, rising with the blocks
 freed up to 32 MiB) gets a mapping of its own that `free` unmaps, so every block over 32
-MiB (a tiny step's MLM logits and their gradient, attention's padded q, k, v) does; and
-the heap hands the memory freed at its top back to the kernel once 128 KiB sit there. The next step asks for the same sizes again and faults every page back in: 70 to
-90 thousand page faults a tiny fp32 step, 12 to 15% of its time (docs/benchmarks.md).
+MiB does (a tiny step's MLM logits and their gradient, attention's padded q, k, v); and
+the heap hands what is freed at its top back to the kernel once 128 KiB sit there. The
+next step asks for the same sizes again and faults every page back in: 70 to 90
+thousand page faults a tiny fp32 step, 12 to 15% of its time (docs/benchmarks.md).
 Training steps repeat the same few shapes (`attention.rounded_rows`), so the memory one
-step frees is what the next one needs: malloc keeps it. Resident memory stays what the
-step peaks at; the memory plan counts that peak already.
+step frees is what the next one needs: malloc keeps it. Resident memory then holds the
+heap's high-water mark: over a tiny run's first few hundred steps it rises by 12 to 15%,
+as the heap meets each shape, and stays there.
 
 `mallopt` at run time, not GLIBC_TUNABLES: the tunables are read only at process start,
 and re-executing the command under them cost its start-up twice.
