@@ -11,9 +11,9 @@ import pytest
 
 from bertpretrain.memory import allocator
 
-# A process that trains a one-layer tiny BERT for twelve steps on batches of 512 random sequences of
-# random lengths (a new packed shape each step, as on real text) and prints the median
-# page faults of its last eight: with glibc's defaults over ten thousand a step.
+# A process that trains a one-layer tiny BERT for twelve steps on batches of 512 random
+# sequences of random lengths (a new packed shape each step, as on real text) and prints
+# the median page faults of its last eight: with glibc's defaults over ten thousand.
 CHILD = """
 import resource, sys
 import torch
