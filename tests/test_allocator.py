@@ -13,7 +13,7 @@ from bertpretrain.memory import allocator
 
 # A process that trains a one-layer tiny BERT for twelve steps on batches of 512 random
 # sequences of random lengths (a new packed shape each step, as on real text) and prints
-# the median page faults of its last eight: with glibc's defaults over ten thousand.
+# the median page faults of its last eight.
 CHILD = """
 import resource, sys
 import torch
@@ -61,10 +61,10 @@ def step_faults(policy: str) -> int:
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the policy is glibc's")
 def test_training_steps_reuse_the_pages_the_step_before_freed():
-    control = step_faults("default")
-    if control < 5000:
-        pytest.skip(f"glibc's defaults fault only {control} pages a step here (huge pages?)")
-    assert step_faults("keep") < control / 10
+    # 1000 pages are 4 MiB, against the step's 50 MiB blocks. Measured: 0 to 3 with the
+    # policy; 12 to 30 thousand with glibc's defaults, though a full suite's run once
+    # read 192 there, so the defaults are no baseline to compare with.
+    assert step_faults("keep") < 1000
 
 
 def test_other_c_libraries_keep_their_own_policy(monkeypatch):
