@@ -97,13 +97,18 @@ CONTENDERS = {
 }
 
 
-def _child(make, args, shape, device, keep, reps, queue) -> None:
-    """Seconds a step of each of `reps` passes over the batches, after a warm-up pass."""
+def _contender(make, args, shape, device, keep) -> tuple[list[dict], Callable[[dict], None]]:
+    """A child's real batches (max_len, batch, count) on `device` and its contender's step,
+    under our malloc policy if `keep` (on a GPU, keep_freed_pages changes nothing)."""
     if keep:
         allocator.keep_freed_pages(device)
-    batches, *_ = real_batches(*shape)
-    batches = [{k: v.to(device) for k, v in b.items()} for b in batches]
-    step = make(*args, device)
+    batches = [{k: v.to(device) for k, v in b.items()} for b in real_batches(*shape)[0]]
+    return batches, make(*args, device)
+
+
+def _child(make, args, shape, device, keep, reps, queue) -> None:
+    """Seconds a step of each of `reps` passes over the batches, after a warm-up pass."""
+    batches, step = _contender(make, args, shape, device, keep)
     # warm-up on every batch: each packed shape's first step also creates its kernels
     # (oneDNN's bf16 primitives are made per shape), which a long run pays once
     for b in batches:
@@ -120,10 +125,7 @@ def _child(make, args, shape, device, keep, reps, queue) -> None:
 
 
 def _peak_memory_child(make, args, shape, device, keep, queue) -> None:
-    if keep:
-        allocator.keep_freed_pages(device)
-    batches = [{k: v.to(device) for k, v in b.items()} for b in real_batches(*shape, 2)[0]]
-    step = make(*args, device)
+    batches, step = _contender(make, args, (*shape, 2), device, keep)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
         for b in batches:
@@ -166,7 +168,6 @@ def bench_training(
     args, shape = (size, vocab, precision), (max_len, batch_size)
     rows = []
     for name, (make, keep) in contenders.items():
-        keep = keep and device.type == "cpu"
         times = in_child(_child, make, args, (*shape, steps + 1), device, keep, reps)
         t = statistics.median(times)
         rows.append(
