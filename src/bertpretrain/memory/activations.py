@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from bertpretrain.data.examples import max_predictions
 from bertpretrain.data.masking import MASK_RATE
 from bertpretrain.device import resolve_precision
 from bertpretrain.memory.budget import format_size
@@ -36,6 +37,8 @@ class _Shapes:
     vocab: int  # V
     tokens: int  # T real tokens: every layer but attention works on these alone
     masked: int  # P masked positions: the MLM head runs on these alone
+    grid: int  # the last layer's query slots: B x (max predictions + 1) (model/queries.py)
+    read: int  # the rows the last layer computes past attention: P real + B <cls>, rounded
     matmul: int  # a matmul's output or a Linear's saved input: bf16 2 under autocast, fp32 4
     head_norm: int  # mlm_LayerNorm's input: the matmul dtype, but CUDA autocast casts to fp32
     mask: int  # a dropout mask is bool: 1 byte an element, 0 without dropout
@@ -64,7 +67,9 @@ def _shapes_for(
     padded = batch * max_len
     # a training step packs its real tokens and MLM rows rounded up (model/attention.py)
     tokens = rounded_rows(math.ceil(fill * padded), padded)
-    masked = rounded_rows(max(batch, round(MASK_RATE * fill * padded)), padded)  # >= 1 a sequence
+    predicted = max(batch, round(MASK_RATE * fill * padded))  # >= 1 a sequence
+    masked = rounded_rows(predicted, padded)
+    grid = batch * (max_predictions(max_len) + 1)
     matmul = 2 if resolve_precision(precision, device) == "bf16" else 4
     dtype = torch.bfloat16 if matmul == 2 else torch.float32
     head_dim = arch.hidden_size // arch.num_heads
@@ -78,6 +83,8 @@ def _shapes_for(
         vocab=arch.vocab_size,
         tokens=tokens,
         masked=masked,
+        grid=grid,
+        read=rounded_rows(predicted + batch, grid),
         matmul=matmul,
         head_norm=4 if device == "cuda" else matmul,
         mask=1 if arch.dropout > 0 else 0,
@@ -133,6 +140,39 @@ def _layer_bytes(shapes: _Shapes) -> int:
     )
 
 
+def _last_layer_bytes(shapes: _Shapes) -> int:
+    """What the last Layer saves (model/queries.py): keys and values on every padded
+    position, queries on the grid's slots, and the rest on the rows read."""
+    t, h, f, a, r, g = (
+        shapes.tokens,
+        shapes.hidden,
+        shapes.ffn,
+        shapes.matmul,
+        shapes.read,
+        shapes.grid,
+    )
+    scores = g * shapes.heads * shapes.length  # (B, heads, M, L)
+    # the key-value projection's (T, 2H) output, saved by index_copy (backward's
+    # expand_as), and its scatter to (B, L, 2H), whose contiguous copies the matmuls save
+    keys_values = 2 * a * t * h + 2 * a * shapes.padded * h
+    if shapes.mask:  # by hand: the probabilities, the bool mask, the dropped probabilities
+        attention = keys_values + a * g * h + (2 * a + shapes.mask) * scores
+    else:  # SDPA: q, its output and fp32 logsumexp
+        attention = keys_values + 2 * a * g * h + 4 * g * shapes.heads
+    return (
+        a * t * h  # the layer's input, saved by the key-value projection
+        + a * g * h
+        + 8 * g  # the grid's rows, saved by the query projection, and their index
+        + attention
+        + 8 * r  # the rows read, an index saved twice over (grid[take], a[take]) by one tensor
+        + a * r * h  # attention's output at the rows read, saved by attention_output
+        + 2 * (4 * r * h + 8 * r)  # each LayerNorm's fp32 input, mean and rstd
+        + a * r * h  # attention_LayerNorm's output, saved by intermediate
+        + 2 * a * r * f  # intermediate's output, saved by GELU; GELU's, saved by output
+        + 2 * shapes.mask * r * h  # the dropout masks after attention_output and output
+    )
+
+
 def _embedding_bytes(shapes: _Shapes) -> int:
     """What Embeddings.forward and the packing save, on the T real tokens."""
     t, h = shapes.tokens, shapes.hidden
@@ -150,8 +190,7 @@ def _head_bytes(shapes: _Shapes) -> int:
     """What the MLM head saves on the P masked positions, and the NSP head on B <cls>."""
     p, h, a = shapes.masked, shapes.hidden, shapes.matmul
     return (
-        8 * p  # int64 rows of the masked positions, saved by x[rows]
-        + 2 * a * p * h  # mlm_dense's input, and its output saved by GELU
+        2 * a * p * h  # mlm_dense's input, and its output saved by GELU
         + shapes.head_norm * p * h  # GELU's output, saved by mlm_LayerNorm
         + 8 * p  # mlm_LayerNorm's mean and rstd
         + a * p * h  # mlm_LayerNorm's output, saved by the decoder (the word embedding)
@@ -210,20 +249,24 @@ def activation_bytes(
     softmax keep their input's dtype on the CPU and run in fp32 on CUDA.
     """
     shapes = _shapes_for(arch, max_len, precision, batch, fill, device)
-    layers, layer, heads = arch.num_layers, _layer_bytes(shapes), _head_bytes(shapes)
+    layer, last, heads = _layer_bytes(shapes), _last_layer_bytes(shapes), _head_bytes(shapes)
+    whole = arch.num_layers - 1  # layers on every token; the last one on the rows read
     heads_peak, layer_peak = _backward_peaks(shapes)
     parts = {"embeddings": _embedding_bytes(shapes)}
     if checkpointing:
         # torch.utils.checkpoint keeps each layer's fp32 input; backward recomputes one layer
         # at a time, after the heads' backward has freed what the heads saved.
-        layer_input = 4 * shapes.tokens * shapes.hidden
+        # Under checkpointing every layer runs whole (model/bert.py: encode_packed).
+        layers, layer_input = arch.num_layers, 4 * shapes.tokens * shapes.hidden
         parts[f"layer inputs: {layers} x {format_size(layer_input)}"] = layers * layer_input
         if heads + heads_peak > layer + layer_peak:
             parts["MLM and NSP heads, and their backward (rough)"] = heads + heads_peak
         else:
             parts["one layer recomputed, and its backward (rough)"] = layer + layer_peak
     else:
-        parts[f"layers: {layers} x {format_size(layer)}"] = layers * layer
+        if whole:
+            parts[f"layers: {whole} x {format_size(layer)}"] = whole * layer
+        parts["the last layer, on the rows the losses read"] = last
         parts["MLM and NSP heads"] = heads
         parts["backward buffers (rough)"] = max(heads_peak, layer_peak)
     return parts

@@ -24,6 +24,7 @@ from bertpretrain.model.attention import (
 )
 from bertpretrain.model.cpu_attention import cpu_attention
 from bertpretrain.model.cross_entropy import IGNORED, cross_entropy_sum
+from bertpretrain.model.queries import Queries, pretraining_queries, query_attention, rows_of
 
 __all__ = ["ACTIVATIONS", "BertConfig"]  # where Python users have always found them
 
@@ -78,10 +79,30 @@ class Layer(nn.Module):
             return cpu_attention(qkv, packing, self.num_heads, p)
         return padded_attention(qkv, packing, self.num_heads, p)
 
-    def forward(self, x: torch.Tensor, packing: Packing) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, packing: Packing, queries: Queries | None = None
+    ) -> torch.Tensor:
+        """The layer's (rows, H) output; with `queries`, only at the rows they name
+        (model/queries.py), in their order."""
+        if queries is not None:
+            return self._forward_queries(x, packing, queries)
+        return self._after_attention(x, self.attention(self.qkv(x), packing), packing.real)
+
+    def _forward_queries(self, x: torch.Tensor, packing: Packing, queries: Queries):
+        h = x.shape[-1]
+        weight, bias = self.qkv.weight, self.qkv.bias  # rows: query, then key and value
+        grid = x[queries.grid]
+        q = F.linear(grid, weight[:h], bias[:h])
+        p = self.dropout_p if self.training else 0.0
+        a = query_attention(q, F.linear(x, weight[h:], bias[h:]), packing, self.num_heads, p)
+        if queries.take is not None:
+            grid, a = grid[queries.take], a[queries.take]
+        return self._after_attention(grid, a, queries.real)
+
+    def _after_attention(self, x: torch.Tensor, a: torch.Tensor, real: int) -> torch.Tensor:
+        """x = LN(x + attention's output); x = LN(x + ffn(x)), dropout drawn for the first
+        `real` rows only."""
         p, training = self.dropout_p, self.training
-        a = self.attention(self.qkv(x), packing)
-        real = packing.real
         x = self.attention_LayerNorm(x + dropout(self.attention_output(a), p, training, real))
         f = self.output(F.gelu(self.intermediate(x), approximate=self.approximate))
         return self.output_LayerNorm(x + dropout(f, p, training, real))
@@ -98,16 +119,23 @@ class BertModel(nn.Module):
         self.pooler = nn.Linear(config.hidden_size, config.hidden_size)
         self.gradient_checkpointing = False  # a memory/speed trade, not part of the model
 
-    def encode_packed(self, tokens, segments, packing: Packing) -> torch.Tensor:
+    def encode_packed(
+        self, tokens, segments, packing: Packing, queries: Queries | None = None
+    ) -> torch.Tensor:
+        """The packed (rows, H) encoding; with `queries`, the last layer's output only at
+        the rows a loss reads (model/queries.py)."""
         x = self.embeddings(tokens, segments, packing)
-        for layer in self.layer:
-            if self.gradient_checkpointing and self.training:
-                # Keep only each layer's input; recompute the rest in backward, with the
-                # same dropout masks (the RNG state is replayed).
+        if self.gradient_checkpointing and self.training:
+            # Keep only each layer's input; recompute the rest in backward, with the same
+            # dropout masks (the RNG state is replayed). Every layer runs whole here: the
+            # memory plan's recompute model (memory/activations.py) is of whole layers.
+            for layer in self.layer:
                 x = torch.utils.checkpoint.checkpoint(layer, x, packing, use_reentrant=False)
-            else:
-                x = layer(x, packing)
-        return x  # (T, H)
+            return x if queries is None else rows_of(x, queries)
+        last = len(self.layer) - 1
+        for i, layer in enumerate(self.layer):
+            x = layer(x, packing, queries if i == last else None)
+        return x
 
     def forward(self, tokens, segments, valid_lens) -> torch.Tensor:
         """Contextual vectors (B, L, H); zeros at padded positions."""
@@ -162,16 +190,17 @@ class BertForPretraining(nn.Module):
         """
         tokens, valid_lens = batch["tokens"], batch["valid_lens"]
         packing = pack(valid_lens, tokens.shape[1], round_rows=True)
-        x = self.bert.encode_packed(tokens, batch["segments"], packing)  # (rows, H)
         starts = torch.cumsum(valid_lens, 0) - valid_lens  # packed row of each <cls>
         real = batch["pred_weights"] > 0  # (B, P)
-        rows = (starts[:, None] + batch["pred_positions"])[real]  # packed rows of the targets
+        queries, masked = pretraining_queries(starts, batch["pred_positions"], real)
+        # (rows, H): the last layer at the masked positions, then at each <cls>, then padding
+        x = self.bert.encode_packed(tokens, batch["segments"], packing, queries)
         labels = batch["pred_labels"][real]
-        padding = rounded_rows(len(rows), real.numel()) - len(rows)
-        rows = F.pad(rows, (0, padding))  # extra rows read row 0 ...
+        padding = rounded_rows(masked, real.numel()) - masked
+        hidden = F.pad(x[:masked], (0, 0, 0, padding))  # extra rows are zeros ...
         labels = F.pad(labels, (0, padding), value=IGNORED)  # ... and count for nothing
-        mlm = cross_entropy_sum(self.mlm_logits(x[rows]), labels)
-        nsp_logits = self.nsp(self.bert.pool(x[starts])).float()
+        mlm = cross_entropy_sum(self.mlm_logits(hidden), labels)
+        nsp_logits = self.nsp(self.bert.pool(x[masked : masked + len(starts)])).float()
         nsp = F.cross_entropy(nsp_logits, batch["nsp_labels"], reduction="sum")
         mlm_count = real.sum() if mlm_count is None else mlm_count
         nsp_count = len(valid_lens) if nsp_count is None else nsp_count

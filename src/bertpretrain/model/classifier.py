@@ -3,7 +3,8 @@ BertForSequenceClassification (the pooler, dropout, one linear layer), with one 
 for a regression task such as STS-B.
 
 The encoder works on the packed real tokens as in pretraining: a batch's padding costs
-nothing outside attention.
+nothing outside attention, and the last layer runs on the `<cls>` rows alone
+(model/queries.py).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from torch import nn
 
 from bertpretrain.model.attention import dropout, pack
 from bertpretrain.model.bert import BertConfig, BertModel, initialise
+from bertpretrain.model.queries import cls_queries
 
 
 class BertForClassification(nn.Module):
@@ -32,9 +34,10 @@ class BertForClassification(nn.Module):
     def forward(self, tokens, segments, valid_lens) -> torch.Tensor:
         """(B, num_labels) logits, or (B,) scores for a regression."""
         packing = pack(valid_lens, tokens.shape[1], round_rows=True)
-        x = self.bert.encode_packed(tokens, segments, packing)  # (rows, H)
         starts = torch.cumsum(valid_lens, 0) - valid_lens  # packed row of each <cls>
-        pooled = dropout(self.bert.pool(x[starts]), self.config.dropout, self.training)
+        # (B, H): the last layer runs on the <cls> rows alone, all the classifier reads
+        cls = self.bert.encode_packed(tokens, segments, packing, cls_queries(starts))
+        pooled = dropout(self.bert.pool(cls), self.config.dropout, self.training)
         logits = self.classifier(pooled).float()
         return logits.squeeze(-1) if self.regression else logits
 
