@@ -14,7 +14,11 @@ Two kinds of task, each in the layout of a GLUE task (test.tsv has an index and 
   of words cannot tell them apart; only word order can. The final " ." stays in place.
 - `--kind number`, SST-2's layout: does the sentence hold a number (1) or not (0)? The
   words alone decide it: a control that fine-tuning learns at all.
-Half of the pair and single examples carry each label. The articles are split 60/20/20 into train, dev and
+- `--kind words`, RTE's layout: are sentence2's few words, shuffled, all in sentence1
+  (entailment), or none of them (not_entailment)? Shaped as RTE is (a long premise, a
+  short hypothesis), it is a pair task a small model learns, where `pair` stays at
+  chance for tiny: only reading both sentences together answers it.
+Half of the pair, single and words examples carry each label. The articles are split 60/20/20 into train, dev and
 test, so no sentence is in two splits. Pretrain on another WikiText split than the one the
 task is made from, or the model has read its sentences.
 """
@@ -29,12 +33,13 @@ from pathlib import Path
 HEADING = re.compile(r"^ = [^=].* = $")  # an article's title line; sections have == ... ==
 SPLITS = (("train", 0.6), ("dev", 0.2), ("test", 0.2))
 LABELS = ("entailment", "not_entailment")
-KINDS = ("pair", "single", "number")
+KINDS = ("pair", "single", "number", "words")
 # Each kind's columns in train/dev and in test, as GLUE's RTE and SST-2 files have them.
 COLUMNS = {
     "pair": (("index", "sentence1", "sentence2", "label"), ("index", "sentence1", "sentence2")),
     "single": (("sentence", "label"), ("index", "sentence")),
     "number": (("sentence", "label"), ("index", "sentence")),
+    "words": (("index", "sentence1", "sentence2", "label"), ("index", "sentence1", "sentence2")),
 }
 DIGIT = re.compile(r"[0-9]")
 WORDS_PER_SWAP = 8  # one swap of adjacent words per 8 words, and at least one
@@ -95,6 +100,28 @@ def numbers(chosen: list, rng: random.Random) -> list[dict[str, str]]:
     return out
 
 
+def words(chosen: list, rng: random.Random) -> list[dict[str, str]]:
+    """Every sentence as sentence1 once; sentence2 is 3 to 6 of its words (entailment) or
+    as many words of another sentence of the split that sentence1 does not hold
+    (not_entailment), shuffled either way, so neither order nor a shared word gives the
+    label away: each word must be looked for in sentence1."""
+    sentences = [s for article in chosen for paragraph in article for s in paragraph]
+    out = []
+    for sentence in sentences:
+        held = sentence.split()[:-1]
+        if rng.random() < 0.5:
+            picked, label = held, LABELS[0]
+        else:
+            picked, label = [], LABELS[1]
+            while len(picked) < 3:
+                present = set(held)
+                picked = [w for w in rng.choice(sentences).split()[:-1] if w not in present]
+        chosen_words = rng.sample(picked, min(len(picked), rng.randint(3, 6)))
+        out.append({"sentence1": sentence, "sentence2": " ".join(chosen_words), "label": label})
+    rng.shuffle(out)
+    return out
+
+
 def disturbed(sentence: str, rng: random.Random) -> str:
     """The sentence with a few adjacent words swapped (the last word, its " .", stays last:
     a period out of place would give the label away without reading the order). Redrawn
@@ -116,7 +143,7 @@ def make_task(
     rows of each. `examples` caps the train split (dev and test get a third of it each)."""
     if kind not in KINDS:
         raise ValueError(f"kind={kind!r}: use one of {', '.join(KINDS)}")
-    make_rows = {"pair": pairs, "single": singles, "number": numbers}[kind]
+    make_rows = {"pair": pairs, "single": singles, "number": numbers, "words": words}[kind]
     rng = random.Random(seed)
     found = articles(source)
     rng.shuffle(found)
@@ -146,13 +173,16 @@ def main() -> None:
     parser.add_argument("source", type=Path, help="a WikiText file, e.g. wiki.test.tokens")
     parser.add_argument("out", type=Path, help="the folder to write train/dev/test.tsv into")
     parser.add_argument(
-        "--kind", choices=KINDS, default="pair", help="pair: RTE's layout; single, number: SST-2's"
+        "--kind",
+        choices=KINDS,
+        default="pair",
+        help="pair, words: RTE's layout; single, number: SST-2's",
     )
     parser.add_argument("--examples", type=int, default=None, help="cap the train split")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     counts = make_task(args.source, args.out, args.examples, args.seed, args.kind)
-    what = "pairs" if args.kind == "pair" else "sentences"
+    what = "pairs" if args.kind in ("pair", "words") else "sentences"
     print(", ".join(f"{name} {n}" for name, n in counts.items()), f"{what} in {args.out}")
 
 

@@ -141,3 +141,25 @@ def test_wikitext_single_task_reads_as_sst2_and_only_word_order_tells_labels_apa
         changed = disturbed(sentence, rng)
         assert changed != sentence and changed.endswith(" .")
         assert sorted(changed.split()) == sorted(sentence.split())
+
+
+def test_wikitext_words_task_reads_as_rte_and_only_sentence1_tells_labels_apart(
+    wikitext_dir, tmp_path
+):
+    sys.path.insert(0, str(REPO / "scripts"))
+    from wikitext_task import make_task
+
+    from bertpretrain.config import TaskConfig
+    from bertpretrain.data.glue import read_task
+
+    counts = make_task(wikitext_dir / "wiki.test.tokens", tmp_path, 90, seed=0, kind="words")
+    assert counts == {"train": 90, "dev": 30, "test": 30}
+    assert (tmp_path / "test.tsv").read_text().startswith("index\tsentence1\tsentence2\n")
+    task = read_task(TaskConfig("rte", str(tmp_path), "classification", None, None, None))
+    train = task.splits["train"]
+    assert 30 < (train.labels == 0).sum() < 60  # about half entailment (RTE's label 0)
+    for premise, hypothesis, label in zip(train.text_a, train.text_b, train.labels, strict=True):
+        held = set(premise.split())
+        found = [w in held for w in hypothesis.split()]
+        assert 3 <= len(found) <= 6
+        assert all(found) if label == 0 else not any(found), (premise, hypothesis, label)
