@@ -181,8 +181,9 @@ class BertForPretraining(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """MLM cross-entropy averaged over the real masked positions only, and NSP loss.
 
-        Works on the packed tokens throughout, and runs the MLM head only where the
-        prediction weight is 1: padded slots cost nothing and cannot leak into the loss.
+        Works on the packed tokens throughout, runs the last layer only at the rows the
+        losses read (model/queries.py), and the MLM head only where the prediction weight
+        is 1: padded slots cost nothing and cannot leak into the loss.
         The packed tokens and the MLM rows are rounded up to one of a few sizes
         (`attention.rounded_rows`); the extra rows are ignored by both losses. A
         micro-batch of a larger batch passes the larger batch's counts, so the summed

@@ -28,14 +28,13 @@ class Queries(NamedTuple):
     """The rows the last layer computes, as a (B, M) grid of packed rows."""
 
     grid: torch.Tensor  # (B * M,) the packed row of each slot; row b's slots are sequence b's
-    width: int  # M slots a sequence
     take: torch.Tensor | None  # the slots computed past attention, in the output's order; None: all
     real: int  # the first `real` of them are read; the rest round the count (rounded_rows)
 
 
 def cls_queries(starts: torch.Tensor) -> Queries:
     """Each sequence's `<cls>` alone; `starts` (B,) are their packed rows."""
-    return Queries(starts, 1, None, len(starts))
+    return Queries(starts, None, len(starts))
 
 
 def pretraining_queries(
@@ -53,7 +52,7 @@ def pretraining_queries(
     mlm = flat[:, :p][real]
     read = len(mlm) + b
     take = torch.cat([mlm, flat[:, p], flat[:, :p][~real]])[: rounded_rows(read, flat.numel())]
-    return Queries(grid, p + 1, take, read), len(mlm)
+    return Queries(grid, take, read), len(mlm)
 
 
 def rows_of(x: torch.Tensor, queries: Queries) -> torch.Tensor:
