@@ -112,3 +112,26 @@ def test_with_dropout_the_read_rows_are_dropped_and_rescaled():
             draws.append(model.losses(batch)[1])
     assert len({float(d) for d in draws}) == 3
     assert all(abs(float(d) - float(exact)) < 0.2 for d in draws)
+
+
+@pytest.mark.parametrize("kernel_dropout", [None, True, False])
+def test_the_last_layer_drops_attention_as_the_other_layers_do(monkeypatch, kernel_dropout):
+    """On a varlen kernel without dropout every layer's attention dropout is off (the log
+    says so), the last layer's too; elsewhere it is the model's."""
+    from bertpretrain.model import bert as bert_module
+    from bertpretrain.model.attention import VarlenKernel
+
+    seen = []
+    attend = bert_module.query_attention
+
+    def recording(q, kv, packing, heads, p):
+        seen.append(p)
+        return attend(q, kv, packing, heads, p)
+
+    monkeypatch.setattr(bert_module, "query_attention", recording)
+    if kernel_dropout is not None:  # a one-layer model: only the last layer's path runs
+        kernel = VarlenKernel("a kernel", None, dropout=kernel_dropout)
+        monkeypatch.setattr(bert_module, "varlen_kernel", lambda *args: kernel)
+    model = small_model(num_layers=1, dropout=0.1).train()
+    model.losses(random_batch(model.config, batch=4, length=12, preds=2))
+    assert seen == [0.0 if kernel_dropout is False else 0.1]

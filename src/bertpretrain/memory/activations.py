@@ -155,7 +155,7 @@ def _last_layer_bytes(shapes: _Shapes) -> int:
     # the key-value projection's (T, 2H) output, saved by index_copy (backward's
     # expand_as), and its scatter to (B, L, 2H), whose contiguous copies the matmuls save
     keys_values = 2 * a * t * h + 2 * a * shapes.padded * h
-    if shapes.mask:  # by hand: the probabilities, the bool mask, the dropped probabilities
+    if not shapes.fused:  # by hand (CPU, dropout): probabilities, bool mask, dropped ones
         attention = keys_values + a * g * h + (2 * a + shapes.mask) * scores
     else:  # SDPA: q, its output and fp32 logsumexp
         attention = keys_values + 2 * a * g * h + 4 * g * shapes.heads

@@ -94,6 +94,9 @@ class Layer(nn.Module):
         grid = x[queries.grid]
         q = F.linear(grid, weight[:h], bias[:h])
         p = self.dropout_p if self.training else 0.0
+        kernel = varlen_kernel(x.device, q.dtype, h // self.num_heads)
+        if kernel is not None and not kernel.dropout:
+            p = 0.0  # as the other layers on a kernel without dropout (attention_path's log)
         a = query_attention(q, F.linear(x, weight[h:], bias[h:]), packing, self.num_heads, p)
         if queries.take is not None:
             grid, a = grid[queries.take], a[queries.take]

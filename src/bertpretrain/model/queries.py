@@ -73,10 +73,10 @@ def query_attention(
     padded = kv.new_zeros(b * length, 2 * width).index_copy(0, packing.index, kv)
     k, v = padded.view(b, length, 2, num_heads, d).permute(2, 0, 3, 1, 4)  # (B, heads, L, d)
     q = q.view(b, m, num_heads, d).transpose(1, 2)  # (B, heads, M, d)
-    if dropout_p:  # SDPA would draw its mask the slow way on the CPU (`dropout`)
+    if dropout_p and q.device.type == "cpu":  # SDPA would draw its mask the slow way
         scores = (q @ k.transpose(-1, -2)).mul_(d**-0.5)
         scores = scores.masked_fill_(~packing.keep, float("-inf"))
         a = dropout(torch.softmax(scores, -1), dropout_p, True) @ v
     else:
-        a = F.scaled_dot_product_attention(q, k, v, attn_mask=packing.keep)
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=packing.keep, dropout_p=dropout_p)
     return a.transpose(1, 2).reshape(b * m, width)
