@@ -399,3 +399,33 @@ def test_runs_lists_a_finetuned_run_with_its_dev_metrics(rte_run, tmp_path, env)
     listed = run_cli(["runs", str(rte_run.parent)], tmp_path, env)
     assert listed.returncode == 0, listed.stderr
     assert re.search(r"fine-tuned on rte: dev accuracy 0\.\d{3}", listed.stdout), listed.stdout
+
+
+def test_a_run_that_reports_its_best_epoch_is_read_at_it(rte_run, tmp_path):
+    """encode, export and init= of a run dir read the weights its summary reports: with
+    trainer.select=best, best.pt's; a checkpoint file named outright is read as it is."""
+    import shutil
+
+    from bertpretrain.init_from import find_init
+    from bertpretrain.load import load_model
+
+    run = shutil.copytree(rte_run, tmp_path / "run", symlinks=True)
+    last = checkpoint.resolve(run)
+    weights = checkpoint.load(last)["model"]
+    best = {
+        name: value + 1.0 if value.is_floating_point() else value for name, value in weights.items()
+    }
+    checkpoint.save({"epoch": 1, "model": best}, run / checkpoint.SUBDIR / checkpoint.BEST)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["metrics_epoch"] == "last"
+    for name, value in load_model(run).model.state_dict().items():  # select=last: the last
+        assert torch.equal(value, weights[name]), name
+
+    (run / "summary.json").write_text(json.dumps(summary | {"metrics_epoch": "best"}))
+    loaded = load_model(run)
+    assert loaded.source.name == checkpoint.BEST and loaded.task == checkpoint.load(last)["task"]
+    for name, value in loaded.model.state_dict().items():
+        assert torch.equal(value, best[name]), name
+    assert find_init(str(run)).name == checkpoint.BEST
+    explicit = load_model(last).model.state_dict()
+    assert all(torch.equal(explicit[name], weights[name]) for name in weights)

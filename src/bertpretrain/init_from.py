@@ -15,7 +15,7 @@ from bertpretrain.data.tokenizer import Tokenizer
 from bertpretrain.errors import UserError
 from bertpretrain.hf import published
 from bertpretrain.hf.vocab import read_tokenizer
-from bertpretrain.load import load_model
+from bertpretrain.load import load_model, reported
 from bertpretrain.model.architecture import architecture_of
 from bertpretrain.model.bert import BertConfig, BertForPretraining
 from bertpretrain.training import checkpoint
@@ -40,7 +40,8 @@ def find_init(source: str) -> Path:
             f"init={source} does not exist; give a transformers BERT folder, a Hub name such "
             "as bert-base-uncased, or a run dir or checkpoint of ours"
         )
-    return checkpoint.resolve(path)
+    found = checkpoint.resolve(path)
+    return reported(found) if Path(path).is_dir() else found
 
 
 def init_tokenizer(path: Path) -> Tokenizer:

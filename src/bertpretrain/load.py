@@ -1,5 +1,6 @@
 """A trained model for the commands that read one (`encode`, `export`, `init=`): from a run
-dir (its newest checkpoint), a checkpoint file, or a transformers BERT folder.
+dir (its newest checkpoint, or the best epoch's where a fine-tuning run reported that
+one), a checkpoint file, or a transformers BERT folder.
 
     from bertpretrain.load import load_model
 
@@ -12,6 +13,7 @@ kind and label names); every reader uses `model.bert`, the encoder, or the whole
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,11 +45,30 @@ class LoadedModel:
 
 def find_model(path: str | Path | None = None) -> Path:
     """The transformers folder `path`, or the checkpoint it names: a file, or a run dir's
-    newest; None = the newest run's checkpoint under ./outputs."""
+    newest (its best epoch's, `best.pt`, for a fine-tuning run that reported its best
+    epoch); None = the newest run's under ./outputs."""
     if path is None:
-        return default_checkpoint()
+        return reported(default_checkpoint())
     folder = Path(path).expanduser()
-    return folder if published.is_model_folder(folder) else checkpoint.resolve(folder)
+    if published.is_model_folder(folder):
+        return folder
+    found = checkpoint.resolve(folder)
+    return reported(found) if folder.is_dir() else found
+
+
+def reported(newest: Path) -> Path:
+    """The checkpoint whose weights a run's summary reports: `best.pt` beside `newest`
+    when the run chose its best epoch (trainer.select=best), so that encode, export and
+    init= read the model that scored what summary.json says; else `newest`."""
+    best = newest.parent / checkpoint.BEST
+    summary = newest.parent.parent / "summary.json"
+    if newest.parent.name != checkpoint.SUBDIR or not (best.is_file() and summary.is_file()):
+        return newest
+    try:
+        chosen = json.loads(summary.read_text(encoding="utf-8")).get("metrics_epoch")
+    except (OSError, ValueError, AttributeError):
+        return newest  # an unreadable summary is the run's own problem, not the model's
+    return best if chosen == "best" else newest
 
 
 def load_model(path: str | Path | None = None) -> LoadedModel:
@@ -56,6 +77,8 @@ def load_model(path: str | Path | None = None) -> LoadedModel:
     if published.is_model_folder(source):
         return LoadedModel(*published.load(source), source)
     state = checkpoint.load(source)
+    if source.name == checkpoint.BEST:  # the best epoch's weights; the rest as last saved
+        state = {**checkpoint.load(checkpoint.resolve(source.parent)), "model": state["model"]}
     model, tokenizer, max_len = _from_checkpoint(state, source)
     metrics = state.get("val_metrics")
     return LoadedModel(

@@ -24,6 +24,7 @@ FORMAT = "bertpretrain-checkpoint/1"
 SUBDIR = "checkpoints"
 
 
+BEST = "best.pt"  # a fine-tuning run's best epoch's weights, kept when trainer.select=best
 _NAME = re.compile(r"step_(\d{8})\.pt")  # the only names the trainer writes, and prunes
 _TEMP = re.compile(r"\.step_\d{8}\.pt\..+\.tmp")
 

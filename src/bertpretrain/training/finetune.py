@@ -51,7 +51,6 @@ from bertpretrain.training.setup import (
 
 log = logging.getLogger("bertpretrain.finetune")
 
-BEST = "best.pt"  # the best epoch's weights, kept when trainer.select=best
 PREDICTIONS = "predictions"  # the run dir's folder of test-set predictions
 
 
@@ -206,7 +205,7 @@ def _validator(cfg, run_dir: Path, data: FinetuneData, model, micro, device, aut
         history.append((epoch, metrics))
         if cfg.trainer.select == "best" and (best is None or task_score(metrics) > best):
             state = {"epoch": epoch, "model": model.state_dict()}
-            checkpoint.save(state, run_dir / checkpoint.SUBDIR / BEST)
+            checkpoint.save(state, run_dir / checkpoint.SUBDIR / checkpoint.BEST)
         log.info("epoch %d of %d (step %d)", epoch, cfg.trainer.epochs, step)
         return metrics
 
@@ -226,7 +225,7 @@ def finish(run: Run, progress: Progress) -> dict:
     history = run.objective.record["history"]
     epoch, metrics = chosen_epoch(history, cfg.trainer.select)
     if epoch != history[-1][0]:  # select=best, and an earlier epoch was better
-        best = checkpoint.load(run.run_dir / checkpoint.SUBDIR / BEST)
+        best = checkpoint.load(run.run_dir / checkpoint.SUBDIR / checkpoint.BEST)
         run.model.load_state_dict(best["model"])
     micro = micro_batch_size(cfg.trainer.batch_size, 1, run.accum)
     written = write_predictions(
