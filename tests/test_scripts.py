@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import REPO
@@ -119,22 +120,31 @@ def test_house_check_reports_three_sections_on_the_package():
     assert "training/loop.py:" in out and "train(cfg: Config)" in out
 
 
-def test_wikitext_single_task_reads_as_sst2_and_only_word_order_tells_labels_apart(
-    wikitext_dir, tmp_path
-):
+def made_task(source: Path, out: Path, kind: str, glue: str, test_header: str):
+    """A 90-example task of `kind` made by scripts/wikitext_task.py, read back as GLUE's
+    `glue` task; its train split."""
     sys.path.insert(0, str(REPO / "scripts"))
-    import random
-
-    from wikitext_task import disturbed, make_task
+    from wikitext_task import make_task
 
     from bertpretrain.config import TaskConfig
     from bertpretrain.data.glue import read_task
 
-    counts = make_task(wikitext_dir / "wiki.test.tokens", tmp_path, 90, seed=0, kind="single")
+    counts = make_task(source, out, 90, seed=0, kind=kind)
     assert counts == {"train": 90, "dev": 30, "test": 30}
-    assert (tmp_path / "test.tsv").read_text().startswith("index\tsentence\n")
-    task = read_task(TaskConfig("sst2", str(tmp_path), "classification", None, None, None))
-    train = task.splits["train"]
+    assert (out / "test.tsv").read_text().startswith(test_header)
+    task = read_task(TaskConfig(glue, str(out), "classification", None, None, None))
+    return task.splits["train"]
+
+
+def test_wikitext_single_task_reads_as_sst2_and_only_word_order_tells_labels_apart(
+    wikitext_dir, tmp_path
+):
+    import random
+
+    source = wikitext_dir / "wiki.test.tokens"
+    train = made_task(source, tmp_path, "single", "sst2", "index\tsentence\n")
+    from wikitext_task import disturbed
+
     assert train.text_b is None and 30 < train.labels.sum() < 60  # about half are real
     rng = random.Random(0)
     for sentence in train.text_a[:20]:
@@ -146,17 +156,8 @@ def test_wikitext_single_task_reads_as_sst2_and_only_word_order_tells_labels_apa
 def test_wikitext_words_task_reads_as_rte_and_only_sentence1_tells_labels_apart(
     wikitext_dir, tmp_path
 ):
-    sys.path.insert(0, str(REPO / "scripts"))
-    from wikitext_task import make_task
-
-    from bertpretrain.config import TaskConfig
-    from bertpretrain.data.glue import read_task
-
-    counts = make_task(wikitext_dir / "wiki.test.tokens", tmp_path, 90, seed=0, kind="words")
-    assert counts == {"train": 90, "dev": 30, "test": 30}
-    assert (tmp_path / "test.tsv").read_text().startswith("index\tsentence1\tsentence2\n")
-    task = read_task(TaskConfig("rte", str(tmp_path), "classification", None, None, None))
-    train = task.splits["train"]
+    source = wikitext_dir / "wiki.test.tokens"
+    train = made_task(source, tmp_path, "words", "rte", "index\tsentence1\tsentence2\n")
     assert 30 < (train.labels == 0).sum() < 60  # about half entailment (RTE's label 0)
     for premise, hypothesis, label in zip(train.text_a, train.text_b, train.labels, strict=True):
         held = set(premise.split())
