@@ -197,6 +197,7 @@ def test_encode_and_export_take_a_finetuned_run(rte_run, tmp_path, env):
     out = tmp_path / "hf"
     exported = run_cli(["export", str(rte_run), str(out)], tmp_path, env)
     assert exported.returncode == 0, exported.stderr
+    assert "transformers.BertForSequenceClassification.from_pretrained" in exported.stdout
     from transformers import BertForSequenceClassification
 
     from bertpretrain.load import load_model

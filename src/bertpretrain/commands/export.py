@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 
 from bertpretrain.errors import ArgumentParser
 from bertpretrain.hf.export import FILES, export
@@ -55,7 +56,9 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> None:
     args = _parser().parse_args(argv)
     out = export(args.checkpoint, args.out_dir, force=args.force, encoder_only=args.encoder_only)
-    model_class = "BertModel" if args.encoder_only else "BertForPreTraining"
+    # what the folder holds: BertModel, BertForPreTraining or, for a fine-tuned run,
+    # BertForSequenceClassification (config.json's architectures)
+    model_class = json.loads((out / "config.json").read_text())["architectures"][0]
     print(f"wrote {out}: {', '.join(FILES)}")
     print(
         f'load it with transformers.{model_class}.from_pretrained("{out}") and AutoTokenizer '
