@@ -15,10 +15,9 @@ from bertpretrain.data.tokenizer import Tokenizer
 from bertpretrain.errors import UserError
 from bertpretrain.hf import published
 from bertpretrain.hf.vocab import read_tokenizer
-from bertpretrain.load import load_model, reported
+from bertpretrain.load import find_model, load_model
 from bertpretrain.model.architecture import architecture_of
 from bertpretrain.model.bert import BertConfig, BertForPretraining
-from bertpretrain.training import checkpoint
 
 
 def init_architecture(source: str) -> tuple[Path, BertConfig]:
@@ -33,15 +32,13 @@ def init_architecture(source: str) -> tuple[Path, BertConfig]:
 def find_init(source: str) -> Path:
     """The transformers folder or our checkpoint file that `init=source` names."""
     path = published.resolve(source)
-    if published.is_model_folder(path):
-        return path
     if not os.path.lexists(path):  # a dangling link: checkpoint.resolve says so
         raise UserError(
             f"init={source} does not exist; give a transformers BERT folder, a Hub name such "
             "as bert-base-uncased, or a run dir or checkpoint of ours"
         )
-    found = checkpoint.resolve(path)
-    return reported(found) if Path(path).is_dir() else found
+    # a transformers folder; a file as it is; a run dir at the epoch its summary reports
+    return find_model(path)
 
 
 def init_tokenizer(path: Path) -> Tokenizer:

@@ -61,7 +61,7 @@ def reported(newest: Path) -> Path:
     when the run chose its best epoch (trainer.select=best), so that encode, export and
     init= read the model that scored what summary.json says; else `newest`."""
     best = newest.parent / checkpoint.BEST
-    summary = newest.parent.parent / "summary.json"
+    summary = newest.parent.parent / rundir.SUMMARY
     if newest.parent.name != checkpoint.SUBDIR or not (best.is_file() and summary.is_file()):
         return newest
     try:
