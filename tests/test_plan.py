@@ -171,7 +171,10 @@ def high_water_mark():
     with open("/proc/self/status") as f:
         return next(int(ln.split()[1]) * 1024 for ln in f if ln.startswith("VmHWM:"))
 
-step({k: v[:4] for k, v in batch.items()})
+# A warm-up step on the same batch makes Adam's state, torch's lazy buffers and oneDNN's
+# scratch and compiled bf16 matmuls, which a run makes once: the step measured then holds
+# what every step does.
+step(batch)
 # Reset the peak-RSS mark to the current RSS (Linux: "5" > clear_refs), so a transient
 # peak from start-up (imports, loading) cannot hide the step's own peak.
 with open("/proc/self/clear_refs", "w") as f:
@@ -242,9 +245,10 @@ def measurements(tmp_path_factory, wikitext_dir):
             process.communicate()
 
 
-# Measured 0.93 to 1.02 on these cases in bf16 and 0.99 to 1.06 in fp32 (torch 2.13,
+# Measured 0.92 to 1.07 on these cases in bf16 and 1.01 to 1.07 in fp32 (torch 2.13,
 # 2026-12-07, an AVX-512 BF16 CPU; fp32 forced by speed.precision=fp32), with the last
-# layer on the rows the losses read (model/queries.py).
+# layer on the rows the losses read (model/queries.py) and attention's sequences bucketed
+# by length (model/cpu_attention.py).
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc and ru_maxrss")
 @pytest.mark.parametrize("case", list(CASES))
@@ -256,7 +260,8 @@ def test_activation_estimate_within_10_percent_of_measured_peak(case, measuremen
     assert measured["new_peak"], "the step did not set a new high-water mark: nothing measured"
 
     planned = plan.make_plan(work(cfg), vocab, fill, "cpu", memory=1 << 50)
-    estimate = max(planned.activation_total, planned.step_scratch)
+    once = sum(planned.activations.get(part, 0) for part in plan.ONCE_A_RUN)
+    estimate = max(planned.activation_total - once, planned.step_scratch)
     ratio = estimate / measured["growth"]
     assert 0.9 <= ratio <= 1.1, (
         f"{case}: estimate {estimate / 2**20:.1f} MiB, measured {measured['growth'] / 2**20:.1f} "

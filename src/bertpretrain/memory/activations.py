@@ -22,6 +22,7 @@ from bertpretrain.device import resolve_precision
 from bertpretrain.memory.budget import format_size
 from bertpretrain.model.attention import rounded_rows, why_not_varlen
 from bertpretrain.model.bert import BertConfig
+from bertpretrain.model.cpu_attention import expected_bucket
 from bertpretrain.model.cross_entropy import chunk_elements
 
 
@@ -45,10 +46,12 @@ class _Shapes:
     logits_chunk: int  # how many MLM logits the loss upcasts to fp32 at once under bf16
     fused: bool  # attention by SDPA's fused kernel, without (B, heads, L, L) scores
     varlen: bool  # attention by Flash Attention's varlen kernel on the T packed tokens
+    bucketed: int  # model/cpu_attention.py's positions: each sequence padded to its bucket
+    bucketed_scores: int  # and its scores: B_g x L_g^2 summed over the buckets, per head
 
     @property
     def padded(self) -> int:
-        return self.batch * self.length  # attention works on every position, padding included
+        return self.batch * self.length  # every position of the (B, L) batch
 
     @property
     def hand_written(self) -> bool:
@@ -56,8 +59,16 @@ class _Shapes:
         return not self.fused and not self.varlen
 
     @property
+    def attended(self) -> int:
+        """The positions attention pads the batch to (not the varlen kernel's: it pads none)."""
+        return self.bucketed if self.hand_written else self.padded
+
+    @property
     def scores(self) -> int:
-        return self.batch * self.heads * self.length * self.length  # (B, heads, L, L)
+        """Attention's probabilities: (B, heads, L, L), or by hand each bucket's."""
+        if self.hand_written:
+            return self.heads * self.bucketed_scores
+        return self.batch * self.heads * self.length * self.length
 
 
 def _shapes_for(
@@ -74,6 +85,7 @@ def _shapes_for(
     dtype = torch.bfloat16 if matmul == 2 else torch.float32
     head_dim = arch.hidden_size // arch.num_heads
     varlen = why_not_varlen(torch.device(device), dtype, head_dim) is None
+    position, square = expected_bucket(fill, max_len)
     return _Shapes(
         batch=batch,
         length=max_len,
@@ -91,6 +103,8 @@ def _shapes_for(
         logits_chunk=min(chunk_elements(device), masked * arch.vocab_size),
         fused=fused_attention(device, arch.dropout),
         varlen=varlen,
+        bucketed=rounded_rows(math.ceil(position * padded), padded),
+        bucketed_scores=rounded_rows(math.ceil(square * padded * max_len), padded * max_len),
     )
 
 
@@ -102,13 +116,13 @@ def fused_attention(device: str, dropout: float) -> bool:
 
 
 def _attention_bytes(shapes: _Shapes) -> int:
-    """What Layer.attention saves: on every padded position, or with the varlen kernel
+    """What Layer.attention saves: on every position it pads the batch to, or with the varlen kernel
     only its fp32 (heads, T) logsumexp and the (B + 1,) int32 offsets (q, k and v are views
     of qkv's output and the kernel's output is attention_output's input, both counted in
     _layer_bytes)."""
     if shapes.varlen:
         return 4 * shapes.heads * shapes.tokens + 4 * (shapes.batch + 1)
-    a, padded, h = shapes.matmul, shapes.padded, shapes.hidden
+    a, padded, h = shapes.matmul, shapes.attended, shapes.hidden
     qkv = 3 * a * padded * h  # q, k, v: SDPA's inputs, or matmul's contiguous copies of them
     if shapes.fused:  # SDPA also saves its output and its fp32 (B, heads, L) logsumexp
         return qkv + a * padded * h + 4 * shapes.batch * shapes.heads * shapes.length
@@ -214,18 +228,18 @@ def _backward_peaks(shapes: _Shapes) -> tuple[int, int]:
     # In a layer, about two gradients of its largest tensor are alive at once.
     largest = max(
         shapes.matmul * shapes.tokens * shapes.ffn,
-        0 if shapes.varlen else shapes.matmul * shapes.padded * shapes.hidden,
+        0 if shapes.varlen else shapes.matmul * shapes.attended * shapes.hidden,
         0 if shapes.fused else shapes.matmul * shapes.scores,
     )
     # Under bf16 the residual stream and its gradient stay fp32: beside the largest
     # tensor's gradient, an fp32 (T, H) gradient and an fp32 temporary of that size.
     layer = max(2 * largest, largest + 2 * 4 * shapes.tokens * shapes.hidden)
     if shapes.hand_written:
-        # model/cpu_attention.py's backward makes q, k and v's gradients at every padded
-        # position and two (B, heads, L, L) tensors, once the feed-forward half of the
+        # model/cpu_attention.py's backward makes q, k and v's gradients at every position
+        # of its buckets and two buffers of scores, once the feed-forward half of the
         # layer has run its backward and freed what it saved
         a, t, h = shapes.matmul, shapes.tokens, shapes.hidden
-        attention = 3 * a * shapes.padded * h + 2 * a * shapes.scores
+        attention = 3 * a * shapes.attended * h + 2 * a * shapes.scores
         feed_forward = a * t * h + 2 * a * t * shapes.ffn + shapes.mask * t * h + 4 * t * h
         layer = max(layer, attention - feed_forward)
     return heads, layer

@@ -39,6 +39,7 @@ from bertpretrain.errors import UserError
 from bertpretrain.memory.activations import activation_bytes
 from bertpretrain.memory.budget import device_memory, device_type, resident_memory
 from bertpretrain.model.bert import BertConfig, BertForPretraining
+from bertpretrain.model.cpu_attention import bucket_lengths
 
 DEFAULT_VOCAB = 30522  # BERT's WordPiece vocabulary
 LARGEST_SEARCHED = 1 << 20  # micro-batches beyond this are reported as "at least"
@@ -62,6 +63,14 @@ CPU_HEAP_SLACK = 0.7
 # 4-layer, 256-wide model at max_len 128 (peak growth of a step with oneDNN on and off,
 # 2026-12-07, torch 2.13). Counted at the top of that range.
 ONEDNN_BF16_SCRATCH = 9 << 20
+# ... and compiles and caches each bf16 matmul per shape, 0.6 to 0.7 MiB a shape however
+# small (torch 2.13, 2026-12-07). The CPU's attention (model/cpu_attention.py) has four
+# matmul shapes for each bucket length (q k^T; p v and its backward's ds k; p^T g and
+# ds^T q; g v^T): once all lengths have come up, a run holds them all.
+ONEDNN_BF16_KERNEL = 700 << 10
+ATTENTION_MATMULS = 4
+# The parts a run makes once, at its first steps, not every step (tests/test_plan.py)
+ONCE_A_RUN = ("oneDNN's bf16 scratch", "oneDNN's bf16 attention kernels")
 # The share of the memory a plan may fill: the rest is for the allocator's slack and for
 # micro-batches with more real tokens than the mean.
 MARGIN = 0.9
@@ -174,6 +183,9 @@ def make_plan(
     copies = {"bf16 weight copies": count * torch.bfloat16.itemsize} if bf16 else {}
     if bf16 and kind == "cpu":
         copies["oneDNN's bf16 scratch"] = ONEDNN_BF16_SCRATCH
+        if arch.dropout > 0:  # the attention of model/cpu_attention.py
+            kernels = ATTENTION_MATMULS * bucket_lengths(work.max_len)
+            copies["oneDNN's bf16 attention kernels"] = kernels * ONEDNN_BF16_KERNEL
 
     def plan_for(batch: int, checkpointing: bool) -> Plan:
         activations = activation_bytes(

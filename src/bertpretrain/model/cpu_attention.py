@@ -1,89 +1,235 @@
-"""Training attention on the CPU: the padded path with its backward written out.
+"""Training attention on the CPU: sequences bucketed by length, the backward written out.
 
-Autograd's version of the padded path (scatter the packed q, k, v to (B, heads, L, d),
-scores, mask, softmax, dropout, `@ v`, gather back) spent a sixth of a tiny fp32 step on
-copies around its matmuls: the scatter's zero fill and out-of-place copy, the permutes'
-contiguous copies before `bmm`, `unbind`'s backward stacking the three gradients, the
-scaled and masked scores as separate tensors. Here q, k and v are scattered once, straight
-into the layout `bmm` reads, (3, heads, B, L, d); the scale and the key mask ride on the
-scores' matmul (`baddbmm`); and backward writes the three gradients into one buffer of that
-layout, which a single gather packs again. The arithmetic is the same, so it gives what
-autograd gives up to float rounding (tests/test_custom_backward.py holds it there, dropout
-included).
+Padding every sequence to the batch's L made attention's (heads, L, L) scores, softmax,
+dropout mask and `@ v` cost B * L^2 whatever the lengths: for BERT-base at max_len 128,
+where WikiText-2's sequences fill 42% of the positions, four fifths of that work (and of
+the dropout's random draws) was on padding, and attention took 43% of a bf16 step. Here
+each sequence is padded only to its length rounded up to a multiple of `granularity(L)`,
+and the sequences of one rounded length are a bucket: a (heads * B_g, L_g, d) batch of its
+own. The cost follows the sum of the squared lengths: 0.25 of the padded one at max_len
+128, 0.63 at 64, 0.02 at 512 (WikiText-2, docs/benchmarks.md).
+
+All buckets share flat buffers (q, k and v; the scores; the dropout mask; the output)
+whose sizes are rounded like the packed rows (`rounded_rows`), so a step asks the
+allocator for a few sizes, not a new one for every mix of lengths. q, k and v are
+scattered once into their buckets' layout, each bucket's rows contiguous as `bmm` reads
+them; the scale and the key mask ride on the scores' matmul (`baddbmm`); backward writes
+the three gradients into one buffer of that layout, which a single gather packs again.
+The arithmetic on the real positions is the padded path's, so it gives what autograd
+gives up to float rounding (tests/test_custom_backward.py).
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
-from bertpretrain.model.attention import Packing, dropout_mask
+from bertpretrain.model.attention import Packing, dropout_mask, rounded_rows
+
+
+def granularity(length: int) -> int:
+    """The multiple a sequence's padded length is rounded up to: at most 16 buckets, each a
+    multiple of 8 positions (the matmuls' vector width)."""
+    return max(8, length // 16)
+
+
+def bucket_lengths(length: int) -> int:
+    """How many bucket lengths sequences of at most `length` can take."""
+    return -(-length // granularity(length))
+
+
+# The squared coefficient of variation of sequence lengths: WikiText-2's are 0.06 at
+# max_len 64 and 0.11 at 128 and 512; the plan, which knows only the mean, takes 0.1.
+LENGTH_SPREAD = 0.1
+
+
+def expected_bucket(fill: float, length: int) -> tuple[float, float]:
+    """For sequences of mean length fill * L, a sequence's expected padded length and its
+    square, as fractions of L and L^2: what the memory plan counts attention's buffers by
+    (rounding up to `granularity` adds about half of it, and its square term q^2 / 3)."""
+    mean, q = fill * length, granularity(length)
+    padded = min(length, mean + q / 2)
+    square = min(length**2, (1 + LENGTH_SPREAD) * mean**2 + q * mean + q**2 / 3)
+    return padded / length, square / length**2
+
+
+def chunk(batch: int) -> int:
+    """How many sequences a bucket's matmuls take at once: buckets are padded to a multiple
+    of it with empty sequences. Each matmul then has one of a few shapes, (heads * chunk,
+    L_g, .) for each bucket length: on the CPU a bf16 matmul is compiled and cached per
+    shape (oneDNN), about a third of a MiB each, and a new batch size for every bucket of
+    every step filled that cache with hundreds of MiB and paid the compile each time."""
+    return max(1, batch // 64)
+
+
+class Bucket(NamedTuple):
+    sequences: int  # B_g, a multiple of `chunk`: the last ones may be empty
+    length: int  # L_g: every sequence of the bucket padded to this
+    start: int  # where the bucket's positions start in the flat layout: sum of B * L before it
+    scores_start: int  # where its scores start: sum of B * L * L before it (per head)
+    bias: torch.Tensor  # (B_g, 1, L_g): 0 at a real key, -inf at padding
+
+
+class Layout(NamedTuple):
+    """Where each packed row's q, k and v sit among the buckets: row t's slot s of n (q, k
+    and v of each head: n = 3 * heads) is n * start[t] + s * span[t] + local[t] of a flat
+    (n * positions + 1, d) buffer laid out bucket by bucket, each (n, B_g * L_g, d)."""
+
+    buckets: list[Bucket]
+    start: torch.Tensor  # (rows,) the start of the row's bucket
+    local: torch.Tensor  # (rows,) the row's position in its bucket's (B_g, L_g) grid
+    span: torch.Tensor  # (rows,) B_g * L_g of the row's bucket
+    positions: int  # sum of B_g * L_g, rounded up; one more, the last, is a spare
+    scores: int  # sum of B_g * L_g^2 (per head), rounded up
+    chunk: int  # sequences a matmul takes at once (`chunk`)
+
+
+def layout(packing: Packing) -> Layout:
+    """Buckets of the sequences by rounded length. Rows past `packing.real` (padding that
+    rounds a step's row count) have no sequence: all their slots are the spare position,
+    which reads as zero."""
+    lengths = (packing.cu_lens[1 : packing.batch + 1] - packing.cu_lens[: packing.batch]).long()
+    q = granularity(packing.length)
+    padded = (lengths + q - 1).div(q, rounding_mode="floor").mul(q).clamp(max=packing.length)
+    order = torch.argsort(padded, stable=True)
+    sizes, counts = torch.unique_consecutive(padded[order], return_counts=True)
+    start_of, rank_of, span_of = (torch.empty_like(lengths) for _ in range(3))
+    buckets, first, start, scores, m = [], 0, 0, 0, chunk(packing.batch)
+    for size, count in zip(sizes.tolist(), counts.tolist(), strict=True):
+        members = order[first : first + count]
+        slots = -(-count // m) * m  # the empty ones attend to all their (zero) keys
+        start_of[members], span_of[members] = start, slots * size
+        rank_of[members] = torch.arange(count) * size
+        keep = torch.arange(size) < lengths[members, None]
+        bias = torch.zeros(slots, 1, size)
+        bias[:count].masked_fill_(~keep[:, None, :], float("-inf"))
+        buckets.append(Bucket(slots, size, start, scores, bias))
+        first, start, scores = first + count, start + slots * size, scores + slots * size**2
+    positions = rounded_rows(start, (packing.batch + len(buckets) * m) * packing.length)
+    real = packing.index[: packing.real]
+    sequence = real // packing.length
+    rows = len(packing.index)
+    row_start = torch.full((rows,), positions, dtype=torch.long)
+    local, span = torch.zeros(rows, dtype=torch.long), torch.zeros(rows, dtype=torch.long)
+    row_start[: packing.real] = start_of[sequence]
+    local[: packing.real] = rank_of[sequence] + real % packing.length
+    span[: packing.real] = span_of[sequence]
+    most = (packing.batch + len(buckets) * m) * packing.length**2
+    return Layout(buckets, row_start, local, span, positions, rounded_rows(scores, most), m)
+
+
+def slots(lay: Layout, n: int) -> torch.Tensor:
+    """(rows * n,) each row's n slots in a flat (n * positions + 1, d) buffer (`Layout`)."""
+    index = (n * lay.start + lay.local)[:, None] + torch.arange(n) * lay.span[:, None]
+    return index.flatten()
 
 
 def cpu_attention(
     qkv: torch.Tensor, packing: Packing, num_heads: int, dropout_p: float
 ) -> torch.Tensor:
-    """Multi-head attention of packed (rows, 3H) projections on the padded batch, padded
-    keys masked out, with attention dropout `dropout_p`: (rows, H)."""
-    keep = packing.keep.view(packing.batch, 1, packing.length)
-    # each key's additive mask for baddbmm: 0 for a real token, -inf for padding
-    bias = torch.zeros(keep.shape, dtype=qkv.dtype).masked_fill_(~keep, float("-inf"))
-    return _Attention.apply(qkv, packing.index, bias.repeat(num_heads, 1, 1), num_heads, dropout_p)
+    """Multi-head attention of packed (rows, 3H) projections, each sequence over its own
+    keys, with attention dropout `dropout_p`: (rows, H)."""
+    lay = layout(packing)
+    return _Attention.apply(qkv, lay, num_heads, dropout_p)
+
+
+def _views(flat: torch.Tensor, bucket: Bucket, n: int, heads: int) -> torch.Tensor:
+    """Bucket `bucket`'s (n, heads * B_g, L_g, d) block of a flat (n * heads * positions, d)
+    buffer."""
+    d = flat.shape[-1]
+    rows = bucket.sequences * bucket.length
+    block = flat[n * heads * bucket.start : n * heads * (bucket.start + rows)]
+    return block.view(n, heads * bucket.sequences, bucket.length, d)
+
+
+def _scores(flat: torch.Tensor, bucket: Bucket, heads: int) -> torch.Tensor:
+    """Bucket `bucket`'s (heads * B_g, L_g, L_g) block of a flat scores buffer."""
+    size = heads * bucket.sequences * bucket.length**2
+    start = heads * bucket.scores_start
+    return flat[start : start + size].view(heads * bucket.sequences, bucket.length, bucket.length)
+
+
+def _pieces(step: int, *tensors: torch.Tensor):
+    """The tensors cut along their first dim into pieces of `step` rows, side by side."""
+    for at in range(0, len(tensors[0]), step):
+        yield tuple(t[at : at + step] for t in tensors)
 
 
 class _Attention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, qkv, index, bias, num_heads, dropout_p):
+    def forward(ctx, qkv, lay, num_heads, dropout_p):
         with torch.autocast("cpu", enabled=False):  # compute in qkv's dtype, as autocast made it
             rows, width = qkv.shape
-            length = bias.shape[-1]
-            b = len(bias) // num_heads
             d = width // 3 // num_heads
-            # (3 * heads, B * L, d): q, k, v of every padded position, zero at padding
-            padded = qkv.new_zeros(3 * num_heads, b * length, d)
-            padded.index_copy_(1, index, qkv.view(rows, 3 * num_heads, d).transpose(0, 1))
-            q, k, v = padded.view(3, num_heads * b, length, d).unbind(0)  # contiguous views
-            scores = torch.baddbmm(bias, q, k.transpose(1, 2), alpha=d**-0.5)  # (heads * B, L, L)
-            probabilities = torch.softmax(scores, -1, out=scores)
-            keep, scale = dropout_mask(probabilities.shape, dropout_p)
+            step = num_heads * lay.chunk
+            # zero: a padded position's q, k and v, and the spare row padding rows read
+            padded = qkv.new_zeros(3 * num_heads * lay.positions + 1, d)
+            padded.index_copy_(0, slots(lay, 3 * num_heads), qkv.view(rows * 3 * num_heads, d))
+            probabilities = qkv.new_empty(num_heads * lay.scores)
+            used = num_heads * sum(b.sequences * b.length**2 for b in lay.buckets)
+            for b in lay.buckets:
+                q, k, _ = _views(padded, b, 3, num_heads).unbind(0)
+                scores = _scores(probabilities, b, num_heads)
+                bias = b.bias.to(qkv.dtype).repeat(num_heads, 1, 1)
+                for bias_, q_, k_, s_ in _pieces(step, bias, q, k, scores):
+                    torch.baddbmm(bias_, q_, k_.transpose(1, 2), alpha=d**-0.5, out=s_)
+                torch.softmax(scores, -1, out=scores)
+            keep, scale = dropout_mask(probabilities.shape, dropout_p, used)
             dropped = probabilities if keep is None else probabilities * keep * scale
-            out = torch.bmm(dropped, v).view(num_heads, b * length, d)
-            ctx.save_for_backward(index, padded, probabilities, keep, dropped)
-            ctx.scale = scale
-            return _gather(out, index)
+            out = qkv.new_empty(num_heads * lay.positions + 1, d)
+            out[-1].zero_()
+            for b in lay.buckets:
+                v = _views(padded, b, 3, num_heads)[2]
+                o = _views(out, b, 1, num_heads)[0]
+                for p_, v_, o_ in _pieces(step, _scores(dropped, b, num_heads), v, o):
+                    torch.bmm(p_, v_, out=o_)
+            ctx.save_for_backward(padded, probabilities, keep, dropped)
+            ctx.lay, ctx.scale, ctx.heads = lay, scale, num_heads
+            return out.index_select(0, slots(lay, num_heads)).view(rows, width // 3)
 
     @staticmethod
     def backward(ctx, grad):
-        index, padded, probabilities, keep, dropped = ctx.saved_tensors
+        padded, probabilities, keep, dropped = ctx.saved_tensors
+        lay, heads = ctx.lay, ctx.heads
         with torch.autocast("cpu", enabled=False):
-            three_heads, positions, d = padded.shape
-            heads = three_heads // 3
-            length = probabilities.shape[-1]
-            q, k, v = padded.view(3, -1, length, d).unbind(0)
-            g = grad.new_zeros(heads, positions, d)
-            g.index_copy_(1, index, grad.view(-1, heads, d).transpose(0, 1))
-            g = g.view(-1, length, d)  # (heads * B, L, d)
+            d = padded.shape[-1]
+            rows, step = grad.shape[0], heads * lay.chunk
+            g = grad.new_zeros(heads * lay.positions + 1, d)
+            g.index_copy_(0, slots(lay, heads), grad.reshape(rows * heads, d))
+            grads = torch.empty_like(padded)
+            grads[-1].zero_()  # what padding rows gather
             # Each buffer is dropped as soon as it is used: backward's peak is then the
-            # three gradients and two (heads * B, L, L) tensors (memory/activations.py).
-            grads = torch.empty_like(padded).view(3, -1, length, d)
-            torch.bmm(dropped.transpose(1, 2), g, out=grads[2])
-            d_probabilities = torch.bmm(g, v.transpose(1, 2))
+            # three gradients and two flat buffers of scores (memory/activations.py).
+            d_probabilities = torch.empty_like(probabilities)
+            for b in lay.buckets:
+                v, gv = _views(padded, b, 3, heads)[2], _views(grads, b, 3, heads)[2]
+                go = _views(g, b, 1, heads)[0]
+                p, dp = _scores(dropped, b, heads), _scores(d_probabilities, b, heads)
+                for p_, go_, v_, gv_, dp_ in _pieces(step, p, go, v, gv, dp):
+                    torch.bmm(p_.transpose(1, 2), go_, out=gv_)
+                    torch.bmm(go_, v_.transpose(1, 2), out=dp_)
             del g
             if keep is not None:
                 d_probabilities.mul_(keep).mul_(ctx.scale)
-            d_scores = torch._softmax_backward_data(
-                d_probabilities, probabilities, -1, probabilities.dtype
-            ).mul_(d**-0.5)
+            d_scores = torch.empty_like(probabilities)
+            for b in lay.buckets:
+                torch._softmax_backward_data(
+                    _scores(d_probabilities, b, heads),
+                    _scores(probabilities, b, heads),
+                    -1,
+                    probabilities.dtype,
+                    grad_input=_scores(d_scores, b, heads),
+                )
             del d_probabilities
-            torch.bmm(d_scores, k, out=grads[0])
-            torch.bmm(d_scores.transpose(1, 2), q, out=grads[1])
+            d_scores.mul_(d**-0.5)
+            for b in lay.buckets:
+                q, k, _ = _views(padded, b, 3, heads).unbind(0)
+                gq, gk, _ = _views(grads, b, 3, heads).unbind(0)
+                ds = _scores(d_scores, b, heads)
+                for ds_, q_, k_, gq_, gk_ in _pieces(step, ds, q, k, gq, gk):
+                    torch.bmm(ds_, k_, out=gq_)
+                    torch.bmm(ds_.transpose(1, 2), q_, out=gk_)
             del d_scores
-            return _gather(grads.view(three_heads, positions, d), index), None, None, None, None
-
-
-def _gather(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """The packed rows (len(index), n * d) of a (n, positions, d) tensor: gathered from
-    its (positions, n, d) view in one pass, twice as fast as index_select then transpose."""
-    n, _, d = x.shape
-    out = x.new_empty(len(index), n, d)
-    torch.index_select(x.permute(1, 0, 2), 0, index, out=out)
-    return out.view(len(index), n * d)
+            gathered = grads.index_select(0, slots(lay, 3 * heads))
+            return gathered.view(rows, 3 * heads * d), None, None, None
