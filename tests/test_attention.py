@@ -92,8 +92,11 @@ def test_the_cpu_takes_the_padded_path_in_every_dtype():
         assert varlen_kernel(CPU, dtype, 64) is None
         assert why_not_varlen(CPU, dtype, 64) == "the device is cpu, not CUDA"
     line = attention_path(BertConfig(100, dropout=0.1), CPU, torch.float32)
-    assert line.startswith("attention: on the batch padded")
+    assert line.startswith("attention: each sequence padded to its length rounded up")
+    assert "sequences bucketed by length" in line
     assert "the device is cpu" in line and "attention dropout 0.1" in line
+    line = attention_path(BertConfig(100, dropout=0.0), CPU, torch.float32)
+    assert line.startswith("attention: on the batch padded")
 
 
 @pytest.fixture

@@ -88,7 +88,7 @@ def test_the_run_logs_which_precision_auto_chose(monkeypatch, caplog):
         cfg = compose(["speed.precision=auto"])[0]
         autocast = autocast_for(cfg.speed, torch.device("cpu"), cfg.model.architecture(100))
     assert "precision: fp32 (speed.precision=auto; bf16 is not native on cpu)" in caplog.text
-    assert "attention: on the batch padded to (B, heads, L, d)" in caplog.text
+    assert "attention: each sequence padded to its length rounded up" in caplog.text
     with autocast():
         assert torch.ones(2, 2).matmul(torch.ones(2, 2)).dtype == torch.float32
 

@@ -131,7 +131,8 @@ def _settings(
         attention = "fused attention kernel (no (B, heads, L, L) scores)"
     else:
         attention = (
-            "attention materialises (B, heads, L, L) scores (on CUDA a fused kernel does not: "
+            "attention materialises its scores, (heads, L, L) a sequence, L its length rounded "
+            "up (on CUDA a fused kernel does not: "
             "plan for a GPU with trainer.device=cuda)"
         )
     memory = format_size(chosen.device_memory)

@@ -13,7 +13,8 @@ for the training log:
 - **padded** (everywhere else): the tokens are scattered back to (B, heads, L, d) for
   scaled_dot_product_attention with a key mask (`padded_attention`); on the CPU with
   attention dropout, model/cpu_attention.py's hand-written forward and backward instead,
-  which draws its mask with `dropout_mask`, cheap on CPU.
+  which pads each sequence only to its length rounded up (sequences bucketed by length)
+  and draws its mask with `dropout_mask`, cheap on CPU.
 """
 
 from __future__ import annotations
@@ -231,6 +232,11 @@ def attention_path(config: BertConfig, device: torch.device, dtype: torch.dtype)
     head_dim = config.hidden_size // config.num_heads
     reason = why_not_varlen(torch.device(device), dtype, head_dim)
     p = config.dropout
+    if reason is not None and p > 0 and torch.device(device).type == "cpu":
+        return (
+            "attention: each sequence padded to its length rounded up to a multiple of "
+            f"max(8, max_len / 16), sequences bucketed by length ({reason}); attention dropout {p}"
+        )
     if reason is not None:
         return (
             "attention: on the batch padded to (B, heads, L, d) "

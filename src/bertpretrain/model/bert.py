@@ -69,8 +69,8 @@ class Layer(nn.Module):
     def attention(self, qkv: torch.Tensor, packing: Packing) -> torch.Tensor:
         """Multi-head self-attention of packed (T, 3H) projections; padded keys are ignored.
         The variable-length kernel where it runs (model/attention.py); on the CPU with
-        attention dropout, model/cpu_attention.py; else SDPA on the batch padded back to
-        (B, heads, L, d)."""
+        attention dropout, model/cpu_attention.py (sequences bucketed by length); else SDPA
+        on the batch padded back to (B, heads, L, d)."""
         p = self.dropout_p if self.training else 0.0
         kernel = varlen_kernel(qkv.device, qkv.dtype, qkv.shape[-1] // 3 // self.num_heads)
         if kernel is not None:
