@@ -164,3 +164,15 @@ def test_wikitext_words_task_reads_as_rte_and_only_sentence1_tells_labels_apart(
         found = [w in held for w in hypothesis.split()]
         assert 3 <= len(found) <= 6
         assert all(found) if label == 0 else not any(found), (premise, hypothesis, label)
+
+
+def test_attention_bench_times_the_cpu_attention_on_real_batches(wikitext_dir):
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "attention_bench.py")]
+        + ["--max-len", "32", "--batch", "8", "--heads", "2", "--rounds", "1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "ms a call" in result.stdout and "sum of squared lengths" in result.stdout

@@ -25,7 +25,7 @@ from typing import NamedTuple
 
 import torch
 
-from bertpretrain.model.attention import Packing, dropout_mask, rounded_rows
+from bertpretrain.model.attention import HALF, Packing, dropout_mask, rounded_rows
 
 
 def granularity(length: int) -> int:
@@ -54,13 +54,14 @@ def expected_bucket(fill: float, length: int) -> tuple[float, float]:
     return padded / length, square / length**2
 
 
-def chunk(batch: int) -> int:
-    """How many sequences a bucket's matmuls take at once: buckets are padded to a multiple
-    of it with empty sequences. Each matmul then has one of a few shapes, (heads * chunk,
-    L_g, .) for each bucket length: on the CPU a bf16 matmul is compiled and cached per
-    shape (oneDNN), about a third of a MiB each, and a new batch size for every bucket of
-    every step filled that cache with hundreds of MiB and paid the compile each time."""
-    return max(1, batch // 64)
+def chunk(batch: int, dtype: torch.dtype) -> int | None:
+    """How many sequences a bucket's matmuls take at once in `dtype`, None for the whole
+    bucket. In bf16 and fp16 buckets are padded to a multiple of it with empty sequences,
+    so that each matmul has one of a few shapes, (heads * chunk, L_g, .) for each bucket
+    length: on the CPU oneDNN compiles and caches such a matmul per shape, at 0.6 to 0.7
+    MiB each, and a new batch size for every bucket of every step filled that cache with
+    hundreds of MiB. fp32 matmuls keep nothing per shape: each bucket is one matmul."""
+    return max(1, batch // 64) if dtype in HALF else None
 
 
 class Bucket(NamedTuple):
@@ -82,10 +83,10 @@ class Layout(NamedTuple):
     span: torch.Tensor  # (rows,) B_g * L_g of the row's bucket
     positions: int  # sum of B_g * L_g, rounded up; one more, the last, is a spare
     scores: int  # sum of B_g * L_g^2 (per head), rounded up
-    chunk: int  # sequences a matmul takes at once (`chunk`)
+    chunk: int | None  # sequences a matmul takes at once (`chunk`); None: the whole bucket
 
 
-def layout(packing: Packing) -> Layout:
+def layout(packing: Packing, dtype: torch.dtype = torch.float32) -> Layout:
     """Buckets of the sequences by rounded length. Rows past `packing.real` (padding that
     rounds a step's row count) have no sequence: all their slots are the spare position,
     which reads as zero."""
@@ -95,7 +96,8 @@ def layout(packing: Packing) -> Layout:
     order = torch.argsort(padded, stable=True)
     sizes, counts = torch.unique_consecutive(padded[order], return_counts=True)
     start_of, rank_of, span_of = (torch.empty_like(lengths) for _ in range(3))
-    buckets, first, start, scores, m = [], 0, 0, 0, chunk(packing.batch)
+    piece = chunk(packing.batch, dtype)
+    buckets, first, start, scores, m = [], 0, 0, 0, piece or 1
     for size, count in zip(sizes.tolist(), counts.tolist(), strict=True):
         members = order[first : first + count]
         slots = -(-count // m) * m  # the empty ones attend to all their (zero) keys
@@ -116,7 +118,7 @@ def layout(packing: Packing) -> Layout:
     local[: packing.real] = rank_of[sequence] + real % packing.length
     span[: packing.real] = span_of[sequence]
     most = (packing.batch + len(buckets) * m) * packing.length**2
-    return Layout(buckets, row_start, local, span, positions, rounded_rows(scores, most), m)
+    return Layout(buckets, row_start, local, span, positions, rounded_rows(scores, most), piece)
 
 
 def slots(lay: Layout, n: int) -> torch.Tensor:
@@ -130,7 +132,7 @@ def cpu_attention(
 ) -> torch.Tensor:
     """Multi-head attention of packed (rows, 3H) projections, each sequence over its own
     keys, with attention dropout `dropout_p`: (rows, H)."""
-    lay = layout(packing)
+    lay = layout(packing, qkv.dtype)
     return _Attention.apply(qkv, lay, num_heads, dropout_p)
 
 
@@ -150,8 +152,10 @@ def _scores(flat: torch.Tensor, bucket: Bucket, heads: int) -> torch.Tensor:
     return flat[start : start + size].view(heads * bucket.sequences, bucket.length, bucket.length)
 
 
-def _pieces(step: int, *tensors: torch.Tensor):
-    """The tensors cut along their first dim into pieces of `step` rows, side by side."""
+def _pieces(step: int | None, *tensors: torch.Tensor):
+    """The tensors cut along their first dim into pieces of `step` rows (None: whole), side
+    by side."""
+    step = step or len(tensors[0])
     for at in range(0, len(tensors[0]), step):
         yield tuple(t[at : at + step] for t in tensors)
 
@@ -162,7 +166,7 @@ class _Attention(torch.autograd.Function):
         with torch.autocast("cpu", enabled=False):  # compute in qkv's dtype, as autocast made it
             rows, width = qkv.shape
             d = width // 3 // num_heads
-            step = num_heads * lay.chunk
+            step = num_heads * lay.chunk if lay.chunk else None
             # zero: a padded position's q, k and v, and the spare row padding rows read
             padded = qkv.new_zeros(3 * num_heads * lay.positions + 1, d)
             padded.index_copy_(0, slots(lay, 3 * num_heads), qkv.view(rows * 3 * num_heads, d))
@@ -194,7 +198,7 @@ class _Attention(torch.autograd.Function):
         lay, heads = ctx.lay, ctx.heads
         with torch.autocast("cpu", enabled=False):
             d = padded.shape[-1]
-            rows, step = grad.shape[0], heads * lay.chunk
+            rows, step = grad.shape[0], heads * lay.chunk if lay.chunk else None
             g = grad.new_zeros(heads * lay.positions + 1, d)
             g.index_copy_(0, slots(lay, heads), grad.reshape(rows * heads, d))
             grads = torch.empty_like(padded)
