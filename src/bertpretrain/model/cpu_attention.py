@@ -6,7 +6,7 @@ where WikiText-2's sequences fill 42% of the positions, four fifths of that work
 the dropout's random draws) was on padding, and attention took 43% of a bf16 step. Here
 each sequence is padded only to its length rounded up to a multiple of `granularity(L)`,
 and the sequences of one rounded length are a bucket: a (heads * B_g, L_g, d) batch of its
-own. The cost follows the sum of the squared lengths: 0.25 of the padded one at max_len
+own. The cost follows the sum of the squared lengths: 0.22 of the padded one at max_len
 128, 0.63 at 64, 0.02 at 512 (WikiText-2, docs/benchmarks.md).
 
 All buckets share flat buffers (q, k and v; the scores; the dropout mask; the output)
