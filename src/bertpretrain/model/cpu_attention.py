@@ -108,7 +108,8 @@ def layout(packing: Packing, dtype: torch.dtype = torch.float32) -> Layout:
         bias[:count].masked_fill_(~keep[:, None, :], float("-inf"))
         buckets.append(Bucket(slots, size, start, scores, bias))
         first, start, scores = first + count, start + slots * size, scores + slots * size**2
-    positions = rounded_rows(start, (packing.batch + len(buckets) * m) * packing.length)
+    sequences = packing.batch + len(buckets) * m  # at most, the empty ones included
+    positions = rounded_rows(start, sequences * packing.length)
     real = packing.index[: packing.real]
     sequence = real // packing.length
     rows = len(packing.index)
@@ -117,7 +118,7 @@ def layout(packing: Packing, dtype: torch.dtype = torch.float32) -> Layout:
     row_start[: packing.real] = start_of[sequence]
     local[: packing.real] = rank_of[sequence] + real % packing.length
     span[: packing.real] = span_of[sequence]
-    most = (packing.batch + len(buckets) * m) * packing.length**2
+    most = sequences * packing.length**2
     return Layout(buckets, row_start, local, span, positions, rounded_rows(scores, most), piece)
 
 
