@@ -166,9 +166,10 @@ def test_wikitext_words_task_reads_as_rte_and_only_sentence1_tells_labels_apart(
         assert all(found) if label == 0 else not any(found), (premise, hypothesis, label)
 
 
-def test_attention_bench_times_the_cpu_attention_on_real_batches(wikitext_dir):
+@pytest.mark.parametrize("path", ["bucketed", "padded", "last"])
+def test_attention_bench_times_each_cpu_attention_on_real_batches(wikitext_dir, path):
     result = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "attention_bench.py")]
+        [sys.executable, str(REPO / "scripts" / "attention_bench.py"), "--path", path]
         + ["--max-len", "32", "--batch", "8", "--heads", "2", "--rounds", "1"],
         capture_output=True,
         text=True,

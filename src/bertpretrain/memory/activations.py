@@ -166,8 +166,8 @@ def _last_layer_bytes(shapes: _Shapes) -> int:
         shapes.grid,
     )
     scores = g * shapes.heads * shapes.length  # (B, heads, M, L)
-    # the key-value projection's (T, 2H) output, saved by index_copy (backward's
-    # expand_as), and its scatter to (B, L, 2H), whose contiguous copies the matmuls save
+    # the key and value projections' (T, H) outputs, saved by index_copy_ (backward's
+    # expand_as), and their scatter to (B, heads, L, d), which the matmuls save
     keys_values = 2 * a * t * h + 2 * a * shapes.padded * h
     if not shapes.fused:  # by hand (CPU, dropout): probabilities, bool mask, dropped ones
         attention = keys_values + a * g * h + (2 * a + shapes.mask) * scores

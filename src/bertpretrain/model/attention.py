@@ -136,10 +136,31 @@ def padded_attention(
     attention dropout (with it, the CPU takes model/cpu_attention.py)."""
     b, n, h3 = packing.batch, packing.length, qkv.shape[-1]
     d = h3 // 3 // num_heads
-    padded = qkv.new_zeros(b * n, h3).index_copy(0, packing.index, qkv)
-    q, k, v = padded.view(b, n, 3, num_heads, d).permute(2, 0, 3, 1, 4)  # (B, heads, L, d)
+    padded = scatter_heads(qkv, head_slots(packing, num_heads, 3), 3 * b * num_heads * n, d)
+    q, k, v = padded.view(3, b, num_heads, n, d).unbind(0)
     a = F.scaled_dot_product_attention(q, k, v, attn_mask=packing.keep, dropout_p=dropout_p)
-    return a.transpose(1, 2).reshape(b * n, h3 // 3).index_select(0, packing.index)  # (T, H)
+    return a.view(-1, d).index_select(0, head_slots(packing, num_heads)).view(-1, h3 // 3)
+
+
+def head_slots(packing: Packing, num_heads: int, groups: int = 1) -> torch.Tensor:
+    """(rows * groups * heads,) where each packed row's heads sit in a (groups, B, heads, L)
+    grid, row by row, group by group, head by head: the row at flat position b * L + p, head
+    h of group g (query, key or value), goes to ((g * B + b) * heads + h) * L + p."""
+    index, length = packing.index, packing.length
+    b, p = index.div(length, rounding_mode="floor"), index % length
+    per_group = packing.batch * num_heads * length
+    slot = torch.arange(groups, device=index.device)[:, None] * per_group + torch.arange(
+        num_heads, device=index.device
+    ).mul_(length)  # (groups, heads)
+    return ((b * num_heads * length + p)[:, None] + slot.flatten()).flatten()
+
+
+def scatter_heads(x: torch.Tensor, index: torch.Tensor, positions: int, d: int) -> torch.Tensor:
+    """Packed (rows, n * d) projections at `index` (`head_slots`) of a zero (positions, d)
+    buffer: the (B, heads, L, d) layout attention's matmuls read, with no copy to make it.
+    Scattering to (B, L, n * d) and permuting cost a copy each way (and index_copy's new
+    tensor another), more than half of the last layer's attention in a tiny step."""
+    return x.new_zeros(positions, d).index_copy_(0, index, x.reshape(-1, d))
 
 
 class VarlenKernel(NamedTuple):

@@ -97,7 +97,9 @@ class Layer(nn.Module):
         kernel = varlen_kernel(x.device, q.dtype, h // self.num_heads)
         if kernel is not None and not kernel.dropout:
             p = 0.0  # as the other layers on a kernel without dropout (attention_path's log)
-        a = query_attention(q, F.linear(x, weight[h:], bias[h:]), packing, self.num_heads, p)
+        k = F.linear(x, weight[h : 2 * h], bias[h : 2 * h])
+        v = F.linear(x, weight[2 * h :], bias[2 * h :])  # apart: each scattered on its own
+        a = query_attention(q, k, v, packing, self.num_heads, p)
         if queries.take is not None:
             grid, a = grid[queries.take], a[queries.take]
         return self._after_attention(grid, a, queries.real)

@@ -11,7 +11,8 @@ fifty is read; for BERT-base, about a twelfth. MosaicBERT runs its last layer on
 masked tokens alone for the same reason.
 
 The read rows are laid out as a (B, M) grid, row b holding sequence b's: attention then
-runs on a padded batch of M queries a sequence, as the padded path does for keys.
+runs on a padded batch of M queries a sequence, over keys and values scattered straight to
+the (B, heads, L, d) layout the matmuls read.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from bertpretrain.model.attention import Packing, dropout, rounded_rows
+from bertpretrain.model.attention import Packing, dropout, head_slots, rounded_rows, scatter_heads
 
 
 class Queries(NamedTuple):
@@ -62,16 +63,24 @@ def rows_of(x: torch.Tensor, queries: Queries) -> torch.Tensor:
 
 
 def query_attention(
-    q: torch.Tensor, kv: torch.Tensor, packing: Packing, num_heads: int, dropout_p: float
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    packing: Packing,
+    num_heads: int,
+    dropout_p: float,
 ) -> torch.Tensor:
     """(B * M, H) queries, M a sequence, attending to the real keys of their own sequence;
-    `kv` (rows, 2H) are the packed keys and values. Returns (B * M, H)."""
+    `k` and `v` (rows, H) are the packed keys and values. Returns (B * M, H)."""
     b, length = packing.batch, packing.length
     width = q.shape[-1]
     d = width // num_heads
     m = len(q) // b
-    padded = kv.new_zeros(b * length, 2 * width).index_copy(0, packing.index, kv)
-    k, v = padded.view(b, length, 2, num_heads, d).permute(2, 0, 3, 1, 4)  # (B, heads, L, d)
+    index = head_slots(packing, num_heads)
+    k, v = (
+        scatter_heads(t, index, b * num_heads * length, d).view(b, num_heads, length, d)
+        for t in (k, v)
+    )
     q = q.view(b, m, num_heads, d).transpose(1, 2)  # (B, heads, M, d)
     if dropout_p and q.device.type == "cpu":  # SDPA would draw its mask the slow way
         scores = (q @ k.transpose(-1, -2)).mul_(d**-0.5)
