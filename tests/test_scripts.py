@@ -177,3 +177,20 @@ def test_attention_bench_times_each_cpu_attention_on_real_batches(wikitext_dir, 
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "ms a call" in result.stdout and "sum of squared lengths" in result.stdout
+
+
+def test_profile_step_tables_our_step_with_the_matmuls_share(wikitext_dir):
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "profile_step.py")]
+        + ["--max-len", "32", "--batch", "8", "--steps", "1", "--rows", "5"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("ours, tiny, fp32:") and lines[0].endswith("ms a step")
+    assert sum("ms/step  aten::" in line for line in lines[1:6]) >= 4
+    share = next(line for line in lines if line.startswith("matmuls ("))
+    assert 0 < int(share.split(": ")[1].split("%")[0]) <= 100
+    assert "the costliest shapes" in result.stdout
