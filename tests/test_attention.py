@@ -14,6 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+import torch.nn.functional as F
 from test_model import SMALL, random_batch, small_model
 
 from bertpretrain.model import attention
@@ -175,6 +176,24 @@ def test_per_sequence_attention_equals_the_padded_path():
     (padded_grad,) = torch.autograd.grad(padded, qkv, grad)
     (packed_grad,) = torch.autograd.grad(packed, qkv, grad)
     assert_equal_but_for_rounding(packed_grad, padded_grad)
+
+
+def test_the_padded_path_reads_sdpas_output_in_either_layout(monkeypatch):
+    """CUDA's kernels may return (B, heads, L, d) as a view of (B, L, heads, d) memory, the
+    CPU's contiguous: the rows and their gradients are the same either way."""
+    qkv, packing = packed_qkv([9, 1, 4, 9, 6], length=9, width=32)
+    grad = torch.randn(len(qkv), 32)
+    heads_first = padded_attention(qkv, packing, num_heads=4, dropout_p=0.0)
+    (heads_first_grad,) = torch.autograd.grad(heads_first, qkv, grad)
+    sdpa = F.scaled_dot_product_attention
+
+    def rows_first(*args, **kwargs):
+        return sdpa(*args, **kwargs).transpose(1, 2).contiguous().transpose(1, 2)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", rows_first)
+    out = padded_attention(qkv, packing, num_heads=4, dropout_p=0.0)
+    (out_grad,) = torch.autograd.grad(out, qkv, grad)
+    assert torch.equal(out, heads_first) and torch.equal(out_grad, heads_first_grad)
 
 
 def take_the_varlen_path(monkeypatch) -> None:

@@ -139,7 +139,11 @@ def padded_attention(
     padded = scatter_heads(qkv, head_slots(packing, num_heads, 3), 3 * b * num_heads * n, d)
     q, k, v = padded.view(3, b, num_heads, n, d).unbind(0)
     a = F.scaled_dot_product_attention(q, k, v, attn_mask=packing.keep, dropout_p=dropout_p)
-    return a.view(-1, d).index_select(0, head_slots(packing, num_heads)).view(-1, h3 // 3)
+    rows = a.transpose(1, 2)
+    if rows.is_contiguous():  # a kernel that writes (B, L, heads, d), as CUDA's may
+        return rows.view(b * n, h3 // 3).index_select(0, packing.index)
+    # as the CPU's: (B, heads, L, d), a row's heads apart
+    return a.reshape(-1, d).index_select(0, head_slots(packing, num_heads)).view(-1, h3 // 3)
 
 
 def head_slots(packing: Packing, num_heads: int, groups: int = 1) -> torch.Tensor:
