@@ -128,6 +128,7 @@ def slots(lay: Layout, n: int) -> torch.Tensor:
     return index.flatten()
 
 
+@torch.compiler.disable
 def cpu_attention(
     qkv: torch.Tensor, packing: Packing, num_heads: int, dropout_p: float
 ) -> torch.Tensor:

@@ -269,6 +269,11 @@ def make_module(speed: SpeedConfig, losses: torch.nn.Module, device, ranks) -> t
     module = losses
     if speed.compile:
         log.info("speed.compile=true: compiling the model (the first steps take longer)")
+        if device.type == "cpu":  # measured: docs/benchmarks.md, "The speed group"
+            log.warning(
+                "speed.compile=true on the CPU: compiled steps measured slower than eager ones "
+                "there (hand-written attention and loss); speed.compile=false is faster"
+            )
         module = torch.compile(module)
     if ranks.world > 1:
         module = torch.nn.parallel.DistributedDataParallel(
