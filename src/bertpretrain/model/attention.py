@@ -152,18 +152,17 @@ def head_slots(packing: Packing, num_heads: int, groups: int = 1) -> torch.Tenso
     h of group g (query, key or value), goes to ((g * B + b) * heads + h) * L + p."""
     index, length = packing.index, packing.length
     b, p = index.div(length, rounding_mode="floor"), index % length
-    per_group = packing.batch * num_heads * length
-    slot = torch.arange(groups, device=index.device)[:, None] * per_group + torch.arange(
-        num_heads, device=index.device
-    ).mul_(length)  # (groups, heads)
-    return ((b * num_heads * length + p)[:, None] + slot.flatten()).flatten()
+    group_at = torch.arange(groups, device=index.device) * packing.batch * num_heads * length
+    head_at = torch.arange(num_heads, device=index.device) * length
+    slot = (group_at[:, None] + head_at).flatten()  # (groups * heads,), group-major
+    return ((b * num_heads * length + p)[:, None] + slot).flatten()
 
 
 def scatter_heads(x: torch.Tensor, index: torch.Tensor, positions: int, d: int) -> torch.Tensor:
     """Packed (rows, n * d) projections at `index` (`head_slots`) of a zero (positions, d)
     buffer: the (B, heads, L, d) layout attention's matmuls read, with no copy to make it.
     Scattering to (B, L, n * d) and permuting cost a copy each way (and index_copy's new
-    tensor another), more than half of the last layer's attention in a tiny step."""
+    tensor another): a third of the last layer's attention time in a tiny fp32 step."""
     return x.new_zeros(positions, d).index_copy_(0, index, x.reshape(-1, d))
 
 
