@@ -49,6 +49,18 @@ def test_speed_compile_gives_the_eager_losses_and_gradients(wikitext_dir):
         torch.testing.assert_close(fast[name], p.grad, atol=1e-5, rtol=1e-4, msg=name)
 
 
+def test_speed_compile_on_the_cpu_warns_that_eager_is_faster(caplog):
+    model = BertForPretraining(BertConfig(50, 1, 16, 2, 32))
+    speed = compose(["speed.compile=true"])[0].speed
+    with caplog.at_level("INFO"):
+        make_module(speed, PretrainingLosses(model), torch.device("cpu"), Ranks())
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and "speed.compile=false is faster" in warned[0]
+    caplog.clear()
+    make_module(compose([])[0].speed, PretrainingLosses(model), torch.device("cpu"), Ranks())
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
 def test_speed_compile_leaves_the_cpus_bucketed_attention_eager():
     """Its bucket layout is Python numbers made from each batch's lengths: traced, every
     new step compiled again (150 to 200 s a tiny bf16 step). A compiled step calls it as it
