@@ -266,19 +266,14 @@ def make_module(speed: SpeedConfig, losses: torch.nn.Module, device, ranks) -> t
     """The losses as a module (`PretrainingLosses`, `ClassifierLoss`), compiled if asked;
     under torchrun wrapped by DDP, which syncs gradients only for what goes through the
     wrapped module's forward."""
-    module = losses
     if speed.compile:
         log.info("speed.compile=true: compiling the model (the first steps take longer)")
         if device.type == "cpu":  # measured: docs/benchmarks.md, "The speed group"
-            log.warning(
-                "speed.compile=true on the CPU: compiled steps measured slower than eager ones "
-                "there (hand-written attention and loss); speed.compile=false is faster"
-            )
-        module = torch.compile(module)
+            log.warning("speed.compile=true on the CPU: speed.compile=false is faster there")
+    module = torch.compile(losses) if speed.compile else losses
     if ranks.world > 1:
-        module = torch.nn.parallel.DistributedDataParallel(
-            module, device_ids=[device.index] if device.type == "cuda" else None
-        )
+        ids = [device.index] if device.type == "cuda" else None
+        module = torch.nn.parallel.DistributedDataParallel(module, device_ids=ids)
     return module
 
 
