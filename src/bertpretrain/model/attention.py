@@ -136,14 +136,16 @@ def padded_attention(
     attention dropout (with it, the CPU takes model/cpu_attention.py)."""
     b, n, h3 = packing.batch, packing.length, qkv.shape[-1]
     d = h3 // 3 // num_heads
-    padded = scatter_heads(qkv, head_slots(packing, num_heads, 3), 3 * b * num_heads * n, d)
+    slots = head_slots(packing, num_heads, 3)
+    padded = scatter_heads(qkv, slots, 3 * b * num_heads * n, d)
     q, k, v = padded.view(3, b, num_heads, n, d).unbind(0)
     a = F.scaled_dot_product_attention(q, k, v, attn_mask=packing.keep, dropout_p=dropout_p)
     rows = a.transpose(1, 2)
     if rows.is_contiguous():  # a kernel that writes (B, L, heads, d), as CUDA's may
         return rows.view(b * n, h3 // 3).index_select(0, packing.index)
-    # as the CPU's: (B, heads, L, d), a row's heads apart
-    return a.reshape(-1, d).index_select(0, head_slots(packing, num_heads)).view(-1, h3 // 3)
+    # as the CPU's: (B, heads, L, d), a row's heads apart, where its query's heads were
+    q_slots = slots.view(-1, 3 * num_heads)[:, :num_heads].flatten()
+    return a.reshape(-1, d).index_select(0, q_slots).view(-1, h3 // 3)
 
 
 def head_slots(packing: Packing, num_heads: int, groups: int = 1) -> torch.Tensor:
